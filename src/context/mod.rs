@@ -1,0 +1,2 @@
+//! The build context: walking it and `.dockerignore`.
+pub mod ignore;

@@ -1,0 +1,2 @@
+//! The Dockerfile front end: text → spanned AST → typed instructions.
+pub mod shell;

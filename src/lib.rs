@@ -1,0 +1,9 @@
+//! kiln: a daemonless Dockerfile image builder.
+//!
+//! Data flows one way (see DESIGN.md): Dockerfile text → [`dockerfile`] (AST) → graph → exec → export,
+//! with [`context`] reading the build context. Only [`cli`] prints or uses `anyhow`.
+
+pub mod cli;
+pub mod context;
+pub mod diag;
+pub mod dockerfile;
