@@ -1,4 +1,72 @@
-//! Command line: clap definitions, rendering, exit codes.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! Command line: clap definitions, rendering of results and errors, exit codes. The only module that
+//! prints or uses `anyhow`.
+
+mod parse;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// kiln: build container images from Dockerfiles, with no daemon.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Print how kiln reads a Dockerfile: JSON (stages, typed instructions, spans) or BuildKit's AST dump
+    Parse(parse::ParseArgs),
+}
+
+/// Runs the CLI and maps the outcome to an exit code: 0 success, 1 failure, 2 usage error.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // clap prints help/version to stdout and usage errors to stderr.
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Commands::Parse(args) => parse::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads a Dockerfile (`-` is stdin) into a source file, with errors that name the path.
+pub(crate) fn read_dockerfile(path: &std::path::Path) -> anyhow::Result<crate::diag::SourceFile> {
+    use anyhow::Context as _;
+    use std::io::Read as _;
+    let (name, bytes) = if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading the Dockerfile from stdin")?;
+        ("<stdin>".to_string(), buf)
+    } else {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading Dockerfile {}", path.display()))?;
+        (path.display().to_string(), bytes)
+    };
+    crate::diag::SourceFile::from_bytes(name.clone(), bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{name}:{}:{}: {}",
+            e.position.line,
+            e.position.column,
+            e.message
+        )
+    })
 }

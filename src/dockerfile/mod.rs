@@ -12,3 +12,6 @@ pub mod shell;
 pub use ast::{Ast, Directive, Heredoc, Node, ParseWarning};
 pub use error::ParseError;
 pub use gostr::{go_quote, go_quote_slice};
+pub mod instructions;
+
+pub use instructions::{parse_dockerfile, Command, Dockerfile, Instruction, Stage};
