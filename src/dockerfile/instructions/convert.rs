@@ -190,7 +190,7 @@ fn parse_kvps(ctx: &Ctx, name: &str) -> Result<Vec<KeyValue>, ParseError> {
     ctx.flags(&[])?;
     ctx.at_least_one(name)?;
     let args = ctx.args();
-    if args.len() % 3 != 0 {
+    if !args.len().is_multiple_of(3) {
         return Err(ctx.error(format!("Bad input to {name}, too many arguments")));
     }
     args.chunks(3)

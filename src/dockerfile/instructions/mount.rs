@@ -223,7 +223,7 @@ fn deferred(value: &str, expanding: bool) -> bool {
 /// variables are checked later) and the stage's expander when building.
 pub fn parse_mount(
     raw: &str,
-    mut expand: Option<&mut dyn FnMut(&str) -> Result<String, String>>,
+    mut expand: Option<&mut super::Expander>,
 ) -> Result<Mount, String> {
     let fields = split_csv(raw)?;
     let mut m = Mount {
