@@ -24,7 +24,11 @@ fn typed_summary(df: &Dockerfile) -> String {
     }
     let _ = writeln!(out, "escape {}", df.escape);
     for w in &df.warnings {
-        let _ = writeln!(out, "warning {}:{} {}", w.span.start_pos.line, w.rule, w.message);
+        let _ = writeln!(
+            out,
+            "warning {}:{} {}",
+            w.span.start_pos.line, w.rule, w.message
+        );
     }
     for a in &df.meta_args {
         line(&mut out, a);
@@ -63,7 +67,11 @@ fn parser_golden_files() {
         .filter(|p| p.join("Dockerfile").is_file())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 10, "expected at least 10 golden cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 10,
+        "expected at least 10 golden cases, found {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for dir in &cases {
         let bytes = std::fs::read(dir.join("Dockerfile")).expect("read Dockerfile");
@@ -75,10 +83,18 @@ fn parser_golden_files() {
                 check(dir, "typed", typed_summary(&df), &mut failures);
             }
             Err(e) => {
-                let msg = format!("{}:{}: {}\n", e.span.start_pos.line, e.span.start_pos.column, e.message);
+                let msg = format!(
+                    "{}:{}: {}\n",
+                    e.span.start_pos.line, e.span.start_pos.column, e.message
+                );
                 check(dir, "error", msg, &mut failures);
             }
         }
     }
-    assert!(failures.is_empty(), "{} golden mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} golden mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

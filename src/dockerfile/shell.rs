@@ -11,6 +11,16 @@ impl EnvGetter for Vec<(String, String)> {
             .map(|(_, v)| v.as_str())
     }
 }
+impl EnvGetter for std::collections::BTreeMap<String, String> {
+    fn get(&self, key: &str) -> Option<&str> {
+        std::collections::BTreeMap::get(self, key).map(|v| v.as_str())
+    }
+}
+impl EnvGetter for std::collections::HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<&str> {
+        std::collections::HashMap::get(self, key).map(|v| v.as_str())
+    }
+}
 #[derive(Debug, Clone)]
 pub struct Lexer {
     pub escape: char,
@@ -32,6 +42,20 @@ pub struct ShellError {
     pub message: String,
 }
 impl Lexer {
+    /// Expands one word (no splitting into words beyond `words`).
+    pub fn process_word(
+        &self,
+        word: &str,
+        env: &dyn EnvGetter,
+    ) -> Result<ProcessedWord, ShellError> {
+        let words = self.process_words(word, env)?;
+        Ok(ProcessedWord {
+            result: words.join(" "),
+            words,
+            ..Default::default()
+        })
+    }
+
     pub fn new(escape: char) -> Self {
         Lexer {
             escape,

@@ -221,10 +221,7 @@ fn deferred(value: &str, expanding: bool) -> bool {
 
 /// Parses one `--mount` value. `expand` is `None` when parsing the Dockerfile (values with
 /// variables are checked later) and the stage's expander when building.
-pub fn parse_mount(
-    raw: &str,
-    mut expand: Option<&mut super::Expander>,
-) -> Result<Mount, String> {
+pub fn parse_mount(raw: &str, mut expand: Option<&mut super::Expander>) -> Result<Mount, String> {
     let fields = split_csv(raw)?;
     let mut m = Mount {
         raw: raw.to_string(),
