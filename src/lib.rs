@@ -7,3 +7,4 @@ pub mod cli;
 pub mod context;
 pub mod diag;
 pub mod dockerfile;
+pub mod oci;
