@@ -2,6 +2,7 @@
 
 pub mod challenge;
 pub mod client;
+pub mod config;
 pub mod credentials;
 pub mod error;
 
