@@ -57,6 +57,8 @@ pub enum CredentialError {
         "credentials file {path}: the `auth` entry for {registry} is not base64 of user:password"
     )]
     BadAuthEntry { path: PathBuf, registry: String },
+    #[error("cannot write credentials to {path}: {message}")]
+    Write { path: PathBuf, message: String },
     #[error("credential helper docker-credential-{helper} failed for {registry}: {message}")]
     Helper {
         helper: String,
@@ -345,5 +347,252 @@ mod tests {
         let (_d, s) = sources_with(r#"{"credHelpers":{"r.example":"kiln-test-nonexistent"}}"#);
         let e = s.lookup("r.example").unwrap_err().to_string();
         assert!(e.contains("docker-credential-kiln-test-nonexistent"), "{e}");
+    }
+}
+
+/// Where `kiln login` put (or `kiln logout` removed) credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialLocation {
+    File(PathBuf),
+    Helper(String),
+}
+
+impl fmt::Display for CredentialLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialLocation::File(p) => write!(f, "{}", p.display()),
+            CredentialLocation::Helper(h) => write!(f, "credential helper docker-credential-{h}"),
+        }
+    }
+}
+
+impl CredentialSources {
+    fn config_path(&self) -> Result<&Path, CredentialError> {
+        self.docker_config
+            .as_deref()
+            .ok_or_else(|| CredentialError::Write {
+                path: PathBuf::from("config.json"),
+                message: "neither $DOCKER_CONFIG nor $HOME is set".into(),
+            })
+    }
+
+    /// The helper Docker would use for `registry`, if one is configured.
+    fn helper_for(&self, registry: &str) -> Result<Option<String>, CredentialError> {
+        let Some(config) = read_config(self.config_path()?)? else {
+            return Ok(None);
+        };
+        Ok(config
+            .cred_helpers
+            .get(registry)
+            .or_else(|| config.cred_helpers.get(&auth_key(registry)))
+            .cloned()
+            .or(config.creds_store))
+    }
+
+    /// Stores credentials as Docker does: in the configured helper, else base64 in `auths`.
+    pub fn store(
+        &self,
+        registry: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<CredentialLocation, CredentialError> {
+        if let Some(helper) = self.helper_for(registry)? {
+            let payload = serde_json::json!({
+                "ServerURL": auth_key(registry),
+                "Username": username,
+                "Secret": password,
+            });
+            run_helper_command(&helper, registry, "store", payload.to_string().as_bytes())?;
+            return Ok(CredentialLocation::Helper(helper));
+        }
+        let path = self.config_path()?.to_path_buf();
+        let auth =
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        update_config_file(&path, |doc| {
+            let auths = doc
+                .entry("auths")
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if !auths.is_object() {
+                *auths = serde_json::Value::Object(Default::default());
+            }
+            if let Some(auths) = auths.as_object_mut() {
+                auths.insert(auth_key(registry), serde_json::json!({ "auth": auth }));
+            }
+        })?;
+        Ok(CredentialLocation::File(path))
+    }
+
+    /// Removes stored credentials; `Ok(None)` when there were none.
+    pub fn erase(&self, registry: &str) -> Result<Option<CredentialLocation>, CredentialError> {
+        if let Some(helper) = self.helper_for(registry)? {
+            run_helper_command(&helper, registry, "erase", auth_key(registry).as_bytes())?;
+            return Ok(Some(CredentialLocation::Helper(helper)));
+        }
+        let path = self.config_path()?.to_path_buf();
+        let Some(config) = read_config(&path)? else {
+            return Ok(None);
+        };
+        let key = auth_key(registry);
+        let present: Vec<String> = config
+            .auths
+            .keys()
+            .filter(|k| **k == key || normalize_key(k) == registry)
+            .cloned()
+            .collect();
+        if present.is_empty() {
+            return Ok(None);
+        }
+        update_config_file(&path, |doc| {
+            if let Some(auths) = doc.get_mut("auths").and_then(|a| a.as_object_mut()) {
+                for k in &present {
+                    auths.remove(k);
+                }
+            }
+        })?;
+        Ok(Some(CredentialLocation::File(path)))
+    }
+}
+
+/// Rewrites Docker's config.json atomically (temp file, fsync, rename), keeping every other
+/// field, with owner-only permissions since it holds secrets.
+fn update_config_file(
+    path: &Path,
+    change: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Result<(), CredentialError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let write_err = |message: String| CredentialError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut doc: serde_json::Map<String, serde_json::Value> = match std::fs::read(path) {
+        Ok(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
+            serde_json::from_slice(&bytes).map_err(|source| CredentialError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?
+        }
+        Ok(_) => Default::default(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+        Err(source) => {
+            return Err(CredentialError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    change(&mut doc);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| write_err(format!("creating {}: {e}", dir.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.kiln-{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("config.json"),
+        std::process::id()
+    ));
+    let mut text = serde_json::to_string_pretty(&serde_json::Value::Object(doc))
+        .map_err(|e| write_err(e.to_string()))?;
+    text.push('\n');
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(write_err(e.to_string()));
+    }
+    Ok(())
+}
+
+fn run_helper_command(
+    helper: &str,
+    registry: &str,
+    action: &str,
+    input: &[u8],
+) -> Result<(), CredentialError> {
+    let fail = |message: String| CredentialError::Helper {
+        helper: helper.to_string(),
+        registry: registry.to_string(),
+        message,
+    };
+    let program = format!("docker-credential-{helper}");
+    let mut child = Command::new(&program)
+        .arg(action)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run {program}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input)
+            .map_err(|e| fail(format!("writing to {program}: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("waiting for {program}: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "`{program} {action}` exited with {}",
+            out.status
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    #[test]
+    fn store_and_erase_keep_other_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"psFormat":"table","auths":{"other.example":{"auth":"eDp5"}}}"#,
+        )
+        .unwrap();
+        let s = CredentialSources {
+            docker_config: Some(path.clone()),
+            auth_file: None,
+        };
+        assert_eq!(
+            s.store("docker.io", "me", "secret").unwrap(),
+            CredentialLocation::File(path.clone())
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("psFormat")
+                && text.contains("other.example")
+                && text.contains(DOCKER_HUB_AUTH_KEY)
+        );
+        assert_eq!(
+            s.lookup("docker.io").unwrap(),
+            Some(Credential::Basic {
+                username: "me".into(),
+                password: "secret".into()
+            })
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(s.erase("docker.io").unwrap().is_some());
+        assert_eq!(s.lookup("docker.io").unwrap(), None);
+        assert!(s.erase("docker.io").unwrap().is_none());
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("other.example"));
     }
 }
