@@ -8,4 +8,5 @@ pub mod context;
 pub mod diag;
 pub mod dockerfile;
 pub mod oci;
+pub mod progress;
 pub mod registry;

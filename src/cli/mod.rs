@@ -2,6 +2,7 @@
 //! prints or uses `anyhow`.
 
 mod parse;
+pub mod render;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
