@@ -1,7 +1,9 @@
 //! Command line: clap definitions, rendering of results and errors, exit codes. The only module that
 //! prints or uses `anyhow`.
 
+mod login;
 mod parse;
+mod registry_opts;
 pub mod render;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +21,10 @@ struct Cli {
 enum Commands {
     /// Print how kiln reads a Dockerfile: JSON (stages, typed instructions, spans) or BuildKit's AST dump
     Parse(parse::ParseArgs),
+    /// Log in to a registry: check the credentials and store them in Docker's config.json
+    Login(login::LoginArgs),
+    /// Remove stored credentials for a registry
+    Logout(login::LogoutArgs),
 }
 
 /// Runs the CLI and maps the outcome to an exit code: 0 success, 1 failure, 2 usage error.
@@ -37,6 +43,8 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Commands::Parse(args) => parse::run(args),
+        Commands::Login(args) => login::login(args),
+        Commands::Logout(args) => login::logout(args),
     };
     match result {
         Ok(code) => code,

@@ -564,7 +564,7 @@ impl RegistryClient {
             },
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::Unauthorized {
                 hint: if self.config.credential.is_some() {
-                    format!("the stored credentials for {registry} were refused; run `kiln login {registry}` again")
+                    format!("the registry refused the credentials for {registry}; check them and run `kiln login {registry}`")
                 } else {
                     format!("run `kiln login {registry}` if the repository is private")
                 },
