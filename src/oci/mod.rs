@@ -2,5 +2,7 @@
 //! references, platforms, media types and hashing readers/writers.
 
 pub mod digest;
+pub mod reference;
 
 pub use digest::{DiffId, Digest, DigestError, DigestingReader, DigestingWriter};
+pub use reference::{Reference, ReferenceError};
