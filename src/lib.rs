@@ -8,3 +8,4 @@ pub mod context;
 pub mod diag;
 pub mod dockerfile;
 pub mod oci;
+pub mod store;
