@@ -10,3 +10,4 @@ pub mod dockerfile;
 pub mod oci;
 pub mod progress;
 pub mod registry;
+pub mod store;

@@ -2,5 +2,9 @@
 //! references, platforms, media types and hashing readers/writers.
 
 pub mod digest;
+pub mod platform;
+pub mod reference;
 
 pub use digest::{DiffId, Digest, DigestError, DigestingReader, DigestingWriter};
+pub use platform::{Platform, PlatformError};
+pub use reference::{Reference, ReferenceError};
