@@ -3,6 +3,7 @@
 
 mod login;
 mod parse;
+mod pull;
 mod registry_opts;
 pub mod render;
 
@@ -21,6 +22,8 @@ struct Cli {
 enum Commands {
     /// Print how kiln reads a Dockerfile: JSON (stages, typed instructions, spans) or BuildKit's AST dump
     Parse(parse::ParseArgs),
+    /// Pull an image from a registry into the local store
+    Pull(pull::PullArgs),
     /// Log in to a registry: check the credentials and store them in Docker's config.json
     Login(login::LoginArgs),
     /// Remove stored credentials for a registry
@@ -43,6 +46,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Commands::Parse(args) => parse::run(args),
+        Commands::Pull(args) => pull::run(args),
         Commands::Login(args) => login::login(args),
         Commands::Logout(args) => login::logout(args),
     };

@@ -281,7 +281,7 @@ impl RegistryClient {
         &self,
         repository: &str,
         digest: &Digest,
-        sink: &mut dyn BlobSink,
+        sink: &mut (dyn BlobSink + Send),
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RegistryError> {
         let scheme = self.scheme().await?;

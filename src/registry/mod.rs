@@ -5,6 +5,7 @@ pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod pull;
 
 pub use client::{BlobSink, EndpointConfig, FetchedManifest, RegistryClient, RetryPolicy, Scheme};
 pub use credentials::{Credential, CredentialSources};

@@ -1,0 +1,522 @@
+//! Pulling an image into the store: resolve the reference on the first endpoint that answers
+//! (mirrors first), pick the platform from an index, then fetch config and layers in parallel
+//! (bounded), each streamed into a resumable ingest that verifies size and digest before the
+//! blob becomes visible. The pulled manifest is tagged with the full reference.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::oci::{Digest, Platform, Reference};
+use crate::progress::{Event, Reporter, TransferOutcome};
+use crate::store::{Descriptor, Ingest, Store, StoreError};
+
+use super::client::{BlobSink, FetchedManifest, RegistryClient};
+use super::config::RegistryConfig;
+use super::credentials::CredentialSources;
+use super::error::RegistryError;
+
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Credentials(#[from] super::credentials::CredentialError),
+    #[error("{reference} has no image for platform {wanted}; the registry offers: {available}")]
+    NoMatchingPlatform {
+        reference: String,
+        wanted: String,
+        available: String,
+    },
+    #[error("{reference} is a Docker schema 1 manifest, which kiln does not support (it was deprecated in 2019)\n  hint: re-push the image with a current docker or skopeo to get a schema 2 / OCI manifest")]
+    Schema1 { reference: String },
+    #[error("{reference}: unsupported manifest type {media_type:?} from registry {registry}")]
+    UnsupportedManifest {
+        reference: String,
+        registry: String,
+        media_type: String,
+    },
+    #[error("{reference}: invalid manifest from registry {registry}: {message}")]
+    InvalidManifest {
+        reference: String,
+        registry: String,
+        message: String,
+    },
+    #[error("download of {what} failed: {message}")]
+    Task { what: String, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    pub platform: Platform,
+    /// Blobs downloaded at once.
+    pub concurrency: usize,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            platform: Platform::host(),
+            concurrency: 3,
+        }
+    }
+}
+
+/// What a pull left in the store.
+#[derive(Debug, Clone)]
+pub struct PulledImage {
+    /// The tag written into the store (the full reference).
+    pub tag: String,
+    /// The platform-specific manifest that the tag points at.
+    pub manifest: Descriptor,
+    pub config: WireDescriptor,
+    pub layers: Vec<WireDescriptor>,
+    /// Which endpoint served the image (a mirror or the registry itself).
+    pub endpoint: String,
+    /// Bytes downloaded now (0 when everything was already present).
+    pub downloaded: u64,
+}
+
+/// The fields of a descriptor a pull needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WireDescriptor {
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default)]
+    pub platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct WireDocument {
+    #[serde(rename = "schemaVersion", default)]
+    schema_version: Option<u32>,
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<Vec<WireDescriptor>>,
+    #[serde(default)]
+    config: Option<WireDescriptor>,
+    #[serde(default)]
+    layers: Option<Vec<WireDescriptor>>,
+    #[serde(default, rename = "fsLayers")]
+    fs_layers: Option<serde_json::Value>,
+}
+
+enum ManifestKind {
+    Index(Vec<WireDescriptor>),
+    Image {
+        config: WireDescriptor,
+        layers: Vec<WireDescriptor>,
+        media_type: String,
+    },
+}
+
+pub struct Puller {
+    pub config: RegistryConfig,
+    pub credentials: CredentialSources,
+    pub store: Store,
+    pub reporter: Arc<dyn Reporter>,
+}
+
+impl Puller {
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        options: &PullOptions,
+    ) -> Result<PulledImage, PullError> {
+        let endpoints = self
+            .config
+            .endpoints(reference.registry(), &self.credentials)?;
+        let count = endpoints.len();
+        let mut last_error = None;
+        for (i, endpoint) in endpoints.into_iter().enumerate() {
+            let name = endpoint.name.clone();
+            let client = Arc::new(RegistryClient::new(endpoint)?);
+            match self.pull_from(&client, reference, options).await {
+                Ok(image) => return Ok(image),
+                // Only problems of the endpoint itself send us to the next one.
+                Err(PullError::Registry(e)) if i + 1 < count && endpoint_may_differ(&e) => {
+                    self.reporter.report(Event::Warning {
+                        message: format!(
+                            "{name} could not serve {reference}: {e}; trying the next endpoint"
+                        ),
+                    });
+                    last_error = Some(PullError::Registry(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| PullError::Task {
+            what: reference.to_string(),
+            message: "no registry endpoint to pull from".into(),
+        }))
+    }
+
+    async fn pull_from(
+        &self,
+        client: &Arc<RegistryClient>,
+        reference: &Reference,
+        options: &PullOptions,
+    ) -> Result<PulledImage, PullError> {
+        let repo = reference.repository().to_string();
+        self.reporter.report(Event::Status {
+            message: format!("Resolving {reference} on {}", client.name()),
+        });
+        let first = client
+            .get_manifest(&repo, &reference.manifest_reference())
+            .await?;
+        let (manifest, kind) = match self.classify(&first, reference, client.name())? {
+            ManifestKind::Index(entries) => {
+                let chosen = self.choose_platform(&entries, reference, &options.platform)?;
+                let child = client.get_manifest(&repo, &chosen.to_string()).await?;
+                match self.classify(&child, reference, client.name())? {
+                    ManifestKind::Index(_) => {
+                        return Err(PullError::InvalidManifest {
+                            reference: reference.to_string(),
+                            registry: client.name().to_string(),
+                            message: "an index entry points at another index".into(),
+                        })
+                    }
+                    image => (child, image),
+                }
+            }
+            image => (first, image),
+        };
+        let ManifestKind::Image {
+            config,
+            layers,
+            media_type,
+        } = kind
+        else {
+            unreachable!("indexes were resolved above");
+        };
+
+        let blobs: Vec<(WireDescriptor, String)> =
+            std::iter::once((config.clone(), "config".to_string()))
+                .chain(
+                    layers
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| (l.clone(), format!("layer {}", i + 1))),
+                )
+                .collect();
+        let downloaded = self
+            .fetch_blobs(client, &repo, blobs, options.concurrency)
+            .await?;
+
+        let info = self.store.write_blob(&manifest.bytes)?;
+        let mut descriptor = Descriptor::new(media_type, info.digest, info.size);
+        if let Ok(p) = serde_json::to_value(&options.platform) {
+            descriptor.extra.insert("platform".into(), p);
+        }
+        let tag = reference.to_string();
+        self.store.tag(&tag, &descriptor)?;
+        self.reporter.report(Event::Status {
+            message: format!("Pulled {tag} ({})", descriptor.digest),
+        });
+        Ok(PulledImage {
+            tag,
+            manifest: descriptor,
+            config,
+            layers,
+            endpoint: client.name().to_string(),
+            downloaded,
+        })
+    }
+
+    fn classify(
+        &self,
+        fetched: &FetchedManifest,
+        reference: &Reference,
+        registry: &str,
+    ) -> Result<ManifestKind, PullError> {
+        let invalid = |message: String| PullError::InvalidManifest {
+            reference: reference.to_string(),
+            registry: registry.to_string(),
+            message,
+        };
+        let doc: WireDocument =
+            serde_json::from_slice(&fetched.bytes).map_err(|e| invalid(e.to_string()))?;
+        // The body's own mediaType wins over a generic Content-Type.
+        let declared = doc
+            .media_type
+            .clone()
+            .or_else(|| {
+                fetched
+                    .media_type
+                    .clone()
+                    .filter(|m| m != "application/json" && m != "text/plain")
+            })
+            .unwrap_or_default();
+        if doc.schema_version == Some(1)
+            || doc.fs_layers.is_some()
+            || declared.contains("distribution.manifest.v1+")
+        {
+            return Err(PullError::Schema1 {
+                reference: reference.to_string(),
+            });
+        }
+        let is_index = declared == OCI_INDEX
+            || declared == DOCKER_MANIFEST_LIST
+            || (declared.is_empty() && doc.manifests.is_some());
+        if is_index {
+            return Ok(ManifestKind::Index(doc.manifests.unwrap_or_default()));
+        }
+        let is_image = declared == OCI_MANIFEST
+            || declared == DOCKER_MANIFEST
+            || (declared.is_empty() && doc.config.is_some());
+        if !is_image {
+            return Err(PullError::UnsupportedManifest {
+                reference: reference.to_string(),
+                registry: registry.to_string(),
+                media_type: declared,
+            });
+        }
+        let config = doc
+            .config
+            .ok_or_else(|| invalid("the manifest has no config".into()))?;
+        let media_type = if declared.is_empty() {
+            OCI_MANIFEST.to_string()
+        } else {
+            declared
+        };
+        Ok(ManifestKind::Image {
+            config,
+            layers: doc.layers.unwrap_or_default(),
+            media_type,
+        })
+    }
+
+    fn choose_platform(
+        &self,
+        entries: &[WireDescriptor],
+        reference: &Reference,
+        wanted: &Platform,
+    ) -> Result<Digest, PullError> {
+        let images: Vec<(usize, Platform)> = entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.platform.clone().map(|p| (i, p)))
+            // Attestation manifests carry platform unknown/unknown.
+            .filter(|(_, p)| p.os != "unknown")
+            .collect();
+        match wanted.best_match(images.iter().map(|(_, p)| p)) {
+            Some(best) => Ok(entries[images[best].0].digest.clone()),
+            None => Err(PullError::NoMatchingPlatform {
+                reference: reference.to_string(),
+                wanted: wanted.to_string(),
+                available: if images.is_empty() {
+                    "no platforms".to_string()
+                } else {
+                    images
+                        .iter()
+                        .map(|(_, p)| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            }),
+        }
+    }
+
+    /// Downloads the blobs not yet in the store, `concurrency` at a time; returns bytes moved.
+    async fn fetch_blobs(
+        &self,
+        client: &Arc<RegistryClient>,
+        repo: &str,
+        blobs: Vec<(WireDescriptor, String)>,
+        concurrency: usize,
+    ) -> Result<u64, PullError> {
+        let semaphore = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        for (desc, label) in blobs {
+            let (client, store, reporter, repo, semaphore) = (
+                client.clone(),
+                self.store.clone(),
+                self.reporter.clone(),
+                repo.to_string(),
+                semaphore.clone(),
+            );
+            tasks.spawn(async move {
+                let _permit = semaphore.acquire_owned().await;
+                fetch_one(&client, &store, &*reporter, &repo, &desc, &label).await
+            });
+        }
+        let mut total = 0;
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(n)) => total += n,
+                Ok(Err(e)) => {
+                    if first_error.is_none() {
+                        first_error = Some(e);
+                        // Stop the others; their partial files stay for a resumed pull.
+                        tasks.abort_all();
+                    }
+                }
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => {
+                    first_error.get_or_insert(PullError::Task {
+                        what: "a blob".into(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+}
+
+/// A 404 or a transport failure at a mirror says nothing about the next endpoint; a
+/// credential or content problem might, but trying the next endpoint is still what Docker does.
+fn endpoint_may_differ(e: &RegistryError) -> bool {
+    !matches!(e, RegistryError::Credentials(_))
+}
+
+/// Streams into a store ingest; `reset` restarts from zero when the registry ignores `Range`.
+struct IngestSink {
+    store: Store,
+    digest: Digest,
+    size: u64,
+    ingest: Option<Ingest>,
+}
+
+impl BlobSink for IngestSink {
+    fn offset(&self) -> u64 {
+        self.ingest.as_ref().map_or(0, Ingest::written)
+    }
+
+    fn write_chunk(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        match &mut self.ingest {
+            Some(ingest) => std::io::Write::write_all(ingest, chunk),
+            None => Err(std::io::Error::other("ingest already closed")),
+        }
+    }
+
+    fn reset(&mut self) -> std::io::Result<()> {
+        if let Some(old) = self.ingest.take() {
+            old.abort();
+        }
+        self.ingest = Some(
+            self.store
+                .ingest(Some(&self.digest), Some(self.size))
+                .map_err(std::io::Error::other)?,
+        );
+        Ok(())
+    }
+}
+
+async fn fetch_one(
+    client: &RegistryClient,
+    store: &Store,
+    reporter: &dyn Reporter,
+    repo: &str,
+    desc: &WireDescriptor,
+    label: &str,
+) -> Result<u64, PullError> {
+    let id = desc.digest.to_string();
+    let label = format!("{} {label}", &desc.digest.hex()[..12]);
+    let started = Instant::now();
+    if store.has_blob(&desc.digest) {
+        reporter.report(Event::Status {
+            message: format!("{label}: already present"),
+        });
+        return Ok(0);
+    }
+    // A partial file left by an interrupted pull is resumed; if what it held turns out wrong,
+    // one more attempt starts from nothing.
+    for attempt in 0..2 {
+        let ingest = if attempt == 0 {
+            store.ingest_resume(&desc.digest, Some(desc.size))?
+        } else {
+            store.ingest(Some(&desc.digest), Some(desc.size))?
+        };
+        let offset = ingest.written();
+        reporter.report(Event::TransferStarted {
+            id: id.clone(),
+            label: label.clone(),
+            total: Some(desc.size),
+            offset,
+        });
+        let mut sink = IngestSink {
+            store: store.clone(),
+            digest: desc.digest.clone(),
+            size: desc.size,
+            ingest: Some(ingest),
+        };
+        let progress = |n: u64| {
+            reporter.report(Event::TransferProgress {
+                id: id.clone(),
+                bytes: n,
+            })
+        };
+        let fetched = if offset == desc.size {
+            Ok(())
+        } else {
+            client
+                .fetch_blob(repo, &desc.digest, &mut sink, &progress)
+                .await
+        };
+        if let Err(e) = fetched {
+            reporter.report(Event::TransferDone {
+                id,
+                outcome: TransferOutcome::Failed,
+                elapsed: started.elapsed(),
+            });
+            return Err(e.into());
+        }
+        let Some(ingest) = sink.ingest.take() else {
+            continue;
+        };
+        match ingest.commit() {
+            Ok(info) => {
+                reporter.report(Event::TransferDone {
+                    id,
+                    outcome: TransferOutcome::Transferred,
+                    elapsed: started.elapsed(),
+                });
+                return Ok(info.size.saturating_sub(offset));
+            }
+            Err(StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. })
+                if attempt == 0 && offset > 0 =>
+            {
+                continue
+            }
+            Err(StoreError::DigestMismatch {
+                expected, actual, ..
+            }) => {
+                reporter.report(Event::TransferDone {
+                    id,
+                    outcome: TransferOutcome::Failed,
+                    elapsed: started.elapsed(),
+                });
+                return Err(RegistryError::DigestMismatch {
+                    registry: client.name().to_string(),
+                    what: format!("blob {expected} of {repo}"),
+                    expected,
+                    actual,
+                }
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(PullError::Task {
+        what: desc.digest.to_string(),
+        message: "the download did not complete".into(),
+    })
+}
