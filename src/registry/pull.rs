@@ -114,6 +114,8 @@ struct WireDocument {
     fs_layers: Option<serde_json::Value>,
 }
 
+// Short-lived and never stored in bulk, so the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 enum ManifestKind {
     Index(Vec<WireDescriptor>),
     Image {
