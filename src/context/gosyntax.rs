@@ -65,11 +65,7 @@ fn scan_chunk(pattern: &[u8]) -> (bool, &[u8], &[u8]) {
     let mut i = 0;
     while i < pattern.len() {
         match pattern[i] {
-            b'\\' => {
-                if i + 1 < pattern.len() {
-                    i += 1;
-                }
-            }
+            b'\\' if i + 1 < pattern.len() => i += 1,
             b'[' => in_range = true,
             b']' => in_range = false,
             b'*' if !in_range => break,
@@ -377,8 +373,7 @@ fn class(chars: &[char], mut j: usize, out: &mut String) -> Result<usize, String
         }
         if c == '\\' {
             match chars.get(j + 1) {
-                Some(&s @ ('p' | 'P')) => {
-                    let _ = s;
+                Some('p' | 'P') => {
                     j = unicode_class(chars, j + 1, out)?;
                     continue;
                 }
