@@ -2,9 +2,11 @@
 //! references, platforms, media types and hashing readers/writers.
 
 pub mod digest;
+pub mod media;
 pub mod platform;
 pub mod reference;
 
 pub use digest::{DiffId, Digest, DigestError, DigestingReader, DigestingWriter};
+pub use media::Compression;
 pub use platform::{Platform, PlatformError};
 pub use reference::{Reference, ReferenceError};
