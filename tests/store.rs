@@ -865,3 +865,16 @@ fn skopeo_and_umoci_read_the_layout() {
     // umoci only reads; the store is still consistent for kiln.
     assert_store_consistent(&Store::open(&root).unwrap());
 }
+
+#[test]
+fn verify_blob_detects_corruption() {
+    let dir = tmp();
+    let store = Store::open(dir.path()).unwrap();
+    let info = store.write_blob(b"pristine").unwrap();
+    assert_eq!(store.verify_blob(&info.digest).unwrap(), info);
+    fs::write(store.blob_path(&info.digest), b"tampered").unwrap();
+    assert!(matches!(
+        store.verify_blob(&info.digest),
+        Err(StoreError::DigestMismatch { .. })
+    ));
+}
