@@ -2,9 +2,16 @@
 //! references, platforms, media types and hashing readers/writers.
 
 pub mod digest;
+pub mod manifest;
+pub mod media;
 pub mod platform;
 pub mod reference;
 
 pub use digest::{DiffId, Digest, DigestError, DigestingReader, DigestingWriter};
+pub use manifest::{
+    sniff_manifest, ContainerConfig, Descriptor, Healthcheck, History, ImageConfig, ImageIndex,
+    ImageManifest, Manifest, ManifestError, ManifestKind, RootFs,
+};
+pub use media::Compression;
 pub use platform::{Platform, PlatformError};
 pub use reference::{Reference, ReferenceError};

@@ -18,7 +18,7 @@ pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 /// An OCI content descriptor. Fields kiln does not model (`platform`, `urls`, `artifactType`,
 /// `data`, …) are kept in `extra` and written back unchanged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor {
     #[serde(rename = "mediaType")]
     pub media_type: String,

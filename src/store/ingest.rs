@@ -257,6 +257,21 @@ impl Store {
     }
 }
 
+impl Store {
+    /// If the blob exists, bumps its mtime (so a GC's grace period covers a blob someone just
+    /// "wrote" again) and returns true. The caller holds the shared lock.
+    pub(crate) fn freshen_locked(&self, digest: &Digest) -> bool {
+        let target = self.blob_path(digest);
+        if !target.is_file() {
+            return false;
+        }
+        if let Ok(f) = OpenOptions::new().write(true).open(&target) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+        true
+    }
+}
+
 impl Ingest {
     /// The ingest file being written.
     pub fn path(&self) -> &Path {
@@ -315,14 +330,21 @@ impl Ingest {
                 size,
             });
         }
-        let target = self.store.blob_path(&digest);
-        if target.is_file() {
-            remove_quietly(&path);
-            // Freshen it, so a concurrent GC's grace period covers the blob we just "wrote".
-            if let Ok(f) = OpenOptions::new().write(true).open(&target) {
-                let _ = f.set_modified(SystemTime::now());
+        // Under the shared lock, so a GC (exclusive) sees either no blob or one freshly
+        // modified, which its grace period protects until a tag refers to it.
+        let _lock = match self.store.lock_shared() {
+            Ok(lock) => lock,
+            Err(e) => {
+                remove_quietly(&path);
+                return Err(e);
             }
+        };
+        let target = self.store.blob_path(&digest);
+        if self.store.freshen_locked(&digest) {
+            remove_quietly(&path);
         } else {
+            // The mtime is the last write, which may be long ago for a slow download.
+            let _ = file.set_modified(SystemTime::now());
             fs::rename(&path, &target).map_err(|e| {
                 remove_quietly(&path);
                 StoreError::io("rename into blobs", &target)(e)

@@ -224,7 +224,7 @@ impl Store {
     /// Writes `bytes` as a blob (through ingest) and returns its digest and size.
     pub fn write_blob(&self, bytes: &[u8]) -> Result<BlobInfo> {
         let digest = Digest::of(bytes);
-        if self.has_blob(&digest) {
+        if self.freshen(&digest)? {
             return Ok(BlobInfo {
                 digest,
                 size: bytes.len() as u64,
@@ -234,6 +234,13 @@ impl Store {
         std::io::Write::write_all(&mut ingest, bytes)
             .map_err(StoreError::io("write", ingest.path()))?;
         ingest.commit()
+    }
+
+    /// True if the blob exists; its mtime is then bumped so that a garbage collection running
+    /// before the caller tags something that refers to it keeps it (see [`GcOptions::grace`]).
+    pub fn freshen(&self, digest: &Digest) -> Result<bool> {
+        let _lock = self.lock_shared()?;
+        Ok(self.freshen_locked(digest))
     }
 
     fn lock_exclusive(&self) -> Result<LockGuard> {
