@@ -1,6 +1,8 @@
 //! Command line: clap definitions, rendering of results and errors, exit codes. The only module that
 //! prints or uses `anyhow`.
 
+mod check;
+mod check_ignore;
 mod parse;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +20,8 @@ struct Cli {
 enum Commands {
     /// Print how kiln reads a Dockerfile: JSON (stages, typed instructions, spans) or BuildKit's AST dump
     Parse(parse::ParseArgs),
+    /// Run BuildKit's build checks (linter) on a Dockerfile
+    Check(check::CheckArgs),
 }
 
 /// Runs the CLI and maps the outcome to an exit code: 0 success, 1 failure, 2 usage error.
@@ -36,6 +40,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Commands::Parse(args) => parse::run(args),
+        Commands::Check(args) => check::run(args),
     };
     match result {
         Ok(code) => code,
