@@ -98,3 +98,48 @@ fn error_message_lists_rules() {
         Some("lint violation found for rules: ConsistentInstructionCasing, FromAsCasing")
     );
 }
+
+#[test]
+fn onbuild_triggers_run_in_the_child_stage_at_its_from() {
+    let f = run("FROM scratch AS base\nONBUILD CMD run\n\nFROM base\nFROM base\n");
+    let json: Vec<_> = f
+        .iter()
+        .filter(|(_, r, _)| r == "JSONArgsRecommended")
+        .map(|(l, _, _)| *l)
+        .collect();
+    assert_eq!(json, vec![4, 5]);
+}
+
+#[test]
+fn stage_state_is_inherited_but_trackers_are_not() {
+    let f = run("FROM scratch AS a\nSHELL [\"/bin/bash\", \"-c\"]\nWORKDIR /x\nCMD [\"a\"]\nFROM a\nCMD b\nWORKDIR y\n");
+    assert!(f.is_empty(), "{f:?}");
+}
+
+#[test]
+fn copy_from_another_stage_is_not_checked_against_dockerignore() {
+    struct All;
+    impl IgnoreChecker for All {
+        fn is_ignored(&self, _: &str) -> bool {
+            true
+        }
+    }
+    let text = "# check=experimental=CopyIgnoredFile\nFROM scratch AS a\nCOPY --from=a /x /y\nCOPY . /\nADD https://example.com/a /a\nCOPY ./a/../b /\n";
+    let src = SourceFile::new("Dockerfile", text);
+    let df = parse_dockerfile(&src).unwrap();
+    let opts = LintOptions {
+        config: None,
+        ignore: Some(&All),
+    };
+    let f: Vec<_> = lint(&src, &df, &opts)
+        .into_iter()
+        .map(|f| (f.line(), f.message))
+        .collect();
+    assert_eq!(
+        f,
+        vec![(
+            6,
+            "Attempting to Copy file \"b\" that is excluded by .dockerignore".to_string()
+        )]
+    );
+}
