@@ -7,3 +7,6 @@ pub mod cli;
 pub mod context;
 pub mod diag;
 pub mod dockerfile;
+pub mod oci;
+pub mod progress;
+pub mod registry;

@@ -11,15 +11,6 @@ use kiln::dockerfile::parse_dockerfile;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// These need the real shell lexer (matched/unmatched variables): their fixtures are written (from
-/// BuildKit's tests) but not run until it lands.
-const LEXER_PENDING: &[&str] = &[
-    "UndefinedVar",
-    "UndefinedArgInFrom",
-    "InvalidDefaultArgInFrom",
-    "RedundantTargetPlatform",
-];
-
 fn kiln() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
 }
@@ -59,10 +50,6 @@ fn golden_fixtures() {
     assert!(dirs.len() >= 40, "found only {} fixtures", dirs.len());
     let mut failures = Vec::new();
     for dir in &dirs {
-        let rel = dir.strip_prefix(fixtures()).expect("under fixtures");
-        if LEXER_PENDING.iter().any(|p| rel.starts_with(p)) {
-            continue;
-        }
         let out = check_in(dir, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let code = out.status.code().unwrap_or(-1);

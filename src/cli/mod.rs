@@ -3,7 +3,10 @@
 
 mod check;
 mod check_ignore;
+mod login;
 mod parse;
+mod registry_opts;
+pub mod render;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,6 +25,10 @@ enum Commands {
     Parse(parse::ParseArgs),
     /// Run BuildKit's build checks (linter) on a Dockerfile
     Check(check::CheckArgs),
+    /// Log in to a registry: check the credentials and store them in Docker's config.json
+    Login(login::LoginArgs),
+    /// Remove stored credentials for a registry
+    Logout(login::LogoutArgs),
 }
 
 /// Runs the CLI and maps the outcome to an exit code: 0 success, 1 failure, 2 usage error.
@@ -41,6 +48,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Parse(args) => parse::run(args),
         Commands::Check(args) => check::run(args),
+        Commands::Login(args) => login::login(args),
+        Commands::Logout(args) => login::logout(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,198 @@
+//! Renders progress events: indicatif bars on a terminal, plain lines elsewhere (CI logs).
+//! Everything goes to stderr; stdout is kept for data.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::progress::{Event, Reporter, TransferOutcome};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Plain,
+    Tty,
+}
+
+/// Picks the renderer: `auto` means bars when stderr is a terminal.
+pub fn reporter(mode: ProgressMode) -> Box<dyn Reporter> {
+    let tty = match mode {
+        ProgressMode::Tty => true,
+        ProgressMode::Plain => false,
+        ProgressMode::Auto => std::io::stderr().is_terminal(),
+    };
+    if tty {
+        Box::new(TtyRenderer::new())
+    } else {
+        Box::new(PlainRenderer::default())
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// One line per start and end of a transfer, with sizes, times and speeds.
+#[derive(Default)]
+pub struct PlainRenderer {
+    transfers: Mutex<HashMap<String, (String, u64)>>,
+}
+
+impl Reporter for PlainRenderer {
+    fn report(&self, event: Event) {
+        let mut err = std::io::stderr().lock();
+        let mut transfers = self.transfers.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = match event {
+            Event::Status { message } => writeln!(err, "{message}"),
+            Event::Warning { message } => writeln!(err, "warning: {message}"),
+            Event::TransferStarted {
+                id,
+                label,
+                total,
+                offset,
+            } => {
+                let size = total
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "unknown size".into());
+                let resumed = if offset > 0 {
+                    format!(", resuming at {}", human_bytes(offset))
+                } else {
+                    String::new()
+                };
+                transfers.insert(id, (label.clone(), 0));
+                writeln!(err, "{label}: downloading {size}{resumed}")
+            }
+            Event::TransferProgress { id, bytes } => {
+                if let Some(t) = transfers.get_mut(&id) {
+                    t.1 += bytes;
+                }
+                Ok(())
+            }
+            Event::TransferDone {
+                id,
+                outcome,
+                elapsed,
+            } => {
+                let (label, moved) = transfers.remove(&id).unwrap_or((id, 0));
+                match outcome {
+                    TransferOutcome::AlreadyPresent => writeln!(err, "{label}: already present"),
+                    TransferOutcome::Failed => writeln!(err, "{label}: failed"),
+                    TransferOutcome::Transferred => {
+                        let secs = elapsed.as_secs_f64().max(0.001);
+                        writeln!(
+                            err,
+                            "{label}: done {} in {:.1}s ({}/s)",
+                            human_bytes(moved),
+                            secs,
+                            human_bytes((moved as f64 / secs) as u64)
+                        )
+                    }
+                }
+            }
+        };
+    }
+}
+
+/// A bar per transfer (bytes, speed) under a MultiProgress.
+pub struct TtyRenderer {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl TtyRenderer {
+    fn new() -> TtyRenderer {
+        TtyRenderer {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn style(known_total: bool) -> ProgressStyle {
+        let template = if known_total {
+            "{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}"
+        } else {
+            "{prefix:.bold} {spinner} {bytes} {bytes_per_sec} {msg}"
+        };
+        // Bold is the only styling; console (under indicatif) honours NO_COLOR for it.
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ")
+    }
+}
+
+impl Reporter for TtyRenderer {
+    fn report(&self, event: Event) {
+        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            Event::Status { message } => {
+                let _ = self.multi.println(message);
+            }
+            Event::Warning { message } => {
+                let _ = self.multi.println(format!("warning: {message}"));
+            }
+            Event::TransferStarted {
+                id,
+                label,
+                total,
+                offset,
+            } => {
+                let bar = self.multi.add(match total {
+                    Some(t) => ProgressBar::new(t),
+                    None => ProgressBar::no_length(),
+                });
+                bar.set_style(Self::style(total.is_some()));
+                bar.set_prefix(label);
+                bar.set_position(offset);
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bars.insert(id, bar);
+            }
+            Event::TransferProgress { id, bytes } => {
+                if let Some(bar) = bars.get(&id) {
+                    bar.inc(bytes);
+                }
+            }
+            Event::TransferDone {
+                id,
+                outcome,
+                elapsed,
+            } => {
+                if let Some(bar) = bars.remove(&id) {
+                    let msg = match outcome {
+                        TransferOutcome::Transferred => {
+                            format!("done in {:.1}s", elapsed.as_secs_f64())
+                        }
+                        TransferOutcome::AlreadyPresent => "already present".to_string(),
+                        TransferOutcome::Failed => "failed".to_string(),
+                    };
+                    bar.finish_with_message(msg);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_500), "1.5 kB");
+        assert_eq!(human_bytes(25_100_000), "25.1 MB");
+    }
+}

@@ -1,0 +1,80 @@
+//! What kiln reports while it works, as data: the library emits [`Event`]s to a [`Reporter`]
+//! and never renders; the CLI turns them into indicatif bars or plain lines.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// One thing that happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A free-form status line (`Resolving docker.io/library/python:3.12-slim`).
+    Status {
+        message: String,
+    },
+    /// A blob transfer begins; `id` is stable for its progress and completion events.
+    TransferStarted {
+        id: String,
+        label: String,
+        total: Option<u64>,
+        /// Bytes already present (a resumed download).
+        offset: u64,
+    },
+    TransferProgress {
+        id: String,
+        bytes: u64,
+    },
+    TransferDone {
+        id: String,
+        outcome: TransferOutcome,
+        elapsed: Duration,
+    },
+    /// A warning worth the user's attention (a mirror failed and the next is tried, …).
+    Warning {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// Downloaded (or uploaded) now.
+    Transferred,
+    /// Already present; nothing moved.
+    AlreadyPresent,
+    Failed,
+}
+
+/// Receives events; implementations must be cheap and thread-safe.
+pub trait Reporter: Send + Sync {
+    fn report(&self, event: Event);
+}
+
+/// Discards everything.
+pub struct NullReporter;
+
+impl Reporter for NullReporter {
+    fn report(&self, _event: Event) {}
+}
+
+/// Keeps every event, for tests.
+#[derive(Default)]
+pub struct RecordingReporter {
+    events: Mutex<Vec<Event>>,
+}
+
+impl RecordingReporter {
+    pub fn events(&self) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Reporter for RecordingReporter {
+    fn report(&self, event: Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+    }
+}
