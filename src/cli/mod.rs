@@ -1,6 +1,8 @@
 //! Command line: clap definitions, rendering of results and errors, exit codes. The only module that
 //! prints or uses `anyhow`.
 
+mod check;
+mod check_ignore;
 mod login;
 mod parse;
 mod pull;
@@ -22,6 +24,8 @@ struct Cli {
 enum Commands {
     /// Print how kiln reads a Dockerfile: JSON (stages, typed instructions, spans) or BuildKit's AST dump
     Parse(parse::ParseArgs),
+    /// Run BuildKit's build checks (linter) on a Dockerfile
+    Check(check::CheckArgs),
     /// Pull an image from a registry into the local store
     Pull(pull::PullArgs),
     /// Log in to a registry: check the credentials and store them in Docker's config.json
@@ -46,6 +50,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Commands::Parse(args) => parse::run(args),
+        Commands::Check(args) => check::run(args),
         Commands::Pull(args) => pull::run(args),
         Commands::Login(args) => login::login(args),
         Commands::Logout(args) => login::logout(args),

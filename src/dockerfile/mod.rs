@@ -13,5 +13,6 @@ pub use ast::{Ast, Directive, Heredoc, Node, ParseWarning};
 pub use error::ParseError;
 pub use gostr::{go_quote, go_quote_slice};
 pub mod instructions;
+pub mod lint;
 
 pub use instructions::{parse_dockerfile, Command, Dockerfile, Instruction, Stage};
