@@ -7,4 +7,6 @@ pub mod cli;
 pub mod context;
 pub mod diag;
 pub mod dockerfile;
+pub mod layer;
 pub mod oci;
+pub mod snapshot;
