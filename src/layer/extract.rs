@@ -701,7 +701,7 @@ impl<'a> Extractor<'a> {
                 let sub = rfs::openat(
                     dir,
                     os(&child),
-                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
                 .map_err(|e| self.io("open directory", &child_rel, e))?;
@@ -713,7 +713,16 @@ impl<'a> Extractor<'a> {
 
     fn children(&self, dir: &OwnedFd, rel: &[u8]) -> Result<Vec<(Vec<u8>, FileType)>, LayerError> {
         let mut out = Vec::new();
-        let entries = rfs::Dir::read_from(dir).map_err(|e| self.io("read directory", rel, e))?;
+        // `dir` may be an O_PATH fd, which getdents refuses: reopen it for reading.
+        let readable = rfs::openat(
+            dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io("open directory", rel, e))?;
+        let entries =
+            rfs::Dir::read_from(&readable).map_err(|e| self.io("read directory", rel, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| self.io("read directory", rel, e))?;
             let name = entry.file_name().to_bytes();
@@ -742,7 +751,7 @@ impl<'a> Extractor<'a> {
         let sub = rfs::openat(
             dir,
             os(name),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| self.io("open directory", rel, e))?;
