@@ -635,3 +635,37 @@ fn unpack_rejects_a_wrong_diff_id_and_leaves_nothing() {
         .unwrap();
     assert_eq!(again, info);
 }
+
+#[test]
+fn streams_a_large_layer_without_holding_it() {
+    // 16 MiB generated on the fly: neither the test nor the extractor holds the tar in memory.
+    const SIZE: u64 = 16 << 20;
+    let stream = || {
+        let mut h = header(b"large.bin", EntryType::Regular, SIZE, 0o644);
+        h.set_size(SIZE);
+        h.set_cksum();
+        std::io::Read::chain(
+            std::io::Read::chain(std::io::Cursor::new(h.as_bytes().to_vec()), {
+                std::io::Read::take(std::io::repeat(7), SIZE)
+            }),
+            std::io::Read::take(std::io::repeat(0), 1024),
+        )
+    };
+    let mut expected = kiln::oci::DigestingReader::new(stream());
+    std::io::copy(&mut expected, &mut std::io::sink()).unwrap();
+    let (expected, len) = expected.finish();
+    let s = Scratch::new();
+    let stats = extract_layer(
+        stream(),
+        Compression::None,
+        &s.target(),
+        &unprivileged(WhiteoutMode::Overlay),
+    )
+    .unwrap();
+    assert_eq!(stats.diff_id, DiffId(expected));
+    assert_eq!(stats.uncompressed_size, len);
+    assert_eq!(
+        fs::metadata(s.target().join("large.bin")).unwrap().len(),
+        SIZE
+    );
+}
