@@ -1,0 +1,668 @@
+//! Unpacked layers as directories keyed by chain ID, and writable snapshots on top of them.
+//!
+//! Like containerd's snapshotters, [`Snapshotter::prepare`] and [`Snapshotter::view`] return the
+//! mounts to make as data ([`Mount`]); this module never mounts anything.
+//!
+//! Layout under the snapshotter's root:
+//!
+//! ```text
+//! snapshots/<chain-id hex>/fs          a committed layer, overlay-style whiteouts
+//! snapshots/<chain-id hex>/meta.json   SnapshotInfo
+//! active/<key>/{fs,work,meta.json}     a writable snapshot (overlay upper and work dirs)
+//! tmp/<pid>-<n>/                       work in progress; renamed into place when complete
+//! ```
+//!
+//! Every snapshot appears at its final path by one `rename`, so a crash leaves only a stale
+//! directory in `tmp/`, removed by the next [`Snapshotter::new`] once its process is gone.
+
+mod chain;
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+pub use chain::{chain_ids, ChainId};
+
+use crate::layer::{extract_layer, Compression, ExtractOptions, LayerError};
+use crate::oci::DiffId;
+
+/// A mount to make, as data: `mount -t <kind> -o <options joined by ','> <source> <target>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// `overlay` or `bind`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub source: PathBuf,
+    pub options: Vec<String>,
+}
+
+impl Mount {
+    /// The options as one `-o` argument.
+    pub fn options_string(&self) -> String {
+        self.options.join(",")
+    }
+}
+
+/// What is known about a committed snapshot (its `meta.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub chain_id: ChainId,
+    pub diff_id: DiffId,
+    pub parent: Option<ChainId>,
+    /// Size of the uncompressed layer tar, when the snapshot was unpacked from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ActiveInfo {
+    key: String,
+    parent: Option<ChainId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("snapshot metadata {path}: {source}")]
+    Metadata {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error("layer for {chain_id} has DiffID {actual}, but the image config says {expected}")]
+    DiffIdMismatch {
+        chain_id: ChainId,
+        expected: DiffId,
+        actual: DiffId,
+    },
+    #[error("snapshot {0} does not exist")]
+    NotFound(ChainId),
+    #[error("active snapshot {0:?} does not exist")]
+    ActiveNotFound(String),
+    #[error("active snapshot {0:?} already exists")]
+    ActiveExists(String),
+    #[error("invalid snapshot key {0:?}: use 1-128 of [A-Za-z0-9._-], not starting with '.'")]
+    InvalidKey(String),
+    #[error("snapshot {chain_id} is the parent of {children:?}")]
+    InUse {
+        chain_id: ChainId,
+        children: Vec<String>,
+    },
+    #[error("snapshotter root {0} contains ',' or ':', which overlay mount options cannot carry")]
+    InvalidRoot(PathBuf),
+    #[error("snapshot {0}: parent chain is too long or has a cycle")]
+    BadChain(ChainId),
+}
+
+type Result<T> = std::result::Result<T, SnapshotError>;
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Linux rename(2) of a directory onto a non-empty one.
+fn already_there(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc_errno) if libc_errno == rustix::io::Errno::NOTEMPTY.raw_os_error()
+        || libc_errno == rustix::io::Errno::EXIST.raw_os_error())
+}
+
+const MAX_CHAIN: usize = 500;
+
+pub struct Snapshotter {
+    root: PathBuf,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Snapshotter {
+    /// Opens (creating if needed) a snapshotter rooted at `root` and removes temporary directories
+    /// left by processes that no longer run.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Snapshotter> {
+        let root = root.into();
+        if root
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .any(|&b| b == b',' || b == b':')
+        {
+            return Err(SnapshotError::InvalidRoot(root));
+        }
+        let s = Snapshotter { root };
+        for dir in [s.snapshots_dir(), s.active_dir(), s.tmp_dir()] {
+            fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        }
+        s.cleanup_stale()?;
+        Ok(s)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    fn active_dir(&self) -> PathBuf {
+        self.root.join("active")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn snapshot_dir(&self, chain_id: &ChainId) -> PathBuf {
+        self.snapshots_dir().join(chain_id.0.hex())
+    }
+
+    /// The unpacked layer's directory (overlay-style whiteouts), to use as a lower dir.
+    pub fn fs_path(&self, chain_id: &ChainId) -> PathBuf {
+        self.snapshot_dir(chain_id).join("fs")
+    }
+
+    fn active_path(&self, key: &str) -> Result<PathBuf> {
+        let ok = !key.is_empty()
+            && key.len() <= 128
+            && !key.starts_with('.')
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            return Err(SnapshotError::InvalidKey(key.to_string()));
+        }
+        Ok(self.active_dir().join(key))
+    }
+
+    /// The upper dir of an active snapshot: what a build step changed, to be diffed into a layer.
+    pub fn upper_dir(&self, key: &str) -> Result<PathBuf> {
+        let dir = self.active_path(key)?;
+        if !dir.is_dir() {
+            return Err(SnapshotError::ActiveNotFound(key.to_string()));
+        }
+        Ok(dir.join("fs"))
+    }
+
+    pub fn exists(&self, chain_id: &ChainId) -> bool {
+        self.snapshot_dir(chain_id).join("meta.json").is_file()
+    }
+
+    pub fn info(&self, chain_id: &ChainId) -> Result<SnapshotInfo> {
+        let path = self.snapshot_dir(chain_id).join("meta.json");
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| SnapshotError::Metadata { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(SnapshotError::NotFound(chain_id.clone()))
+            }
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
+    }
+
+    /// Every committed snapshot.
+    pub fn list(&self) -> Result<Vec<SnapshotInfo>> {
+        let dir = self.snapshots_dir();
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("read directory", &dir))? {
+            let entry = entry.map_err(io_err("read directory", &dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(digest) = format!("sha256:{name}").parse() else {
+                continue;
+            };
+            match self.info(&ChainId(digest)) {
+                Ok(info) => out.push(info),
+                Err(SnapshotError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.chain_id.cmp(&b.chain_id));
+        Ok(out)
+    }
+
+    /// Unpacks a layer on top of `parent` as snapshot `ChainID(parent, diff_id)` and checks that
+    /// the tar's DiffID is `diff_id`. If the snapshot exists already, returns it without reading.
+    pub fn unpack(
+        &self,
+        parent: Option<&ChainId>,
+        diff_id: &DiffId,
+        reader: impl Read,
+        compression: Compression,
+    ) -> Result<SnapshotInfo> {
+        let chain_id = ChainId::of(parent, diff_id);
+        if self.exists(&chain_id) {
+            return self.info(&chain_id);
+        }
+        if let Some(parent) = parent {
+            if !self.exists(parent) {
+                return Err(SnapshotError::NotFound(parent.clone()));
+            }
+        }
+        let tmp = self.new_tmp()?;
+        let result = (|| {
+            let fs_dir = tmp.join("fs");
+            fs::create_dir(&fs_dir).map_err(io_err("create directory", &fs_dir))?;
+            let stats = extract_layer(reader, compression, &fs_dir, &ExtractOptions::overlay())?;
+            if stats.diff_id != *diff_id {
+                return Err(SnapshotError::DiffIdMismatch {
+                    chain_id: chain_id.clone(),
+                    expected: diff_id.clone(),
+                    actual: stats.diff_id,
+                });
+            }
+            let info = SnapshotInfo {
+                chain_id: chain_id.clone(),
+                diff_id: diff_id.clone(),
+                parent: parent.cloned(),
+                size: Some(stats.uncompressed_size),
+            };
+            self.install(&tmp, &info)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    /// Writes `info` into `tmp`, flushes it to disk and renames `tmp` to the snapshot's path. A
+    /// snapshot that another process installed first wins, and `tmp` is removed.
+    fn install(&self, tmp: &Path, info: &SnapshotInfo) -> Result<SnapshotInfo> {
+        write_json(&tmp.join("meta.json"), info)?;
+        let dir = fs::File::open(tmp).map_err(io_err("open", tmp))?;
+        rustix::fs::syncfs(&dir).map_err(|e| io_err("sync", tmp)(e.into()))?;
+        let dest = self.snapshot_dir(&info.chain_id);
+        match fs::rename(tmp, &dest) {
+            Ok(()) => {
+                sync_dir(&self.snapshots_dir())?;
+                Ok(info.clone())
+            }
+            Err(e) if already_there(&e) => {
+                let _ = fs::remove_dir_all(tmp);
+                self.info(&info.chain_id)
+            }
+            Err(e) => Err(io_err("rename into place", &dest)(e)),
+        }
+    }
+
+    /// The `fs` dirs of `chain_id` and its ancestors, top first (overlay's lowerdir order).
+    pub fn lower_dirs(&self, chain_id: &ChainId) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let mut next = Some(chain_id.clone());
+        while let Some(id) = next {
+            if out.len() >= MAX_CHAIN {
+                return Err(SnapshotError::BadChain(chain_id.clone()));
+            }
+            let info = self.info(&id)?;
+            out.push(self.fs_path(&id));
+            next = info.parent;
+        }
+        Ok(out)
+    }
+
+    /// Creates writable snapshot `key` on top of `parent` (or empty) and returns how to mount it.
+    pub fn prepare(&self, key: &str, parent: Option<&ChainId>) -> Result<Vec<Mount>> {
+        let dest = self.active_path(key)?;
+        if let Some(parent) = parent {
+            if !self.exists(parent) {
+                return Err(SnapshotError::NotFound(parent.clone()));
+            }
+        }
+        if dest.exists() {
+            return Err(SnapshotError::ActiveExists(key.to_string()));
+        }
+        let tmp = self.new_tmp()?;
+        let result = (|| {
+            for sub in ["fs", "work"] {
+                let d = tmp.join(sub);
+                fs::create_dir(&d).map_err(io_err("create directory", &d))?;
+            }
+            let info = ActiveInfo {
+                key: key.to_string(),
+                parent: parent.cloned(),
+            };
+            write_json(&tmp.join("meta.json"), &info)?;
+            match fs::rename(&tmp, &dest) {
+                Ok(()) => Ok(()),
+                Err(e) if already_there(&e) => Err(SnapshotError::ActiveExists(key.to_string())),
+                Err(e) => Err(io_err("rename into place", &dest)(e)),
+            }
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        self.mounts(key)
+    }
+
+    fn active_info(&self, key: &str) -> Result<ActiveInfo> {
+        let path = self.active_path(key)?.join("meta.json");
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| SnapshotError::Metadata { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(SnapshotError::ActiveNotFound(key.to_string()))
+            }
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
+    }
+
+    /// How to mount active snapshot `key`: a read-write bind of its dir when it has no parent,
+    /// else an overlay of its parents (top first) under its upper dir.
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let info = self.active_info(key)?;
+        let dir = self.active_path(key)?;
+        let upper = dir.join("fs");
+        let Some(parent) = info.parent else {
+            return Ok(vec![Mount {
+                kind: "bind".to_string(),
+                source: upper,
+                options: vec!["rbind".to_string(), "rw".to_string()],
+            }]);
+        };
+        let lowers = self.lower_dirs(&parent)?;
+        Ok(vec![Mount {
+            kind: "overlay".to_string(),
+            source: PathBuf::from("overlay"),
+            options: vec![
+                lowerdir_option(&lowers),
+                format!("upperdir={}", upper.display()),
+                format!("workdir={}", dir.join("work").display()),
+            ],
+        }])
+    }
+
+    /// A read-only view of committed snapshot `chain_id`: a read-only bind of a single layer, or
+    /// an overlay of lower dirs only.
+    pub fn view(&self, chain_id: &ChainId) -> Result<Vec<Mount>> {
+        let lowers = self.lower_dirs(chain_id)?;
+        if let [only] = lowers.as_slice() {
+            return Ok(vec![Mount {
+                kind: "bind".to_string(),
+                source: only.clone(),
+                options: vec!["rbind".to_string(), "ro".to_string()],
+            }]);
+        }
+        Ok(vec![Mount {
+            kind: "overlay".to_string(),
+            source: PathBuf::from("overlay"),
+            options: vec![lowerdir_option(&lowers)],
+        }])
+    }
+
+    /// Turns active snapshot `key` into committed snapshot `ChainID(parent, diff_id)`, where
+    /// `diff_id` is the DiffID of the layer made from its upper dir. If that snapshot exists
+    /// already, the active one is discarded.
+    pub fn commit(&self, key: &str, diff_id: &DiffId) -> Result<SnapshotInfo> {
+        let active = self.active_info(key)?;
+        let src = self.active_path(key)?;
+        let chain_id = ChainId::of(active.parent.as_ref(), diff_id);
+        // Claim the active dir first, so a crash leaves a stale temp rather than a half snapshot.
+        let tmp = self.new_tmp_path();
+        fs::rename(&src, &tmp).map_err(io_err("rename", &src))?;
+        let result = (|| {
+            let work = tmp.join("work");
+            fs::remove_dir_all(&work).map_err(io_err("remove", &work))?;
+            let info = SnapshotInfo {
+                chain_id: chain_id.clone(),
+                diff_id: diff_id.clone(),
+                parent: active.parent.clone(),
+                size: None,
+            };
+            self.install(&tmp, &info)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    /// Removes committed snapshot `chain_id`, unless a snapshot is built on it.
+    pub fn remove(&self, chain_id: &ChainId) -> Result<()> {
+        if !self.exists(chain_id) {
+            return Err(SnapshotError::NotFound(chain_id.clone()));
+        }
+        let mut children: Vec<String> = self
+            .list()?
+            .into_iter()
+            .filter(|s| s.parent.as_ref() == Some(chain_id))
+            .map(|s| s.chain_id.to_string())
+            .collect();
+        for key in self.active_keys()? {
+            if let Ok(a) = self.active_info(&key) {
+                if a.parent.as_ref() == Some(chain_id) {
+                    children.push(format!("active {key}"));
+                }
+            }
+        }
+        if !children.is_empty() {
+            return Err(SnapshotError::InUse {
+                chain_id: chain_id.clone(),
+                children,
+            });
+        }
+        self.discard(&self.snapshot_dir(chain_id))
+    }
+
+    /// Removes active snapshot `key` (which must not be mounted).
+    pub fn remove_active(&self, key: &str) -> Result<()> {
+        let dir = self.active_path(key)?;
+        if !dir.exists() {
+            return Err(SnapshotError::ActiveNotFound(key.to_string()));
+        }
+        self.discard(&dir)
+    }
+
+    /// Keys of the active snapshots.
+    pub fn active_keys(&self) -> Result<Vec<String>> {
+        let dir = self.active_dir();
+        let mut keys = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("read directory", &dir))? {
+            let entry = entry.map_err(io_err("read directory", &dir))?;
+            if let Some(name) = entry.file_name().to_str() {
+                keys.push(name.to_string());
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Moves `dir` out of sight in one rename, then deletes it.
+    fn discard(&self, dir: &Path) -> Result<()> {
+        let tmp = self.new_tmp_path();
+        fs::rename(dir, &tmp).map_err(io_err("rename", dir))?;
+        fs::remove_dir_all(&tmp).map_err(io_err("remove", &tmp))
+    }
+
+    /// Removes temporary directories whose creating process no longer runs. Returns how many.
+    pub fn cleanup_stale(&self) -> Result<usize> {
+        let dir = self.tmp_dir();
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).map_err(io_err("read directory", &dir))? {
+            let entry = entry.map_err(io_err("read directory", &dir))?;
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok());
+            let alive = pid.is_some_and(|pid| {
+                pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+            });
+            if !alive {
+                let path = entry.path();
+                let result = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                result.map_err(io_err("remove stale", &path))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn new_tmp_path(&self) -> PathBuf {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        self.tmp_dir()
+            .join(format!("{}-{nanos}-{n}", std::process::id()))
+    }
+
+    fn new_tmp(&self) -> Result<PathBuf> {
+        let path = self.new_tmp_path();
+        fs::create_dir(&path).map_err(io_err("create directory", &path))?;
+        Ok(path)
+    }
+}
+
+fn lowerdir_option(lowers: &[PathBuf]) -> String {
+    let joined: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    format!("lowerdir={}", joined.join(":"))
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| SnapshotError::Metadata {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut f = fs::File::create(path).map_err(io_err("create", path))?;
+    f.write_all(&bytes).map_err(io_err("write", path))?;
+    f.sync_all().map_err(io_err("sync", path))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("sync", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Digest;
+
+    fn diff(n: u8) -> DiffId {
+        DiffId(Digest::of(&[n]))
+    }
+
+    #[test]
+    fn mounts_are_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Snapshotter::new(tmp.path().join("snap")).unwrap();
+        // Fake committed snapshots: metadata and an fs dir are all the snapshotter looks at.
+        let c0 = ChainId::of(None, &diff(0));
+        let c1 = ChainId::of(Some(&c0), &diff(1));
+        for (c, p, d) in [(&c0, None, diff(0)), (&c1, Some(c0.clone()), diff(1))] {
+            let dir = s.snapshot_dir(c);
+            fs::create_dir_all(dir.join("fs")).unwrap();
+            let info = SnapshotInfo {
+                chain_id: c.clone(),
+                diff_id: d,
+                parent: p,
+                size: None,
+            };
+            write_json(&dir.join("meta.json"), &info).unwrap();
+        }
+        assert_eq!(
+            s.lower_dirs(&c1).unwrap(),
+            vec![s.fs_path(&c1), s.fs_path(&c0)]
+        );
+
+        let m = s.prepare("step-1", Some(&c1)).unwrap();
+        let active = s.root().join("active/step-1");
+        assert_eq!(
+            m,
+            vec![Mount {
+                kind: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![
+                    format!(
+                        "lowerdir={}:{}",
+                        s.fs_path(&c1).display(),
+                        s.fs_path(&c0).display()
+                    ),
+                    format!("upperdir={}", active.join("fs").display()),
+                    format!("workdir={}", active.join("work").display()),
+                ],
+            }]
+        );
+        assert!(matches!(
+            s.prepare("step-1", None),
+            Err(SnapshotError::ActiveExists(_))
+        ));
+        let m = s.prepare("base", None).unwrap();
+        assert_eq!(m[0].kind, "bind");
+        assert_eq!(m[0].source, s.root().join("active/base/fs"));
+
+        assert_eq!(s.view(&c0).unwrap()[0].kind, "bind");
+        assert_eq!(s.view(&c0).unwrap()[0].options, ["rbind", "ro"]);
+        assert_eq!(s.view(&c1).unwrap()[0].kind, "overlay");
+
+        // Parents in use cannot be removed; children first.
+        assert!(matches!(s.remove(&c0), Err(SnapshotError::InUse { .. })));
+        s.remove_active("step-1").unwrap();
+        assert!(matches!(s.remove(&c1), Ok(())));
+        assert!(!s.exists(&c1));
+        s.remove(&c0).unwrap();
+
+        // Commit of an empty-based snapshot.
+        fs::write(s.upper_dir("base").unwrap().join("hello"), b"hi").unwrap();
+        let info = s.commit("base", &diff(9)).unwrap();
+        assert_eq!(info.chain_id, ChainId::of(None, &diff(9)));
+        assert_eq!(
+            fs::read(s.fs_path(&info.chain_id).join("hello")).unwrap(),
+            b"hi"
+        );
+        assert!(!s.root().join("active/base").exists());
+        assert!(!s.snapshot_dir(&info.chain_id).join("work").exists());
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn keys_are_validated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Snapshotter::new(tmp.path()).unwrap();
+        for bad in ["", "../x", "a/b", ".hidden", &"k".repeat(129)] {
+            assert!(
+                matches!(s.prepare(bad, None), Err(SnapshotError::InvalidKey(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            Snapshotter::new(tmp.path().join("a:b")),
+            Err(SnapshotError::InvalidRoot(_))
+        ));
+    }
+
+    #[test]
+    fn stale_temps_of_dead_processes_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Snapshotter::new(tmp.path()).unwrap();
+        // pid 0 never names a live process under /proc; garbage names are stale too.
+        fs::create_dir_all(s.tmp_dir().join("0-1-1/fs/deep")).unwrap();
+        fs::create_dir_all(s.tmp_dir().join("garbage")).unwrap();
+        let live = s.new_tmp().unwrap();
+        let s = Snapshotter::new(tmp.path()).unwrap();
+        let left: Vec<_> = fs::read_dir(s.tmp_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(left, vec![live]);
+    }
+}
