@@ -11,5 +11,5 @@ pub mod layer;
 pub mod oci;
 pub mod progress;
 pub mod registry;
-pub mod store;
 pub mod snapshot;
+pub mod store;
