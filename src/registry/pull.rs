@@ -23,6 +23,8 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// The manifest digest as the registry knows it (what `docker images --digests` shows).
+pub const ANNOTATION_SOURCE_DIGEST: &str = "dev.kiln.image.registry-digest";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -218,8 +220,34 @@ impl Puller {
             .fetch_blobs(client, &repo, blobs, options.concurrency)
             .await?;
 
-        let info = self.store.write_blob(&manifest.bytes)?;
+        // The store is an OCI layout that skopeo and umoci must read, and they only accept OCI
+        // media types there: a Docker schema 2 manifest is rewritten with OCI types. Config and
+        // layer blobs are byte-identical, so only the manifest digest changes; the registry's
+        // digest is kept in an annotation.
+        let (bytes, media_type, source_digest) = if media_type == DOCKER_MANIFEST {
+            let converted = docker_manifest_to_oci(&manifest.bytes).map_err(|message| {
+                PullError::InvalidManifest {
+                    reference: reference.to_string(),
+                    registry: client.name().to_string(),
+                    message,
+                }
+            })?;
+            (
+                converted,
+                OCI_MANIFEST.to_string(),
+                Some(manifest.digest.clone()),
+            )
+        } else {
+            (manifest.bytes.clone(), media_type, None)
+        };
+        let info = self.store.write_blob(&bytes)?;
         let mut descriptor = Descriptor::new(media_type, info.digest, info.size);
+        descriptor.annotations.insert(
+            ANNOTATION_SOURCE_DIGEST.to_string(),
+            source_digest
+                .unwrap_or_else(|| manifest.digest.clone())
+                .to_string(),
+        );
         if let Ok(p) = serde_json::to_value(&options.platform) {
             descriptor.extra.insert("platform".into(), p);
         }
@@ -521,4 +549,60 @@ async fn fetch_one(
         what: desc.digest.to_string(),
         message: "the download did not complete".into(),
     })
+}
+
+/// Rewrites a Docker schema 2 manifest with the equivalent OCI media types, keeping every other
+/// field.
+pub fn docker_manifest_to_oci(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use crate::oci::media;
+    let mut doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let obj = doc
+        .as_object_mut()
+        .ok_or("the manifest is not a JSON object")?;
+    obj.insert("mediaType".into(), OCI_MANIFEST.into());
+    if let Some(config) = obj.get_mut("config").and_then(|c| c.as_object_mut()) {
+        config.insert("mediaType".into(), media::OCI_CONFIG.into());
+    }
+    if let Some(layers) = obj.get_mut("layers").and_then(|l| l.as_array_mut()) {
+        for layer in layers.iter_mut().filter_map(|l| l.as_object_mut()) {
+            let old = layer
+                .get("mediaType")
+                .and_then(|m| m.as_str())
+                .unwrap_or_default();
+            let new = match old {
+                media::DOCKER_LAYER_GZIP => media::OCI_LAYER_GZIP,
+                media::DOCKER_LAYER => media::OCI_LAYER,
+                media::DOCKER_LAYER_ZSTD => media::OCI_LAYER_ZSTD,
+                media::DOCKER_LAYER_FOREIGN => media::OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+                media::DOCKER_LAYER_FOREIGN_UNCOMPRESSED => media::OCI_LAYER_NONDISTRIBUTABLE,
+                other => return Err(format!("unknown layer media type {other:?}")),
+            };
+            layer.insert("mediaType".into(), new.into());
+        }
+    }
+    serde_json::to_vec(&doc).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_manifest_becomes_oci_with_same_blobs() {
+        let docker = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":1,"digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},"layers":[{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":2,"digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}]}"#;
+        let oci: serde_json::Value =
+            serde_json::from_slice(&docker_manifest_to_oci(docker).unwrap()).unwrap();
+        assert_eq!(oci["mediaType"], OCI_MANIFEST);
+        assert_eq!(
+            oci["config"]["mediaType"],
+            "application/vnd.oci.image.config.v1+json"
+        );
+        assert_eq!(
+            oci["layers"][0]["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+        assert_eq!(oci["layers"][0]["size"], 2);
+        let bad = br#"{"layers":[{"mediaType":"x/y"}]}"#;
+        assert!(docker_manifest_to_oci(bad).is_err());
+    }
 }
