@@ -3,6 +3,7 @@
 
 mod check;
 mod check_ignore;
+mod images;
 mod login;
 mod parse;
 mod pull;
@@ -28,6 +29,14 @@ enum Commands {
     Check(check::CheckArgs),
     /// Pull an image from a registry into the local store
     Pull(pull::PullArgs),
+    /// List the images in the local store
+    Images(images::ImagesArgs),
+    /// Print an image's manifest and config as JSON
+    Inspect(images::InspectArgs),
+    /// Remove image tags from the local store (blobs go with `kiln prune`)
+    Rmi(images::RmiArgs),
+    /// Delete blobs no tag reaches, and stale partial downloads
+    Prune(images::PruneArgs),
     /// Log in to a registry: check the credentials and store them in Docker's config.json
     Login(login::LoginArgs),
     /// Remove stored credentials for a registry
@@ -52,6 +61,10 @@ pub fn main() -> ExitCode {
         Commands::Parse(args) => parse::run(args),
         Commands::Check(args) => check::run(args),
         Commands::Pull(args) => pull::run(args),
+        Commands::Images(args) => images::images(args),
+        Commands::Inspect(args) => images::inspect(args),
+        Commands::Rmi(args) => images::rmi(args),
+        Commands::Prune(args) => images::prune(args),
         Commands::Login(args) => login::login(args),
         Commands::Logout(args) => login::logout(args),
     };

@@ -28,6 +28,7 @@
 mod error;
 mod fsutil;
 mod gc;
+mod image;
 mod index;
 mod ingest;
 
@@ -38,6 +39,7 @@ use std::sync::Arc;
 
 pub use error::{Result, StoreError};
 pub use gc::{GcOptions, GcReport};
+pub use image::StoredImage;
 pub use index::{validate_tag, Descriptor, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME};
 pub use ingest::{BlobInfo, Ingest};
 

@@ -1,0 +1,252 @@
+//! `kiln images`, `kiln inspect`, `kiln rmi`, `kiln prune`: the local store seen as images.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::pull::StoreOpts;
+use super::render::human_bytes;
+use crate::oci::{Platform, Reference};
+use crate::store::{GcOptions, Store, StoredImage};
+
+#[derive(Debug, clap::Args)]
+pub struct ImagesArgs {
+    /// Print JSON instead of a table
+    #[arg(long, value_parser = ["table", "json"], default_value = "table")]
+    format: String,
+    #[command(flatten)]
+    store: StoreOpts,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// Image reference as pulled or tagged
+    reference: String,
+    #[command(flatten)]
+    store: StoreOpts,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RmiArgs {
+    /// Image references to untag
+    #[arg(required = true)]
+    references: Vec<String>,
+    #[command(flatten)]
+    store: StoreOpts,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// Keep unreferenced blobs younger than this many seconds (a concurrent pull or build may
+    /// not have tagged them yet)
+    #[arg(long, default_value_t = 300)]
+    grace_seconds: u64,
+    #[command(flatten)]
+    store: StoreOpts,
+}
+
+/// The store tag for what the user typed: `python:3.12` → `docker.io/library/python:3.12`.
+fn tag_for(input: &str) -> anyhow::Result<String> {
+    Ok(Reference::parse(input)?.to_string())
+}
+
+fn stored_images(store: &Store) -> anyhow::Result<Vec<StoredImage>> {
+    let platform = Platform::host();
+    let mut out = Vec::new();
+    for (tag, _) in store.list_tags()? {
+        if let Some(image) = store.image(&tag, &platform)? {
+            out.push(image);
+        }
+    }
+    Ok(out)
+}
+
+/// "5 minutes ago" from an RFC 3339 time; the raw text when it cannot be read.
+fn ago(created: Option<&str>) -> String {
+    let Some(created) = created else {
+        return "N/A".into();
+    };
+    let Some(then) = parse_rfc3339_seconds(created) else {
+        return created.to_string();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let secs = (now - then).max(0);
+    let (n, unit) = match secs {
+        s if s < 60 => return "Less than a minute ago".into(),
+        s if s < 3600 => (s / 60, "minute"),
+        s if s < 86_400 => (s / 3600, "hour"),
+        s if s < 86_400 * 30 => (s / 86_400, "day"),
+        s if s < 86_400 * 365 => (s / (86_400 * 30), "month"),
+        s => (s / (86_400 * 365), "year"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+/// Seconds since the epoch of `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`.
+fn parse_rfc3339_seconds(s: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let rest = s.get(19..)?;
+    let tz = rest.trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+    let offset = match tz {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = if tz.starts_with('-') { -1 } else { 1 };
+            let hh = tz.get(1..3)?.parse::<i64>().ok()?;
+            let mm = tz.get(4..6)?.parse::<i64>().ok()?;
+            sign * (hh * 3600 + mm * 60)
+        }
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + sec - offset)
+}
+
+pub fn images(args: ImagesArgs) -> anyhow::Result<ExitCode> {
+    let store = args.store.open()?;
+    let images = stored_images(&store)?;
+    let mut out = std::io::stdout().lock();
+    if args.format == "json" {
+        let list: Vec<_> = images
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "reference": i.tag,
+                    "id": i.id().to_string(),
+                    "digest": i.manifest_digest.to_string(),
+                    "created": i.config.created,
+                    "size": i.size(),
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 4]> = images
+        .iter()
+        .map(|i| {
+            [
+                i.tag.clone(),
+                i.id().short().to_string(),
+                ago(i.config.created.as_deref()),
+                human_bytes(i.size()),
+            ]
+        })
+        .collect();
+    let header = ["REFERENCE", "IMAGE ID", "CREATED", "SIZE"].map(String::from);
+    let widths: Vec<usize> = (0..4)
+        .map(|c| {
+            std::iter::once(&header)
+                .chain(&rows)
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line = format!(
+            "{:w0$}   {:w1$}   {:w2$}   {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let store = args.store.open()?;
+    let tag = tag_for(&args.reference)?;
+    let Some(image) = store.image(&tag, &Platform::host())? else {
+        anyhow::bail!(
+            "no such image: {tag} (see `kiln images`, or `kiln pull {}`)",
+            args.reference
+        );
+    };
+    let doc = serde_json::json!({
+        "reference": image.tag,
+        "id": image.id().to_string(),
+        "digest": image.manifest_digest.to_string(),
+        "descriptor": image.target,
+        "manifest": image.manifest,
+        "config": image.config,
+    });
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(&doc)?
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rmi(args: RmiArgs) -> anyhow::Result<ExitCode> {
+    let store = args.store.open()?;
+    let mut code = ExitCode::SUCCESS;
+    for input in &args.references {
+        let tag = tag_for(input)?;
+        match store
+            .untag(&tag)
+            .with_context(|| format!("removing {tag}"))?
+        {
+            Some(_) => eprintln!("Untagged: {tag}"),
+            None => {
+                eprintln!("error: no such image: {tag}");
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
+    Ok(code)
+}
+
+pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
+    let store = args.store.open()?;
+    let report = store.gc(&GcOptions {
+        grace: Duration::from_secs(args.grace_seconds),
+        ..GcOptions::default()
+    })?;
+    for d in &report.removed_blobs {
+        eprintln!("deleted: {d}");
+    }
+    eprintln!(
+        "Total reclaimed space: {} ({} blobs; {} recent unreferenced blobs kept)",
+        human_bytes(report.removed_bytes),
+        report.removed_blobs.len(),
+        report.kept_recent
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(parse_rfc3339_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_seconds("2000-03-01T00:00:00.123456789Z"),
+            Some(951_868_800)
+        );
+        assert_eq!(
+            parse_rfc3339_seconds("2000-03-01T01:00:00+01:00"),
+            Some(951_868_800)
+        );
+        assert_eq!(parse_rfc3339_seconds("garbage"), None);
+    }
+}
