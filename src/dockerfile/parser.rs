@@ -361,7 +361,11 @@ impl<'a> Parser_<'a> {
             comments.clear();
         }
         if self.nodes.is_empty() {
-            let end = self.source.text().len();
+            // Point at the end of the last line (not past a final newline) so the error renders
+            // with the line and a caret, as BuildKit reports the last line read.
+            let text = self.source.text();
+            let end = text.strip_suffix('\n').map_or(text.len(), str::len);
+            let end = text[..end].strip_suffix('\r').map_or(end, str::len);
             return Err(ParseError::new(
                 "file with no instructions",
                 self.source.span(end, end),
