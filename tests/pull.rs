@@ -1,0 +1,507 @@
+//! `kiln pull` against a real registry (Debian's docker-registry, CNCF Distribution) started on
+//! 127.0.0.1 with a free port; test images are made with umoci and pushed with skopeo, so kiln
+//! reads images it did not write; the store is read back with skopeo and umoci.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is missing: install it with `apt-get install -y {package}` (.ci/run does)"
+    );
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        require_tool("docker-registry", "docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An OCI layout at `layout` with image `tag` holding `files` (path, contents) for `arch`.
+fn make_image(layout: &Path, tag: &str, arch: &str, files: &[(&str, Vec<u8>)]) {
+    require_tool("umoci", "umoci");
+    if !layout.join("index.json").exists() {
+        run(Command::new("umoci").args(["init", "--layout"]).arg(layout));
+    }
+    let image = format!("{}:{tag}", layout.display());
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    let bundle = layout.with_extension(format!("bundle-{tag}"));
+    run(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image", &image])
+        .arg(&bundle));
+    for (path, contents) in files {
+        let p = bundle.join("rootfs").join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, contents).unwrap();
+    }
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--architecture",
+        arch,
+        "--os",
+        "linux",
+        "--config.cmd",
+        "/bin/true",
+    ]));
+    std::fs::remove_dir_all(&bundle).unwrap();
+}
+
+fn push(layout: &Path, tag: &str, dest: &str, all: bool) {
+    require_tool("skopeo", "skopeo");
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["copy", "--dest-tls-verify=false"]);
+    if all {
+        cmd.arg("--all");
+    }
+    run(cmd
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{dest}")));
+}
+
+fn kiln(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .env("DOCKER_CONFIG", root.join("no-docker-config"))
+        .env_remove("KILN_CONFIG")
+        .output()
+        .expect("run kiln")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "kiln failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every blob in the store's layout hashes to its name.
+fn assert_blobs_verify(root: &Path) {
+    let dir = root.join("oci/blobs/sha256");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let out = run(Command::new("sha256sum").arg(&path));
+        let sum = String::from_utf8_lossy(&out.stdout);
+        assert!(sum.starts_with(&name), "blob {name} is corrupt");
+    }
+}
+
+#[test]
+fn pulls_by_tag_and_digest_and_skopeo_and_umoci_read_the_store() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    make_image(
+        &layout,
+        "v1",
+        "amd64",
+        &[("hello.txt", b"hello from the registry\n".to_vec())],
+    );
+    let dest = format!("{}/test/hello:v1", reg.addr);
+    push(&layout, "v1", &dest, false);
+
+    let root = work.path().join("root");
+    let out = kiln(&root, &["pull", "--progress=plain", &dest]);
+    assert_ok(&out);
+    let id = stdout(&out);
+    let raw = run(Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--config", "--raw"])
+        .arg(format!("docker://{dest}")));
+    let config_digest = format!("sha256:{}", sha256_hex(&raw.stdout));
+    assert_eq!(
+        id, config_digest,
+        "kiln prints the image ID (config digest)"
+    );
+
+    let inspect = run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}/oci:{dest}", root.display())));
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains("\"Architecture\": \"amd64\""));
+    let bundle = work.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}/oci:{dest}", root.display()))
+        .arg(&bundle));
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/hello.txt")).unwrap(),
+        "hello from the registry\n"
+    );
+    assert_blobs_verify(&root);
+
+    // A second pull moves nothing.
+    let again = kiln(&root, &["pull", "--progress=plain", &dest]);
+    assert_ok(&again);
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        log.contains("already present") && !log.contains("downloading"),
+        "{log}"
+    );
+
+    // By digest.
+    let manifest = run(Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{dest}")));
+    let by_digest = format!(
+        "{}/test/hello@sha256:{}",
+        reg.addr,
+        sha256_hex(&manifest.stdout)
+    );
+    assert_ok(&kiln(&root, &["pull", "--progress=plain", &by_digest]));
+    let images = stdout(&kiln(&root, &["images"]));
+    assert!(
+        images.contains(&dest) && images.contains(&by_digest),
+        "{images}"
+    );
+
+    // rmi + prune empties the store.
+    assert_ok(&kiln(&root, &["rmi", &dest, &by_digest]));
+    assert_ok(&kiln(&root, &["prune", "--grace-seconds", "0"]));
+    assert_eq!(
+        std::fs::read_dir(root.join("oci/blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn picks_the_platform_from_a_multi_arch_index() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    make_image(&layout, "amd", "amd64", &[("arch", b"amd64".to_vec())]);
+    make_image(&layout, "arm", "arm64", &[("arch", b"arm64".to_vec())]);
+    // Put both manifests under one index, tagged `multi`.
+    let index_path = layout.join("index.json");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let mut children = Vec::new();
+    for m in index["manifests"].as_array().unwrap() {
+        let tag = m["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .unwrap();
+        let arch = if tag == "amd" { "amd64" } else { "arm64" };
+        let mut child = m.clone();
+        child.as_object_mut().unwrap().remove("annotations");
+        child["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        children.push(child);
+    }
+    let image_index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": children,
+    }))
+    .unwrap();
+    let hex = sha256_hex(&image_index);
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &image_index).unwrap();
+    let mut top = index.clone();
+    top["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{hex}"),
+            "size": image_index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(&index_path, serde_json::to_vec(&top).unwrap()).unwrap();
+    let dest = format!("{}/test/multi:1", reg.addr);
+    push(&layout, "multi", &dest, true);
+
+    let root = work.path().join("root");
+    assert_ok(&kiln(
+        &root,
+        &[
+            "pull",
+            "--progress=plain",
+            "--platform",
+            "linux/arm64",
+            &dest,
+        ],
+    ));
+    let inspect = stdout(&kiln(&root, &["inspect", &dest]));
+    assert!(inspect.contains("\"architecture\": \"arm64\""), "{inspect}");
+
+    let root2 = work.path().join("root2");
+    assert_ok(&kiln(
+        &root2,
+        &[
+            "pull",
+            "--progress=plain",
+            "--platform",
+            "linux/amd64",
+            &dest,
+        ],
+    ));
+    assert!(stdout(&kiln(&root2, &["inspect", &dest])).contains("\"architecture\": \"amd64\""));
+
+    let missing = kiln(
+        &root2,
+        &[
+            "pull",
+            "--progress=plain",
+            "--platform",
+            "linux/s390x",
+            &dest,
+        ],
+    );
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("linux/s390x") && err.contains("linux/amd64") && err.contains("linux/arm64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn docker_hub_names_are_pulled_through_a_configured_mirror() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    make_image(&layout, "1", "amd64", &[("m", b"mirror".to_vec())]);
+    push(
+        &layout,
+        "1",
+        &format!("{}/library/mirrored:1", reg.addr),
+        false,
+    );
+
+    // With the flag.
+    let root = work.path().join("root");
+    let out = kiln(
+        &root,
+        &[
+            "pull",
+            "--progress=plain",
+            "--registry-mirror",
+            &reg.addr,
+            "mirrored:1",
+        ],
+    );
+    assert_ok(&out);
+    assert!(stdout(&kiln(&root, &["images"])).contains("docker.io/library/mirrored:1"));
+
+    // With the config file.
+    let config = work.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[registry.\"docker.io\"]\nmirrors = [\"{}\"]\n", reg.addr),
+    )
+    .unwrap();
+    let root2 = work.path().join("root2");
+    let out = kiln(
+        &root2,
+        &[
+            "pull",
+            "--progress=plain",
+            "--config",
+            config.to_str().unwrap(),
+            "mirrored:1",
+        ],
+    );
+    assert_ok(&out);
+    let skopeo = run(Command::new("skopeo").arg("inspect").arg(format!(
+        "oci:{}/oci:docker.io/library/mirrored:1",
+        root2.display()
+    )));
+    assert!(!skopeo.stdout.is_empty());
+}
+
+#[test]
+fn errors_name_the_registry_and_say_what_to_do() {
+    let reg = Registry::start();
+    let root = tempfile::tempdir().unwrap();
+    let out = kiln(
+        root.path(),
+        &[
+            "pull",
+            "--progress=plain",
+            &format!("{}/nope/missing:1", reg.addr),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&reg.addr) && err.contains("not found"),
+        "{err}"
+    );
+
+    // Nothing listens on this port.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = kiln(
+        root.path(),
+        &["pull", "--progress=plain", &format!("127.0.0.1:{port}/x:1")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("hint:"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+
+    let out = kiln(root.path(), &["pull", "Not/A:Valid:Ref"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid reference format"));
+}
+
+#[test]
+fn a_pull_killed_at_any_moment_leaves_a_store_the_next_pull_completes() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    // Incompressible data so the transfer takes long enough to be interrupted.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut big = vec![0u8; 24 << 20];
+    for chunk in big.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+    }
+    make_image(
+        &layout,
+        "big",
+        "amd64",
+        &[
+            ("a.bin", big[..12 << 20].to_vec()),
+            ("b.bin", big[12 << 20..].to_vec()),
+        ],
+    );
+    let dest = format!("{}/test/big:1", reg.addr);
+    push(&layout, "big", &dest, false);
+
+    let root = work.path().join("root");
+    let mut killed_mid_pull = 0;
+    for round in 0..12u64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["pull", "--progress=plain", "--root"])
+            .arg(&root)
+            .arg(&dest)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20 + round * 23 % 200));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_pull += 1;
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // The store stays readable after every kill.
+        assert_ok(&kiln(&root, &["images"]));
+        assert_blobs_verify(&root);
+        if round % 4 == 3 {
+            // Clean out the image so later rounds are interrupted again.
+            let _ = kiln(&root, &["rmi", &dest]);
+            assert_ok(&kiln(&root, &["prune", "--grace-seconds", "0"]));
+        }
+    }
+    assert!(killed_mid_pull > 0, "no kill landed during a pull");
+    assert_ok(&kiln(&root, &["pull", "--progress=plain", &dest]));
+    assert_blobs_verify(&root);
+    let bundle = work.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}/oci:{dest}", root.display()))
+        .arg(&bundle));
+    assert_eq!(
+        std::fs::read(bundle.join("rootfs/b.bin")).unwrap(),
+        &big[12 << 20..]
+    );
+    // Every stray ingest file was cleaned up or belongs to a resumable partial download.
+    for entry in std::fs::read_dir(root.join("ingest")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        assert!(name.ends_with(".partial"), "stray ingest file {name}");
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    kiln::oci::Digest::of(bytes).hex().to_string()
+}
