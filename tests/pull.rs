@@ -505,3 +505,55 @@ fn a_pull_killed_at_any_moment_leaves_a_store_the_next_pull_completes() {
 fn sha256_hex(bytes: &[u8]) -> String {
     kiln::oci::Digest::of(bytes).hex().to_string()
 }
+
+#[test]
+fn concurrent_pulls_of_overlapping_images_share_one_store() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    let shared: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    make_image(&layout, "a", "amd64", &[("shared.bin", shared.clone())]);
+    make_image(
+        &layout,
+        "b",
+        "amd64",
+        &[("shared.bin", shared), ("extra", b"b".to_vec())],
+    );
+    let a = format!("{}/test/a:1", reg.addr);
+    let b = format!("{}/test/b:1", reg.addr);
+    push(&layout, "a", &a, false);
+    push(&layout, "b", &b, false);
+
+    let root = work.path().join("root");
+    let children: Vec<_> = [&a, &b, &a, &b]
+        .iter()
+        .map(|r| {
+            Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .args(["pull", "--progress=plain", "--root"])
+                .arg(&root)
+                .arg(r.as_str())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let images = stdout(&kiln(&root, &["images"]));
+    assert!(images.contains(&a) && images.contains(&b), "{images}");
+    assert_blobs_verify(&root);
+    // One copy per blob: a's layer set is reused by b, so nothing but blobs lives in blobs/.
+    let count = std::fs::read_dir(root.join("oci/blobs/sha256"))
+        .unwrap()
+        .count();
+    assert!(count <= 8, "{count} blobs for two small images");
+}
