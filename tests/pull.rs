@@ -38,6 +38,11 @@ struct Registry {
 
 impl Registry {
     fn start() -> Registry {
+        Registry::start_with("")
+    }
+
+    /// `extra` is appended to the registry's config.yml (e.g. an `auth:` section).
+    fn start_with(extra: &str) -> Registry {
         require_tool("docker-registry", "docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
@@ -52,7 +57,7 @@ impl Registry {
             format!(
                 "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
                 dir.path().join("data").display()
-            ),
+            ) + extra,
         )
         .unwrap();
         let child = Command::new("docker-registry")
@@ -556,4 +561,110 @@ fn concurrent_pulls_of_overlapping_images_share_one_store() {
         .unwrap()
         .count();
     assert!(count <= 8, "{count} blobs for two small images");
+}
+
+#[test]
+fn basic_auth_login_pull_and_logout() {
+    require_tool("htpasswd", "apache2-utils");
+    let auth_dir = tempfile::tempdir().unwrap();
+    let htpasswd = auth_dir.path().join("htpasswd");
+    let out = run(Command::new("htpasswd").args(["-Bbn", "alice", "s3cret-pw"]));
+    std::fs::write(&htpasswd, &out.stdout).unwrap();
+    let reg = Registry::start_with(&format!(
+        "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+        htpasswd.display()
+    ));
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    make_image(&layout, "1", "amd64", &[("private", b"p".to_vec())]);
+    run(Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "alice:s3cret-pw",
+        ])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg(format!("docker://{}/team/private:1", reg.addr)));
+    let dest = format!("{}/team/private:1", reg.addr);
+    let root = work.path().join("root");
+    let docker_config = work.path().join("docker");
+    let kiln_with = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(args)
+            .env("DOCKER_CONFIG", &docker_config)
+            .env_remove("REGISTRY_AUTH_FILE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(text) = stdin {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    };
+    let root_arg = root.to_str().unwrap();
+
+    // Anonymous: refused, with a hint to log in.
+    let out = kiln_with(
+        &["pull", "--progress=plain", "--root", root_arg, &dest],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&reg.addr) && err.contains("kiln login"),
+        "{err}"
+    );
+
+    // A wrong password is refused and never echoed.
+    let out = kiln_with(
+        &["login", &reg.addr, "-u", "alice", "--password-stdin"],
+        Some("wrong-pw-123\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("wrong-pw-123") && err.contains("401"),
+        "{err}"
+    );
+    assert!(!docker_config.join("config.json").exists());
+
+    // The right one is stored where Docker keeps it, and pulls use it.
+    let out = kiln_with(
+        &["login", &reg.addr, "-u", "alice", "--password-stdin"],
+        Some("s3cret-pw\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(docker_config.join("config.json")).unwrap();
+    assert!(
+        config.contains(&reg.addr) && config.contains("\"auth\""),
+        "{config}"
+    );
+    let out = kiln_with(
+        &["pull", "--progress=plain", "--root", root_arg, &dest],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret-pw"));
+
+    // After logout, anonymous again.
+    assert!(kiln_with(&["logout", &reg.addr], None).status.success());
+    assert!(!std::fs::read_to_string(docker_config.join("config.json"))
+        .unwrap()
+        .contains(&reg.addr));
 }
