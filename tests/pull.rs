@@ -668,3 +668,262 @@ fn basic_auth_login_pull_and_logout() {
         .unwrap()
         .contains(&reg.addr));
 }
+
+/// What the fault proxy does to the traffic it relays.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Answer the first `n` requests with 500.
+    ServerErrors(usize),
+    /// Answer the first request with 429 and `Retry-After: 1`.
+    TooManyRequests,
+    /// Cut the first response to a layer blob GET after `n` body bytes.
+    CutBlob(usize),
+    /// Flip one byte of every blob body.
+    CorruptBlobs,
+}
+
+/// An HTTP/1.1 relay on 127.0.0.1 in front of a registry, one request per connection,
+/// injecting `fault`; records each request's first line and `Range` header.
+struct FaultProxy {
+    addr: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FaultProxy {
+    fn start(upstream: String, fault: Fault, cut_digest: Option<String>) -> FaultProxy {
+        use std::io::{Read as _, Write as _};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut count = 0usize;
+            let mut cut_done = false;
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match client.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                    // A TLS ClientHello (kiln probing HTTPS first): this relay speaks HTTP only.
+                    if head == [0x16] {
+                        break;
+                    }
+                }
+                if head == [0x16] {
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let first = text.lines().next().unwrap_or_default().to_string();
+                let range = text
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("range:"))
+                    .map(|l| l.to_string());
+                log.lock().unwrap().push(match &range {
+                    Some(r) => format!("{first} | {r}"),
+                    None => first.clone(),
+                });
+                count += 1;
+                let is_blob = first.starts_with("GET ") && first.contains("/blobs/");
+                match fault {
+                    Fault::ServerErrors(n) if count <= n => {
+                        let _ = client.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\nConnection: close\r\n\r\noops!");
+                        continue;
+                    }
+                    Fault::TooManyRequests if count == 1 => {
+                        let _ = client.write_all(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        continue;
+                    }
+                    _ => {}
+                }
+                // Relay with Connection: close so one response ends the connection.
+                let mut request = String::new();
+                for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+                    if !line.to_ascii_lowercase().starts_with("connection:") {
+                        request.push_str(line);
+                        request.push_str("\r\n");
+                    }
+                }
+                request.push_str("Connection: close\r\n\r\n");
+                let Ok(mut up) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let _ = up.write_all(request.as_bytes());
+                let mut response = Vec::new();
+                let _ = up.read_to_end(&mut response);
+                let body_at = response
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(response.len(), |p| p + 4);
+                let wanted_blob = cut_digest
+                    .as_ref()
+                    .is_none_or(|d| first.contains(d.as_str()));
+                match fault {
+                    Fault::CutBlob(n)
+                        if is_blob && wanted_blob && !cut_done && response.len() > body_at + n =>
+                    {
+                        cut_done = true;
+                        let _ = client.write_all(&response[..body_at + n]);
+                    }
+                    Fault::CorruptBlobs if is_blob && response.len() > body_at => {
+                        let last = response.len() - 1;
+                        response[last] ^= 0xff;
+                        let _ = client.write_all(&response);
+                    }
+                    _ => {
+                        let _ = client.write_all(&response);
+                    }
+                }
+            }
+        });
+        FaultProxy { addr, seen }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn pushed_image(reg: &Registry, work: &Path, name: &str, payload: usize) -> (String, String) {
+    let layout = work.join(format!("layout-{name}"));
+    // Incompressible, so the layer blob is as large as the payload.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ payload as u64;
+    let data: Vec<u8> = (0..payload)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect();
+    make_image(&layout, "1", "amd64", &[("data.bin", data)]);
+    let dest = format!("{}/test/{name}:1", reg.addr);
+    push(&layout, "1", &dest, false);
+    let manifest = run(Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{dest}")));
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (format!("test/{name}:1"), layer)
+}
+
+#[test]
+fn retries_server_errors_and_honours_retry_after() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let (name, _) = pushed_image(&reg, work.path(), "flaky", 1 << 16);
+
+    let proxy = FaultProxy::start(reg.addr.clone(), Fault::ServerErrors(3), None);
+    let root = work.path().join("root");
+    let out = kiln(
+        &root,
+        &[
+            "pull",
+            "--progress=plain",
+            &format!("{}/{name}", proxy.addr),
+        ],
+    );
+    assert_ok(&out);
+    assert!(proxy.requests().len() > 3);
+
+    let proxy = FaultProxy::start(reg.addr.clone(), Fault::TooManyRequests, None);
+    let root = work.path().join("root2");
+    let started = Instant::now();
+    let out = kiln(
+        &root,
+        &[
+            "pull",
+            "--progress=plain",
+            &format!("{}/{name}", proxy.addr),
+        ],
+    );
+    assert_ok(&out);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was not honoured"
+    );
+}
+
+#[test]
+fn a_download_cut_midway_resumes_with_a_range_request() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let (name, layer) = pushed_image(&reg, work.path(), "cut", 3 << 20);
+    let proxy = FaultProxy::start(
+        reg.addr.clone(),
+        Fault::CutBlob(100_000),
+        Some(layer.clone()),
+    );
+    let root = work.path().join("root");
+    let out = kiln(
+        &root,
+        &[
+            "pull",
+            "--progress=plain",
+            &format!("{}/{name}", proxy.addr),
+        ],
+    );
+    assert_ok(&out);
+    let requests = proxy.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains(&layer) && r.contains("bytes=100000-")),
+        "no Range resume in {requests:#?}"
+    );
+    assert_blobs_verify(&root);
+}
+
+#[test]
+fn a_blob_with_wrong_content_is_refused_and_nothing_of_it_stays() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let (name, layer) = pushed_image(&reg, work.path(), "bad", 1 << 16);
+    let proxy = FaultProxy::start(reg.addr.clone(), Fault::CorruptBlobs, None);
+    let root = work.path().join("root");
+    let out = kiln(
+        &root,
+        &[
+            "pull",
+            "--progress=plain",
+            &format!("{}/{name}", proxy.addr),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("digest") && err.contains(&proxy.addr), "{err}");
+    let hex = layer.trim_start_matches("sha256:");
+    assert!(!root.join("oci/blobs/sha256").join(hex).exists());
+    for entry in std::fs::read_dir(root.join("ingest")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        assert!(!name.ends_with(".tmp"), "stray ingest file {name}");
+    }
+    assert_ok(&kiln(&root, &["images"]));
+}
+
+#[test]
+fn a_registry_stopped_mid_pull_gives_a_clear_error() {
+    let mut reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let (name, _) = pushed_image(&reg, work.path(), "gone", 1 << 16);
+    let addr = reg.addr.clone();
+    let _ = reg.child.kill();
+    let _ = reg.child.wait();
+    let root = work.path().join("root");
+    let out = kiln(
+        &root,
+        &["pull", "--progress=plain", &format!("{addr}/{name}")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&addr) && err.contains("hint:") && !err.contains("panicked"),
+        "{err}"
+    );
+}
