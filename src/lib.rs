@@ -7,6 +7,7 @@ pub mod cli;
 pub mod context;
 pub mod diag;
 pub mod dockerfile;
+pub mod exec;
 pub mod layer;
 pub mod oci;
 pub mod progress;
