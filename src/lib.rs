@@ -3,11 +3,13 @@
 //! Data flows one way (see DESIGN.md): Dockerfile text → [`dockerfile`] (AST) → graph → exec → export,
 //! with [`context`] reading the build context. Only [`cli`] prints or uses `anyhow`.
 
+pub mod cache;
 pub mod cli;
 pub mod context;
 pub mod diag;
 pub mod dockerfile;
 pub mod exec;
+pub mod export;
 pub mod layer;
 pub mod oci;
 pub mod progress;

@@ -1,0 +1,157 @@
+//! The build cache: a step's cache key → what the step produced (its layer, or nothing when it
+//! changed no file). Records live in `<root>/cache-v1/<key hex>.json`, written atomically; a
+//! record is only trusted while its layer blob is still in the store.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::oci::{DiffId, Digest};
+use crate::store::Store;
+
+/// Bump when the record format or key derivation changes: old records are then ignored.
+pub const CACHE_DIR: &str = "cache-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The layer a cached step produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedLayer {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    pub diff_id: DiffId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    /// `None`: the step ran and changed nothing.
+    pub layer: Option<CachedLayer>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+    store: Store,
+}
+
+impl Cache {
+    pub fn open(root: &Path, store: Store) -> Result<Cache, CacheError> {
+        let dir = root.join(CACHE_DIR);
+        fs::create_dir_all(&dir).map_err(|source| CacheError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Cache { dir, store })
+    }
+
+    fn path(&self, key: &Digest) -> PathBuf {
+        self.dir.join(format!("{}.json", key.hex()))
+    }
+
+    /// The record for `key`, if any and still usable. Unreadable records count as misses.
+    pub fn get(&self, key: &Digest) -> Option<CacheRecord> {
+        let bytes = fs::read(self.path(key)).ok()?;
+        let record: CacheRecord = serde_json::from_slice(&bytes).ok()?;
+        if let Some(layer) = &record.layer {
+            if !self.store.has_blob(&layer.digest) {
+                return None;
+            }
+        }
+        Some(record)
+    }
+
+    pub fn put(&self, key: &Digest, record: &CacheRecord) -> Result<(), CacheError> {
+        let path = self.path(key);
+        let tmp = self
+            .dir
+            .join(format!(".{}.{}.tmp", key.hex(), std::process::id()));
+        let io = |op: &'static str, p: &Path| {
+            let p = p.to_path_buf();
+            move |source| CacheError::Io {
+                op,
+                path: p,
+                source,
+            }
+        };
+        let bytes = serde_json::to_vec(record).unwrap_or_default();
+        let mut f = fs::File::create(&tmp).map_err(io("create", &tmp))?;
+        f.write_all(&bytes).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io("rename into", &path))?;
+        Ok(())
+    }
+
+    /// Layer digests the cache refers to, to keep them through `prune`.
+    pub fn referenced_blobs(&self) -> Vec<Digest> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<CacheRecord>(&b).ok())
+            .filter_map(|r| r.layer.map(|l| l.digest))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_need_their_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("root")).unwrap();
+        let cache = Cache::open(&dir.path().join("root"), store.clone()).unwrap();
+        let key = Digest::of(b"step");
+        assert_eq!(cache.get(&key), None);
+        cache.put(&key, &CacheRecord { layer: None }).unwrap();
+        assert_eq!(cache.get(&key), Some(CacheRecord { layer: None }));
+        let blob = store.write_blob(b"layer bytes").unwrap();
+        let layer = CachedLayer {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: blob.digest.clone(),
+            size: blob.size,
+            diff_id: DiffId(Digest::of(b"tar")),
+        };
+        let key2 = Digest::of(b"step2");
+        cache
+            .put(
+                &key2,
+                &CacheRecord {
+                    layer: Some(layer.clone()),
+                },
+            )
+            .unwrap();
+        assert_eq!(cache.get(&key2).unwrap().layer, Some(layer));
+        assert_eq!(cache.referenced_blobs(), vec![blob.digest.clone()]);
+        // A record whose blob is gone is a miss.
+        let missing = Digest::of(b"nothing");
+        let key3 = Digest::of(b"step3");
+        cache
+            .put(
+                &key3,
+                &CacheRecord {
+                    layer: Some(CachedLayer {
+                        digest: missing,
+                        ..cache.get(&key2).unwrap().layer.unwrap()
+                    }),
+                },
+            )
+            .unwrap();
+        assert_eq!(cache.get(&key3), None);
+    }
+}

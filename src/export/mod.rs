@@ -1,0 +1,166 @@
+//! The final image: config and manifest written into the store and tagged.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::oci::manifest::ImageConfig;
+use crate::oci::{media, Digest};
+use crate::store::{Descriptor, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot serialise the image {what}: {source}")]
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+/// A layer of the image being exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerRef {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// OCI media types (default) or Docker schema 2 ones.
+    pub oci_media_types: bool,
+    pub tags: Vec<String>,
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct ExportedImage {
+    /// The config digest: the image ID.
+    pub id: Digest,
+    pub manifest: Descriptor,
+}
+
+/// Writes `config` and a manifest over `layers` into the store and points every tag at it.
+pub fn export_image(
+    store: &Store,
+    config: &ImageConfig,
+    layers: &[LayerRef],
+    options: &ExportOptions,
+) -> Result<ExportedImage, ExportError> {
+    let config_bytes = serde_json::to_vec(config).map_err(|source| ExportError::Json {
+        what: "config",
+        source,
+    })?;
+    let config_info = store.write_blob(&config_bytes)?;
+    let (manifest_type, config_type) = if options.oci_media_types {
+        (media::OCI_MANIFEST, media::OCI_CONFIG)
+    } else {
+        (media::DOCKER_MANIFEST, media::DOCKER_CONFIG)
+    };
+    let layer_docs: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|l| {
+            let media_type = if options.oci_media_types {
+                l.media_type.clone()
+            } else {
+                docker_layer_type(&l.media_type).to_string()
+            };
+            serde_json::json!({
+                "mediaType": media_type,
+                "digest": l.digest.to_string(),
+                "size": l.size,
+            })
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": manifest_type,
+        "config": {
+            "mediaType": config_type,
+            "digest": config_info.digest.to_string(),
+            "size": config_info.size,
+        },
+        "layers": layer_docs,
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|source| ExportError::Json {
+        what: "manifest",
+        source,
+    })?;
+    let manifest_info = store.write_blob(&manifest_bytes)?;
+    let mut descriptor = Descriptor::new(manifest_type, manifest_info.digest, manifest_info.size);
+    if let Ok(platform) = serde_json::to_value(serde_json::json!({
+        "architecture": config.architecture,
+        "os": config.os,
+    })) {
+        descriptor.extra.insert("platform".into(), platform);
+    }
+    for tag in &options.tags {
+        store.tag(tag, &descriptor)?;
+    }
+    Ok(ExportedImage {
+        id: config_info.digest,
+        manifest: descriptor,
+    })
+}
+
+fn docker_layer_type(oci: &str) -> &str {
+    match oci {
+        media::OCI_LAYER_GZIP => media::DOCKER_LAYER_GZIP,
+        media::OCI_LAYER => media::DOCKER_LAYER,
+        media::OCI_LAYER_ZSTD => media::DOCKER_LAYER_ZSTD,
+        other => other,
+    }
+}
+
+/// RFC 3339 with nanoseconds in UTC, as Go writes image times.
+pub fn rfc3339(secs: i64, nanos: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let frac = if nanos == 0 {
+        String::new()
+    } else {
+        let s = format!(".{nanos:09}");
+        s.trim_end_matches('0').to_string()
+    };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Now, or `SOURCE_DATE_EPOCH` when given.
+pub fn build_time(source_date_epoch: Option<i64>) -> String {
+    match source_date_epoch {
+        Some(s) => rfc3339(s, 0),
+        None => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            rfc3339(now.as_secs() as i64, now.subsec_nanos())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formatting() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_868_800, 120_000_000), "2000-03-01T00:00:00.12Z");
+        assert_eq!(rfc3339(1_700_000_000, 1), "2023-11-14T22:13:20.000000001Z");
+    }
+}
