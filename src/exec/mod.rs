@@ -1,3 +1,8 @@
 //! The scheduler: walks the build graph, checks the cache, pulls, runs, commits layers.
 
+pub mod base;
+pub mod error;
 pub mod metadata;
+pub mod mounts;
+
+pub use error::BuildError;

@@ -1,0 +1,130 @@
+//! Base images: from the store (or pulled), their layers unpacked once into snapshots keyed by
+//! chain ID.
+
+use crate::export::LayerRef;
+use crate::layer::Compression;
+use crate::oci::manifest::ImageConfig;
+use crate::oci::{DiffId, Platform, Reference};
+use crate::registry::pull::{PullOptions, Puller};
+use crate::snapshot::{ChainId, Snapshotter};
+use crate::store::Store;
+
+use super::error::BuildError;
+
+/// One layer of an image being built, with the snapshot that holds it unpacked.
+#[derive(Debug, Clone)]
+pub struct LayerState {
+    pub layer: LayerRef,
+    pub diff_id: DiffId,
+    pub chain: ChainId,
+}
+
+/// An image as a stage sees it: its config and its layers, bottom first.
+#[derive(Debug, Clone, Default)]
+pub struct ImageState {
+    pub config: ImageConfig,
+    pub layers: Vec<LayerState>,
+}
+
+impl ImageState {
+    pub fn top_chain(&self) -> Option<&ChainId> {
+        self.layers.last().map(|l| &l.chain)
+    }
+}
+
+/// The image `reference` for `platform`: the store's copy unless `pull` (or absent), then its
+/// layers unpacked into `snapshots`.
+pub async fn resolve_image(
+    puller: &Puller,
+    snapshots: &Snapshotter,
+    reference: &str,
+    platform: &Platform,
+    pull: bool,
+) -> Result<(Reference, ImageState), BuildError> {
+    let reference = Reference::parse(reference)?;
+    let store = &puller.store;
+    let tag = reference.to_string();
+    let local = if pull {
+        None
+    } else {
+        store
+            .image(&tag, platform)?
+            .filter(|image| platform.matches(&image.config.platform()))
+    };
+    let image = match local {
+        Some(image) => image,
+        None => {
+            let options = PullOptions {
+                platform: platform.clone(),
+                ..PullOptions::default()
+            };
+            puller.pull(&reference, &options).await?;
+            store.image(&tag, platform)?.ok_or_else(|| {
+                BuildError::Invalid(format!("{tag} was pulled but is not in the store"))
+            })?
+        }
+    };
+    let diff_ids = &image.config.rootfs.diff_ids;
+    if diff_ids.len() != image.manifest.layers.len() {
+        return Err(BuildError::Invalid(format!(
+            "{tag}: the manifest has {} layers but the config lists {} diff IDs",
+            image.manifest.layers.len(),
+            diff_ids.len()
+        )));
+    }
+    let mut layers = Vec::with_capacity(diff_ids.len());
+    let mut parent: Option<ChainId> = None;
+    for (descriptor, diff_id) in image.manifest.layers.iter().zip(diff_ids) {
+        let chain = ChainId::of(parent.as_ref(), diff_id);
+        if !snapshots.exists(&chain) {
+            unpack_blob(
+                store,
+                snapshots,
+                parent.as_ref(),
+                diff_id,
+                &descriptor.digest,
+                &descriptor.media_type,
+            )?;
+        }
+        layers.push(LayerState {
+            layer: LayerRef {
+                media_type: descriptor.media_type.clone(),
+                digest: descriptor.digest.clone(),
+                size: descriptor.size,
+            },
+            diff_id: diff_id.clone(),
+            chain: chain.clone(),
+        });
+        parent = Some(chain);
+    }
+    let mut config = image.config;
+    config.created = None;
+    Ok((reference, ImageState { config, layers }))
+}
+
+/// Unpacks a stored layer blob on top of `parent`.
+pub fn unpack_blob(
+    store: &Store,
+    snapshots: &Snapshotter,
+    parent: Option<&ChainId>,
+    diff_id: &DiffId,
+    digest: &crate::oci::Digest,
+    media_type: &str,
+) -> Result<ChainId, BuildError> {
+    let file = store.open_blob(digest)?;
+    let compression = match Compression::from_media_type(media_type) {
+        Some(c) => c,
+        None => {
+            let mut prefix = [0u8; 8];
+            let n = std::io::Read::read(&mut &file, &mut prefix)
+                .map_err(BuildError::io("read", store.blob_path(digest)))?;
+            std::io::Seek::seek(&mut &file, std::io::SeekFrom::Start(0))
+                .map_err(BuildError::io("seek", store.blob_path(digest)))?;
+            Compression::sniff(&prefix[..n])
+        }
+    };
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    Ok(snapshots
+        .unpack(parent, diff_id, reader, compression)?
+        .chain_id)
+}
