@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use kiln::oci::Digest;
-use kiln::registry::{RegistryClient, RegistryError};
+use kiln::registry::{RegistryClient, RegistryError, RetryPolicy};
 
 use support::layout::{self, OciLayout, PushOptions};
 use support::proxy::{Action, FaultProxy};
@@ -260,12 +260,19 @@ async fn tls_with_and_without_the_ca() {
     let m = client.get_manifest("demo/app", "v1").await.unwrap();
     assert_eq!(pull_all_blobs(&client, "demo/app", &m.bytes).await, 3);
 
-    let e = reg
-        .client(None)
+    // Without the CA, with the default retry policy: a certificate error is reported at once,
+    // not retried with seconds of backoff.
+    let mut config = reg.endpoint(None);
+    config.retry = RetryPolicy::default();
+    let start = Instant::now();
+    let e = RegistryClient::new(config)
+        .unwrap()
         .get_manifest("demo/app", "v1")
         .await
         .unwrap_err();
+    let elapsed = start.elapsed();
     let text = e.to_string();
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}: {text}");
     assert!(matches!(e, RegistryError::Unreachable { .. }), "{text}");
     assert!(text.contains(&reg.host()), "{text}");
     assert!(text.to_lowercase().contains("certificate"), "{text}");
