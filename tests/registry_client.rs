@@ -8,12 +8,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use kiln::oci::Digest;
-use kiln::registry::{RegistryClient, RegistryError, RetryPolicy};
+use kiln::registry::{Credential, RegistryClient, RegistryError, RetryPolicy};
 
 use support::layout::{self, OciLayout, PushOptions};
 use support::proxy::{Action, FaultProxy};
 use support::registry::{basic, endpoint_for, Setup, TestRegistry, TestTls, PASSWORD, USER};
-use support::token::TokenIssuer;
+use support::token::{TokenIssuer, REFRESH_TOKEN};
 use support::{manifest_blobs, sha256sum, skopeo_raw, verify_blob, VecSink};
 
 fn creds() -> String {
@@ -226,6 +226,24 @@ async fn token_auth_anonymous_public_credentialed_private_and_cache() {
     let requests = issuer.requests.lock().unwrap()[before..].to_vec();
     assert_eq!(requests.len(), 1, "token not cached: {requests:?}");
     assert_eq!(requests[0].account.as_deref(), Some(USER));
+
+    // An identity token is exchanged with the OAuth2 refresh-token grant (POST).
+    let client = reg.client(Some(Credential::IdentityToken {
+        username: USER.into(),
+        token: REFRESH_TOKEN.into(),
+    }));
+    let m = client.get_manifest("private/app", "v1").await.unwrap();
+    assert_eq!(pull_all_blobs(&client, "private/app", &m.bytes).await, 3);
+    let e = reg
+        .client(Some(Credential::IdentityToken {
+            username: USER.into(),
+            token: "revoked-token-XYZ".into(),
+        }))
+        .get_manifest("private/app", "v1")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::Token { status: 401, .. }), "{e}");
+    assert!(!format!("{e} {e:?}").contains("revoked-token-XYZ"), "{e:?}");
 
     // Wrong password: the token service refuses, and the error does not show the password.
     let wrong = "Wrong-Passw0rd-XYZ";

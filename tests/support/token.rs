@@ -16,6 +16,8 @@ use super::{require_tool, run};
 
 pub const SERVICE: &str = "test-registry";
 pub const ISSUER: &str = "kiln-test-issuer";
+/// The identity (refresh) token the issuer accepts for USER in the OAuth2 POST flow.
+pub const REFRESH_TOKEN: &str = "kiln-test-refresh-token";
 
 /// One request the issuer saw.
 #[derive(Debug, Clone)]
@@ -138,14 +140,34 @@ fn serve(
         params = String::from_utf8_lossy(&body).into_owned();
     }
     let mut scopes = Vec::new();
+    let mut refresh_token = None;
     for pair in params.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k == "scope" {
-            scopes.push(percent_decode(v));
+        match k {
+            "scope" => scopes.push(percent_decode(v)),
+            "refresh_token" => refresh_token = Some(percent_decode(v)),
+            _ => {}
         }
     }
     let mut account = None;
     let mut authenticated = false;
+    let oauth = method == "POST";
+    if let Some(t) = &refresh_token {
+        if t != REFRESH_TOKEN {
+            log.lock().unwrap().push(TokenRequest {
+                scopes,
+                account,
+                status: 401,
+            });
+            return respond(
+                &mut stream,
+                "401 Unauthorized",
+                r#"{"error":"invalid_grant"}"#,
+            );
+        }
+        account = Some(USER.to_string());
+        authenticated = true;
+    }
     if let Some(b) = authorization
         .as_deref()
         .and_then(|a| a.strip_prefix("Basic "))
@@ -221,7 +243,12 @@ fn serve(
         account,
         status: 200,
     });
-    let body = serde_json::json!({"token": token, "expires_in": 300}).to_string();
+    // The OAuth2 POST flow answers `access_token`; the GET flow `token`.
+    let body = if oauth {
+        serde_json::json!({"access_token": token, "expires_in": 300}).to_string()
+    } else {
+        serde_json::json!({"token": token, "expires_in": 300}).to_string()
+    };
     respond(&mut stream, "200 OK", &body)
 }
 
