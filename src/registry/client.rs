@@ -366,7 +366,9 @@ impl RegistryClient {
             match req.send().await {
                 Err(e) => {
                     attempt += 1;
-                    if attempt >= policy.attempts {
+                    // A certificate the client does not trust will not become trusted by
+                    // waiting: fail at once instead of backing off for seconds.
+                    if attempt >= policy.attempts || is_certificate_error(&e) {
                         return Err(self.unreachable(&url_for_errors, &e));
                     }
                     tokio::time::sleep(policy.delay(attempt, None)).await;
@@ -625,6 +627,19 @@ impl RegistryClient {
             source,
         }
     }
+}
+
+/// Whether a request failed because the TLS handshake rejected the server's certificate.
+fn is_certificate_error(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if text.contains("certificate") || text.contains("UnknownIssuer") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn challenges_of(headers: &HeaderMap) -> Vec<Challenge> {
