@@ -6,3 +6,4 @@ pub mod metadata;
 pub mod mounts;
 
 pub use error::BuildError;
+pub mod scope;

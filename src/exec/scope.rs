@@ -1,0 +1,467 @@
+//! Stages, `--target`, and ARG/ENV scoping as BuildKit's dispatcher does it: global ARGs only in
+//! FROM lines (and inside a stage once re-declared), `--build-arg` overriding defaults, the
+//! automatic platform ARGs, and the stage environment every expanding instruction sees.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::dockerfile::shell::Lexer;
+use crate::dockerfile::{Command, Dockerfile, Instruction};
+use crate::oci::Platform;
+
+use super::error::BuildError;
+
+/// ARGs BuildKit lets through to RUN without declaration (and keeps out of history).
+pub const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// What a stage builds on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    Image(String),
+    Stage(usize),
+    Scratch,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    pub index: usize,
+    pub base: Base,
+    pub platform: Platform,
+    /// Stages this one reads from (`FROM`, `COPY --from`, `RUN --mount from=`).
+    pub deps: BTreeSet<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub stages: Vec<PlannedStage>,
+    /// Stages to build, dependencies first; the target is last.
+    pub order: Vec<usize>,
+    pub target: usize,
+    /// Global ARG values (after build args), for stages that re-declare them.
+    pub global_args: Vec<(String, Option<String>)>,
+    pub auto_args: Vec<(String, String)>,
+    pub build_args: BTreeMap<String, String>,
+    pub escape: char,
+}
+
+pub struct PlanOptions<'a> {
+    pub build_args: &'a BTreeMap<String, String>,
+    pub target: Option<&'a str>,
+    pub target_platform: &'a Platform,
+    pub build_platform: &'a Platform,
+}
+
+fn platform_args(prefix: &str, p: &Platform) -> Vec<(String, String)> {
+    vec![
+        (format!("{prefix}PLATFORM"), p.to_string()),
+        (format!("{prefix}OS"), p.os.clone()),
+        (format!("{prefix}ARCH"), p.architecture.clone()),
+        (
+            format!("{prefix}VARIANT"),
+            p.variant.clone().unwrap_or_default(),
+        ),
+    ]
+}
+
+fn lexer(escape: char) -> Lexer {
+    Lexer::new(escape)
+}
+
+fn expand_with(escape: char, word: &str, env: &[(String, String)]) -> Result<String, String> {
+    let env: Vec<(String, String)> = env.to_vec();
+    lexer(escape)
+        .process_word(word, &env)
+        .map(|p| p.result)
+        .map_err(|e| e.message)
+}
+
+/// Resolves stages, their bases and dependencies, and the build order for `--target`.
+pub fn plan(df: &Dockerfile, opts: &PlanOptions<'_>) -> Result<Plan, BuildError> {
+    let escape = df.escape;
+    let mut auto_args = platform_args("TARGET", opts.target_platform);
+    auto_args.extend(platform_args("BUILD", opts.build_platform));
+    // Global scope: automatic args, then the meta ARGs in order.
+    let mut global_env: Vec<(String, String)> = auto_args
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                opts.build_args.get(k).cloned().unwrap_or_else(|| v.clone()),
+            )
+        })
+        .collect();
+    let mut global_args = Vec::new();
+    for instr in &df.meta_args {
+        if let Command::Arg { args } = &instr.command {
+            for a in args {
+                let value = match (opts.build_args.get(&a.key), &a.default) {
+                    (Some(v), _) => Some(v.clone()),
+                    (None, Some(d)) => Some(expand_with(escape, d, &global_env).map_err(|e| {
+                        BuildError::Invalid(e).in_step(&instr.original, &instr.span)
+                    })?),
+                    (None, None) => None,
+                };
+                if let Some(v) = &value {
+                    global_env.retain(|(k, _)| k != &a.key);
+                    global_env.push((a.key.clone(), v.clone()));
+                }
+                global_args.push((a.key.clone(), value));
+            }
+        }
+    }
+    let mut stages: Vec<PlannedStage> = Vec::new();
+    for stage in &df.stages {
+        let Command::From(from) = &stage.from.command else {
+            return Err(BuildError::Invalid("a stage without FROM".into()));
+        };
+        let in_step =
+            |e: String| BuildError::Invalid(e).in_step(&stage.from.original, &stage.from.span);
+        let base_name = expand_with(escape, &from.base, &global_env).map_err(in_step)?;
+        if base_name.trim().is_empty() {
+            return Err(in_step(format!(
+                "base name ({}) should not be blank",
+                from.base
+            )));
+        }
+        let platform = match &from.platform {
+            Some(p) => {
+                let p = expand_with(escape, p, &global_env).map_err(in_step)?;
+                Platform::parse(&p)
+                    .map_err(|e| in_step(e.to_string()))?
+                    .normalized()
+            }
+            None => opts.target_platform.clone(),
+        };
+        let lower = base_name.to_ascii_lowercase();
+        let base = if let Some(parent) = df.stages[..stage.index]
+            .iter()
+            .rev()
+            .find(|s| s.name.as_deref() == Some(lower.as_str()))
+        {
+            Base::Stage(parent.index)
+        } else if lower == "scratch" {
+            Base::Scratch
+        } else {
+            Base::Image(base_name)
+        };
+        let mut deps = BTreeSet::new();
+        if let Base::Stage(i) = base {
+            deps.insert(i);
+        }
+        for instr in &stage.instructions {
+            let froms: Vec<&str> = match &instr.command {
+                Command::Copy(c) => c.from.iter().map(String::as_str).collect(),
+                Command::Run(r) => r.mounts.iter().filter_map(|m| m.from.as_deref()).collect(),
+                _ => Vec::new(),
+            };
+            for from in froms {
+                if let Some(i) = stage_ref(df, from) {
+                    if i >= stage.index {
+                        return Err(BuildError::Invalid(format!(
+                            "invalid stage reference {from:?}: a stage can only read from earlier stages"
+                        ))
+                        .in_step(&instr.original, &instr.span));
+                    }
+                    deps.insert(i);
+                }
+            }
+        }
+        stages.push(PlannedStage {
+            index: stage.index,
+            base,
+            platform,
+            deps,
+        });
+    }
+    let target = match opts.target {
+        Some(t) => df
+            .stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(t.to_ascii_lowercase().as_str()))
+            .map(|s| s.index)
+            .ok_or_else(|| {
+                BuildError::Invalid(format!("target stage \"{t}\" could not be found"))
+            })?,
+        None => stages
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| BuildError::Invalid("dockerfile contains no stages to build".into()))?,
+    };
+    // Only what the target needs, dependencies first (stage indexes already order them).
+    let mut needed = BTreeSet::new();
+    let mut todo = vec![target];
+    while let Some(i) = todo.pop() {
+        if needed.insert(i) {
+            todo.extend(stages[i].deps.iter().copied());
+        }
+    }
+    Ok(Plan {
+        stages,
+        order: needed.into_iter().collect(),
+        target,
+        global_args,
+        auto_args,
+        build_args: opts.build_args.clone(),
+        escape,
+    })
+}
+
+/// A `--from` value naming a stage (by name or index); `None` means an image.
+pub fn stage_ref(df: &Dockerfile, from: &str) -> Option<usize> {
+    let lower = from.to_ascii_lowercase();
+    if let Some(s) = df
+        .stages
+        .iter()
+        .find(|s| s.name.as_deref() == Some(lower.as_str()))
+    {
+        return Some(s.index);
+    }
+    from.parse::<usize>().ok().filter(|i| *i < df.stages.len())
+}
+
+/// The variables one stage sees while it is dispatched.
+#[derive(Debug, Clone)]
+pub struct StageScope {
+    escape: char,
+    /// Env and valued ARGs in order; a redefined name moves to the end.
+    vars: Vec<(String, String)>,
+    /// ARGs declared in this stage (or inherited from the parent stage), with values.
+    args: Vec<(String, Option<String>)>,
+    globals: Vec<(String, Option<String>)>,
+    auto: Vec<(String, String)>,
+    build_args: BTreeMap<String, String>,
+}
+
+impl StageScope {
+    /// `image_env` is the base's `Env` (`K=V`); `inherited_args` the parent stage's ARGs.
+    pub fn new(
+        plan: &Plan,
+        image_env: &[String],
+        inherited_args: &[(String, Option<String>)],
+    ) -> StageScope {
+        let mut vars: Vec<(String, String)> = image_env
+            .iter()
+            .map(|e| match e.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (e.clone(), String::new()),
+            })
+            .collect();
+        for (k, v) in inherited_args {
+            if let Some(v) = v {
+                vars.retain(|(n, _)| n != k);
+                vars.push((k.clone(), v.clone()));
+            }
+        }
+        StageScope {
+            escape: plan.escape,
+            vars,
+            args: inherited_args.to_vec(),
+            globals: plan.global_args.clone(),
+            auto: plan.auto_args.clone(),
+            build_args: plan.build_args.clone(),
+        }
+    }
+
+    pub fn args(&self) -> &[(String, Option<String>)] {
+        &self.args
+    }
+
+    pub fn expansion_env(&self) -> &[(String, String)] {
+        &self.vars
+    }
+
+    /// Expands the instruction's expandable fields against the current scope.
+    pub fn expand(&self, instr: &Instruction) -> Result<Instruction, BuildError> {
+        let lexer = lexer(self.escape);
+        let env = self.vars.clone();
+        let mut expander = |w: &str| {
+            lexer
+                .process_word(w, &env)
+                .map(|p| p.result)
+                .map_err(|e| e.message)
+        };
+        instr
+            .expand(&mut expander)
+            .map_err(|e| BuildError::Invalid(e).in_step(&instr.original, &instr.span))
+    }
+
+    fn set(&mut self, key: &str, value: &str) {
+        self.vars.retain(|(k, _)| k != key);
+        self.vars.push((key.to_string(), value.to_string()));
+    }
+
+    /// Advances over ARG and ENV (already expanded for ENV; ARG defaults are expanded here,
+    /// only when no build arg gives the value).
+    pub fn apply(&mut self, instr: &Instruction) -> Result<(), BuildError> {
+        match &instr.command {
+            Command::Env { env } => {
+                for kv in env {
+                    self.set(&kv.key, &kv.value);
+                }
+            }
+            Command::Arg { args } => {
+                for a in args {
+                    let value = if let Some(v) = self.build_args.get(&a.key) {
+                        Some(v.clone())
+                    } else if let Some(d) = &a.default {
+                        Some(expand_with(self.escape, d, &self.vars).map_err(|e| {
+                            BuildError::Invalid(e).in_step(&instr.original, &instr.span)
+                        })?)
+                    } else if let Some((_, v)) = self.auto.iter().find(|(k, _)| *k == a.key) {
+                        Some(v.clone())
+                    } else {
+                        self.globals
+                            .iter()
+                            .find(|(k, _)| *k == a.key)
+                            .and_then(|(_, v)| v.clone())
+                    };
+                    if let Some(v) = &value {
+                        self.set(&a.key, v);
+                    }
+                    self.args.retain(|(k, _)| k != &a.key);
+                    self.args.push((a.key.clone(), value));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The environment RUN sees: image env, ENVs and valued ARGs, plus undeclared proxy args.
+    pub fn run_env(&self) -> Vec<String> {
+        let mut env: Vec<String> = self.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for name in PROXY_ARGS {
+            if let Some(v) = self.build_args.get(*name) {
+                if !self.vars.iter().any(|(k, _)| k == name) {
+                    env.push(format!("{name}={v}"));
+                }
+            }
+        }
+        env
+    }
+
+    /// ARGs with values that are not overridden by an ENV of the same name (BuildKit prefixes
+    /// RUN's history with them: `|2 A=1 B=2 /bin/sh -c …`).
+    pub fn run_arg_pairs(&self, image_env: &[String]) -> Vec<(String, String)> {
+        self.args
+            .iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .filter(|(k, _)| {
+                !image_env
+                    .iter()
+                    .any(|e| e.split_once('=').map(|(n, _)| n) == Some(k))
+            })
+            .collect()
+    }
+
+    /// Build args that no ARG in `used` consumed.
+    pub fn unused_build_args(
+        build_args: &BTreeMap<String, String>,
+        used: &BTreeSet<String>,
+    ) -> Vec<String> {
+        build_args
+            .keys()
+            .filter(|k| !used.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::SourceFile;
+    use crate::dockerfile::parse_dockerfile;
+
+    fn plan_of(
+        text: &str,
+        args: &[(&str, &str)],
+        target: Option<&str>,
+    ) -> (Dockerfile, Result<Plan, BuildError>) {
+        let df = parse_dockerfile(&SourceFile::new("Dockerfile", text)).unwrap();
+        let build_args: BTreeMap<String, String> = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let p = Platform::parse("linux/amd64").unwrap();
+        let plan = plan(
+            &df,
+            &PlanOptions {
+                build_args: &build_args,
+                target,
+                target_platform: &p,
+                build_platform: &p,
+            },
+        );
+        (df, plan)
+    }
+
+    #[test]
+    fn global_args_in_from_and_target_pruning() {
+        let text = "ARG BASE=busybox\nARG TAG=1\nFROM ${BASE}:${TAG} AS a\nFROM a AS b\nFROM scratch AS c\nCOPY --from=a / /\n";
+        let (_, plan) = plan_of(text, &[("TAG", "2")], Some("c"));
+        let plan = plan.unwrap();
+        assert_eq!(plan.stages[0].base, Base::Image("busybox:2".into()));
+        assert_eq!(plan.stages[1].base, Base::Stage(0));
+        assert_eq!(plan.stages[2].base, Base::Scratch);
+        assert_eq!(plan.order, vec![0, 2], "b is not needed for c");
+        let (_, plan) = plan_of(text, &[], Some("nope"));
+        assert!(plan
+            .unwrap_err()
+            .to_string()
+            .contains("target stage \"nope\" could not be found"));
+        let (_, plan) = plan_of("FROM busybox:${TARGETARCH}\n", &[], None);
+        assert_eq!(
+            plan.unwrap().stages[0].base,
+            Base::Image("busybox:amd64".into())
+        );
+    }
+
+    #[test]
+    fn stage_scope_follows_buildkit() {
+        let text = "ARG G=global\nFROM scratch\nARG G\nARG L=${G}-local\nENV E=$L\nARG TARGETARCH\nARG UNSET\n";
+        let (df, plan) = plan_of(text, &[("HTTP_PROXY", "http://p")], None);
+        let plan = plan.unwrap();
+        let mut scope = StageScope::new(&plan, &["PATH=/bin".to_string()], &[]);
+        for i in &df.stages[0].instructions {
+            let e = scope.expand(i).unwrap();
+            scope.apply(&e).unwrap();
+        }
+        let env = scope.run_env();
+        assert!(env.contains(&"G=global".to_string()), "{env:?}");
+        assert!(env.contains(&"L=global-local".to_string()));
+        assert!(env.contains(&"E=global-local".to_string()));
+        assert!(env.contains(&"TARGETARCH=amd64".to_string()));
+        assert!(env.contains(&"HTTP_PROXY=http://p".to_string()));
+        assert!(!env.iter().any(|e| e.starts_with("UNSET")));
+        // Global args are invisible until re-declared.
+        let (df, plan) = plan_of("ARG G=x\nFROM scratch\nENV V=${G}\n", &[], None);
+        let plan = plan.unwrap();
+        let scope = StageScope::new(&plan, &[], &[]);
+        let e = scope.expand(&df.stages[0].instructions[0]).unwrap();
+        let Command::Env { env } = e.command else {
+            panic!()
+        };
+        assert_eq!(env[0].value, "");
+    }
+
+    #[test]
+    fn forward_references_are_errors() {
+        let (_, plan) = plan_of(
+            "FROM scratch AS a\nCOPY --from=b / /\nFROM scratch AS b\n",
+            &[],
+            Some("a"),
+        );
+        assert!(plan.is_err());
+    }
+}
