@@ -6,4 +6,5 @@ pub mod metadata;
 pub mod mounts;
 
 pub use error::BuildError;
+pub mod history;
 pub mod scope;
