@@ -24,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use mounter::{plan as mount_plan, MountPlan, Mounter, SystemMounter};
 pub use rootfs::Root;
-pub use spec::{build_spec, effective_env, DEFAULT_CAPABILITIES, DEFAULT_PATH};
+pub use spec::{build_spec, effective_env, DEFAULT_CAPABILITIES, DEFAULT_PATH, NOFILE};
 pub use user::{resolve_user, resolve_user_from};
 
 use crate::snapshot::Mount;
@@ -211,12 +211,35 @@ impl Runtime {
 fn crun_hybrid_workaround() -> bool {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    // f_type's width differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
     let magic = |p: &str| rustix::fs::statfs(p).map(|s| s.f_type as i64).ok();
     magic("/sys/fs/cgroup") == Some(TMPFS_MAGIC)
         && magic("/sys/fs/cgroup/unified") == Some(CGROUP2_SUPER_MAGIC)
         && fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
             .map(|s| !s.trim().is_empty())
             .unwrap_or(false)
+}
+
+/// [`NOFILE`], or this process's hard limit when it is lower and cannot be raised (no
+/// `CAP_SYS_RESOURCE`, as in some CI sandboxes): the runtime would fail to set it.
+fn nofile_limit() -> u64 {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let can_raise = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0);
+    if can_raise {
+        return NOFILE;
+    }
+    match rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum {
+        Some(hard) => hard.min(NOFILE),
+        None => NOFILE,
+    }
 }
 
 /// The uid, gid and supplementary gids the command runs as.
@@ -465,11 +488,10 @@ impl Sandbox {
         let mut run_spec = spec.clone();
         run_spec.cwd = cwd.to_string();
         run_spec.hostname = hostname.to_string();
-        let oci = build_spec(&run_spec, &hosts, &resolv)?;
+        let oci = build_spec(&run_spec, &hosts, &resolv, nofile_limit())?;
         let config = guard.bundle.join("config.json");
-        let json = serde_json::to_vec_pretty(&oci).map_err(|e| {
-            SandboxError::io("write", &config, io::Error::new(io::ErrorKind::Other, e))
-        })?;
+        let json = serde_json::to_vec_pretty(&oci)
+            .map_err(|e| SandboxError::io("write", &config, io::Error::other(e)))?;
         fs::write(&config, json).map_err(|e| SandboxError::io("write", &config, e))?;
 
         let pid_file = guard.bundle.join("pid");

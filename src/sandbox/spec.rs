@@ -76,9 +76,18 @@ pub fn effective_env(env: &[String]) -> Vec<String> {
     env
 }
 
+/// BuildKit's `RLIMIT_NOFILE` for build containers.
+pub const NOFILE: u64 = 1_048_576;
+
 /// Builds the runtime spec; `hosts` and `resolv` are the host files bind-mounted read-only at
-/// `/etc/hosts` and `/etc/resolv.conf`. The root is always `rootfs` inside the bundle.
-pub fn build_spec(spec: &RunSpec, hosts: &Path, resolv: &Path) -> Result<Spec, SandboxError> {
+/// `/etc/hosts` and `/etc/resolv.conf`; `nofile` is the `RLIMIT_NOFILE` (normally [`NOFILE`]).
+/// The root is always `rootfs` inside the bundle.
+pub fn build_spec(
+    spec: &RunSpec,
+    hosts: &Path,
+    resolv: &Path,
+    nofile: u64,
+) -> Result<Spec, SandboxError> {
     let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
@@ -104,8 +113,8 @@ pub fn build_spec(spec: &RunSpec, hosts: &Path, resolv: &Path) -> Result<Spec, S
         .capabilities(capabilities)
         .rlimits(vec![PosixRlimitBuilder::default()
             .typ(PosixRlimitType::RlimitNofile)
-            .hard(1_048_576u64)
-            .soft(1_048_576u64)
+            .hard(nofile)
+            .soft(nofile)
             .build()?])
         .no_new_privileges(true)
         .build()?;
@@ -284,6 +293,7 @@ mod tests {
             &sample(),
             Path::new("/b/hosts"),
             Path::new("/b/resolv.conf"),
+            NOFILE,
         )
         .unwrap();
         let v = serde_json::to_value(&s).unwrap();
@@ -347,7 +357,7 @@ mod tests {
     fn network_none_has_a_netns() {
         let mut r = sample();
         r.network = NetworkMode::None;
-        let s = build_spec(&r, Path::new("/h"), Path::new("/r")).unwrap();
+        let s = build_spec(&r, Path::new("/h"), Path::new("/r"), NOFILE).unwrap();
         let v = serde_json::to_value(&s).unwrap();
         assert!(v["linux"]["namespaces"]
             .as_array()
