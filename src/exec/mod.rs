@@ -7,4 +7,5 @@ pub mod mounts;
 
 pub use error::BuildError;
 pub mod history;
+pub mod run_step;
 pub mod scope;

@@ -1,0 +1,81 @@
+//! Turning a finished writable snapshot into a layer: the overlay upper directory's diff,
+//! written once through compression and hashing into a store ingest, then committed both as a
+//! blob and as the next snapshot in the chain.
+
+use std::path::Path;
+
+use crate::layer::{write_overlay_diff, Compression, DiffOptions, LayerWriter};
+use crate::snapshot::{ChainId, Snapshotter};
+use crate::store::Store;
+
+use super::base::LayerState;
+use super::error::BuildError;
+use crate::export::LayerRef;
+
+#[derive(Debug, Clone, Copy)]
+pub struct LayerSettings {
+    pub compression: Compression,
+    pub level: Option<u32>,
+    pub source_date_epoch: Option<i64>,
+}
+
+/// Commits the active snapshot `key` as a layer on top of `parent`; `None` (and the active
+/// snapshot removed) when the step changed nothing.
+pub fn commit_active(
+    store: &Store,
+    snapshots: &Snapshotter,
+    key: &str,
+    parent: Option<&ChainId>,
+    settings: &LayerSettings,
+) -> Result<Option<LayerState>, BuildError> {
+    let upper = snapshots.upper_dir(key)?;
+    let Some(layer) = write_layer(store, &upper, settings)? else {
+        snapshots.remove_active(key)?;
+        return Ok(None);
+    };
+    let info = snapshots.commit(key, &layer.1)?;
+    let chain = info.chain_id;
+    debug_assert_eq!(Some(chain.clone()), Some(ChainId::of(parent, &layer.1)));
+    Ok(Some(LayerState {
+        layer: layer.0,
+        diff_id: layer.1,
+        chain,
+    }))
+}
+
+/// Writes the diff of `upper` as a compressed blob into the store.
+pub fn write_layer(
+    store: &Store,
+    upper: &Path,
+    settings: &LayerSettings,
+) -> Result<Option<(LayerRef, crate::oci::DiffId)>, BuildError> {
+    let ingest = store.ingest(None, None)?;
+    let mut writer = LayerWriter::new(ingest, settings.compression, settings.level);
+    let stats = write_overlay_diff(
+        upper,
+        &mut writer,
+        &DiffOptions {
+            source_date_epoch: settings.source_date_epoch,
+        },
+    )?;
+    let (info, ingest) = writer.finish()?;
+    if stats.entries == 0 {
+        ingest.abort();
+        return Ok(None);
+    }
+    let blob = ingest.commit()?;
+    if blob.digest != info.digest {
+        return Err(BuildError::Invalid(format!(
+            "layer digest mismatch: wrote {} but the store computed {}",
+            info.digest, blob.digest
+        )));
+    }
+    Ok(Some((
+        LayerRef {
+            media_type: info.media_type.to_string(),
+            digest: blob.digest,
+            size: blob.size,
+        },
+        info.diff_id,
+    )))
+}

@@ -1,0 +1,444 @@
+//! RUN: the command in the sandbox over a writable snapshot, with its `--mount`s, then the
+//! snapshot committed as a layer.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::dockerfile::instructions::mount::{MountType, Sharing};
+use crate::dockerfile::instructions::{CommandLine, Run};
+use crate::sandbox::{ExtraMount, ExtraMountKind, NetworkMode, RunSpec, Sandbox, Stream};
+use crate::snapshot::{ChainId, Snapshotter};
+
+use super::error::BuildError;
+
+/// Where a secret's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    File(PathBuf),
+    Env(String),
+}
+
+impl Secret {
+    fn read(&self, id: &str) -> Result<Vec<u8>, BuildError> {
+        match self {
+            Secret::File(p) => std::fs::read(p).map_err(BuildError::io("read secret file", p)),
+            Secret::Env(var) => std::env::var(var).map(String::into_bytes).map_err(|_| {
+                BuildError::Invalid(format!(
+                    "secret {id}: environment variable {var} is not set"
+                ))
+            }),
+        }
+    }
+}
+
+/// The command line a RUN executes, heredocs included, as BuildKit builds it.
+pub fn run_args(cmd: &CommandLine, shell: &[String]) -> Vec<String> {
+    if !cmd.shell_form {
+        return cmd.args.clone();
+    }
+    let line = cmd.args.join(" ");
+    let mut args = shell.to_vec();
+    match cmd.files.as_slice() {
+        [] => args.push(line),
+        // `RUN <<EOF` alone: the body is the script.
+        [only]
+            if line.trim() == format!("<<{}", only.name)
+                || line.trim() == format!("<<-{}", only.name) =>
+        {
+            args.push(only.data.clone())
+        }
+        files => {
+            // Anything else is handed to the shell with its here-documents.
+            let mut script = line;
+            script.push('\n');
+            for f in files {
+                script.push_str(&f.data);
+                script.push_str(&f.name);
+                script.push('\n');
+            }
+            args.push(script);
+        }
+    }
+    args
+}
+
+/// Everything a RUN needs besides the instruction.
+pub struct RunContext<'a> {
+    pub sandbox: &'a Sandbox,
+    pub snapshots: &'a Snapshotter,
+    pub context_dir: &'a Path,
+    pub cache_mounts_dir: &'a Path,
+    pub scratch_dir: &'a Path,
+    pub secrets: &'a BTreeMap<String, Secret>,
+    pub default_network: NetworkMode,
+    /// Roots of earlier stages/images by name, for `--mount=from=`.
+    pub from_roots: &'a BTreeMap<String, PathBuf>,
+}
+
+/// Files and directories the runtime creates as mount points and that must not end up in the
+/// layer when the image did not have them.
+fn stub_paths(mounts: &[ExtraMount]) -> Vec<String> {
+    let mut out = vec!["/etc/hosts".to_string(), "/etc/resolv.conf".to_string()];
+    out.extend(mounts.iter().map(|m| m.target.clone()));
+    out
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    let mut buf = [0u8; 4];
+    matches!(rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut buf), Ok(n) if n > 0)
+}
+
+/// Does `path` exist in the stack of `lowers` (top first), honouring whiteouts?
+fn exists_in_lowers(lowers: &[PathBuf], path: &str) -> bool {
+    let rel = path.trim_start_matches('/');
+    for lower in lowers {
+        let p = lower.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) => {
+                use std::os::unix::fs::FileTypeExt as _;
+                use std::os::unix::fs::MetadataExt as _;
+                // An overlay whiteout hides it from here down.
+                return !(m.file_type().is_char_device() && m.rdev() == 0);
+            }
+            Err(_) => continue,
+        }
+    }
+    false
+}
+
+/// Removes mount stubs the runtime left in `upper` (empty files or directories that the lower
+/// layers did not have), and their empty parents likewise.
+pub fn clean_stubs(upper: &Path, lowers: &[PathBuf], mounts: &[ExtraMount]) {
+    for stub in stub_paths(mounts) {
+        let mut path = stub.trim_end_matches('/').to_string();
+        let mut is_stub = true;
+        while !path.is_empty() && path != "/" {
+            let p = upper.join(path.trim_start_matches('/'));
+            let below = exists_in_lowers(lowers, &path);
+            let removed = match std::fs::symlink_metadata(&p) {
+                Ok(m) if is_stub && !below && m.is_file() && m.len() == 0 => {
+                    std::fs::remove_file(&p).is_ok()
+                }
+                // A directory the runtime only created or copied up to hold the stub (its
+                // timestamps changed, nothing else): overlay shows the lower one again.
+                Ok(m) if m.is_dir() && !is_opaque(&p) => std::fs::remove_dir(&p).is_ok(),
+                _ => false,
+            };
+            is_stub = false;
+            if !removed {
+                break;
+            }
+            path = match path.rfind('/') {
+                Some(0) | None => String::new(),
+                Some(i) => path[..i].to_string(),
+            };
+        }
+    }
+}
+
+fn sanitize_id(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Turns RUN's `--mount`s into sandbox mounts; returns them and extra env (secrets as env).
+pub fn prepare_mounts(
+    run: &Run,
+    ctx: &RunContext<'_>,
+    workdir: &str,
+    step_dir: &Path,
+) -> Result<(Vec<ExtraMount>, Vec<String>), BuildError> {
+    let mut mounts = Vec::new();
+    let mut env = Vec::new();
+    for (i, m) in run.mounts.iter().enumerate() {
+        let target = m.target.clone().map(|t| {
+            if t.starts_with('/') {
+                t
+            } else {
+                format!("{}/{}", workdir.trim_end_matches('/'), t)
+            }
+        });
+        match m.typ {
+            MountType::Cache => {
+                let target = target
+                    .ok_or_else(|| BuildError::Invalid("cache mount needs a target".into()))?;
+                let id = m.id.clone().unwrap_or_else(|| target.clone());
+                let dir = ctx.cache_mounts_dir.join(sanitize_id(&id));
+                if !dir.exists() {
+                    std::fs::create_dir_all(&dir)
+                        .map_err(BuildError::io("create cache mount", &dir))?;
+                    use std::os::unix::fs::PermissionsExt as _;
+                    let mode = m.mode.unwrap_or(0o755);
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+                        .map_err(BuildError::io("chmod cache mount", &dir))?;
+                    let _ = std::os::unix::fs::chown(
+                        &dir,
+                        Some(m.uid.unwrap_or(0)),
+                        Some(m.gid.unwrap_or(0)),
+                    );
+                }
+                let _ = m.sharing == Some(Sharing::Private);
+                mounts.push(ExtraMount {
+                    target,
+                    kind: ExtraMountKind::Bind {
+                        source: dir,
+                        readonly: m.read_only,
+                    },
+                });
+            }
+            MountType::Tmpfs => {
+                let target = target
+                    .ok_or_else(|| BuildError::Invalid("tmpfs mount needs a target".into()))?;
+                mounts.push(ExtraMount {
+                    target,
+                    kind: ExtraMountKind::Tmpfs {
+                        size: m.size,
+                        mode: None,
+                    },
+                });
+            }
+            MountType::Secret => {
+                let id =
+                    m.id.clone()
+                        .or_else(|| {
+                            target
+                                .as_ref()
+                                .and_then(|t| t.rsplit('/').next().map(str::to_string))
+                        })
+                        .ok_or_else(|| {
+                            BuildError::Invalid("secret mount needs an id or a target".into())
+                        })?;
+                let Some(secret) = ctx.secrets.get(&id) else {
+                    if m.required {
+                        return Err(BuildError::Invalid(format!("secret {id} is required but was not provided (use --secret id={id},src=PATH)")));
+                    }
+                    continue;
+                };
+                let value = secret.read(&id)?;
+                if let Some(var) = &m.env {
+                    env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
+                    if m.target.is_none() {
+                        continue;
+                    }
+                }
+                let file = step_dir.join(format!("secret-{i}"));
+                {
+                    use std::io::Write as _;
+                    use std::os::unix::fs::OpenOptionsExt as _;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(m.mode.unwrap_or(0o400))
+                        .open(&file)
+                        .map_err(BuildError::io("write secret", &file))?;
+                    f.write_all(&value)
+                        .map_err(BuildError::io("write secret", &file))?;
+                }
+                let _ = std::os::unix::fs::chown(
+                    &file,
+                    Some(m.uid.unwrap_or(0)),
+                    Some(m.gid.unwrap_or(0)),
+                );
+                mounts.push(ExtraMount {
+                    target: target.unwrap_or_else(|| format!("/run/secrets/{id}")),
+                    kind: ExtraMountKind::Bind {
+                        source: file,
+                        readonly: true,
+                    },
+                });
+            }
+            MountType::Bind => {
+                let target = target
+                    .ok_or_else(|| BuildError::Invalid("bind mount needs a target".into()))?;
+                let root = match &m.from {
+                    Some(from) => ctx.from_roots.get(from).cloned().ok_or_else(|| {
+                        BuildError::Invalid(format!(
+                            "--mount from={from}: no such stage or image was prepared"
+                        ))
+                    })?,
+                    None => ctx.context_dir.to_path_buf(),
+                };
+                let source = safe_join(&root, m.source.as_deref().unwrap_or("/"));
+                if !source.exists() {
+                    return Err(BuildError::Invalid(format!(
+                        "--mount source {} does not exist",
+                        m.source.as_deref().unwrap_or("/")
+                    )));
+                }
+                mounts.push(ExtraMount {
+                    target,
+                    kind: ExtraMountKind::Bind {
+                        source,
+                        // Writes to a `rw` bind must be discarded; kiln keeps binds read-only.
+                        readonly: true,
+                    },
+                });
+            }
+            MountType::Ssh => {
+                return Err(BuildError::Invalid(
+                    "RUN --mount=type=ssh is not supported by kiln yet".into(),
+                ))
+            }
+        }
+    }
+    Ok((mounts, env))
+}
+
+/// `root` joined with a cleaned `rel` that cannot climb out of it (symlinks are not resolved
+/// here; the bind source is only read through the sandbox's mount).
+fn safe_join(root: &Path, rel: &str) -> PathBuf {
+    let mut out = root.to_path_buf();
+    let mut depth = 0usize;
+    for part in rel.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if depth > 0 {
+                    out.pop();
+                    depth -= 1;
+                }
+            }
+            p => {
+                out.push(p);
+                depth += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Runs `spec` on a fresh writable snapshot over `parent`; returns the active key, the exit
+/// status and the tail of the output.
+pub fn run_in_snapshot(
+    ctx: &RunContext<'_>,
+    key: &str,
+    parent: Option<&ChainId>,
+    mut spec: RunSpec,
+    on_output: &mut dyn FnMut(&str),
+) -> Result<(crate::sandbox::ExitStatus, Vec<String>), BuildError> {
+    spec.rootfs = ctx.snapshots.prepare(key, parent)?;
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let mut pending = String::new();
+    let mut output = |_: Stream, bytes: &[u8]| {
+        pending.push_str(&String::from_utf8_lossy(bytes));
+        while let Some(nl) = pending.find('\n') {
+            let line: String = pending.drain(..=nl).collect();
+            let line = line.trim_end_matches(['\n', '\r']).to_string();
+            on_output(&line);
+            tail.push_back(line);
+            if tail.len() > 10 {
+                tail.pop_front();
+            }
+        }
+    };
+    let status = ctx.sandbox.run(&spec, &mut output);
+    if !pending.is_empty() {
+        on_output(&pending);
+        tail.push_back(pending.clone());
+    }
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ctx.snapshots.remove_active(key);
+            return Err(BuildError::Invalid(e.to_string()));
+        }
+    };
+    if let Ok(upper) = ctx.snapshots.upper_dir(key) {
+        let lowers = match parent {
+            Some(p) => ctx.snapshots.lower_dirs(p).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        clean_stubs(&upper, &lowers, &spec.mounts);
+    }
+    Ok((status, tail.into_iter().collect()))
+}
+
+/// Reads `/etc/passwd` and `/etc/group` from a stack of lower dirs (top first).
+pub fn read_from_lowers(lowers: &[PathBuf], path: &str) -> Option<String> {
+    let rel = path.trim_start_matches('/');
+    for lower in lowers {
+        let p = lower.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_file() => return std::fs::read_to_string(&p).ok(),
+            Ok(_) => return None,
+            Err(_) => continue,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dockerfile::instructions::InlineFile;
+
+    fn line(args: &[&str], shell_form: bool, files: Vec<InlineFile>) -> CommandLine {
+        CommandLine {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            shell_form,
+            files,
+        }
+    }
+
+    #[test]
+    fn run_args_shell_exec_and_heredocs() {
+        let sh = vec!["/bin/sh".to_string(), "-c".to_string()];
+        assert_eq!(
+            run_args(&line(&["echo", "hi"], true, vec![]), &sh),
+            vec!["/bin/sh", "-c", "echo hi"]
+        );
+        assert_eq!(
+            run_args(&line(&["/bin/true"], false, vec![]), &sh),
+            vec!["/bin/true"]
+        );
+        let f = InlineFile {
+            name: "EOT".into(),
+            data: "echo a\necho b\n".into(),
+            chomp: false,
+            expand: true,
+        };
+        assert_eq!(
+            run_args(&line(&["<<EOT"], true, vec![f.clone()]), &sh),
+            vec!["/bin/sh", "-c", "echo a\necho b\n"]
+        );
+        assert_eq!(
+            run_args(&line(&["<<EOT", "sh", "-e"], true, vec![f]), &sh),
+            vec!["/bin/sh", "-c", "<<EOT sh -e\necho a\necho b\nEOT\n"]
+        );
+    }
+
+    #[test]
+    fn stubs_are_removed_only_when_new_and_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let lower = dir.path().join("lower");
+        let upper = dir.path().join("upper");
+        std::fs::create_dir_all(lower.join("etc")).unwrap();
+        std::fs::write(lower.join("etc/hosts"), "x").unwrap();
+        std::fs::create_dir_all(upper.join("etc")).unwrap();
+        std::fs::create_dir_all(upper.join("run/secrets")).unwrap();
+        std::fs::write(upper.join("etc/hosts"), "").unwrap();
+        std::fs::write(upper.join("etc/resolv.conf"), "").unwrap();
+        std::fs::write(upper.join("run/secrets/token"), "").unwrap();
+        let mounts = vec![ExtraMount {
+            target: "/run/secrets/token".into(),
+            kind: ExtraMountKind::Tmpfs {
+                size: None,
+                mode: None,
+            },
+        }];
+        clean_stubs(&upper, &[lower], &mounts);
+        assert!(upper.join("etc/hosts").exists(), "existed below: kept");
+        assert!(!upper.join("etc/resolv.conf").exists());
+        assert!(
+            !upper.join("run").exists(),
+            "empty parents created for the stub go too"
+        );
+    }
+}
