@@ -2,8 +2,10 @@
 //! directory ([`extract_layer`]).
 
 pub mod extract;
+pub mod write;
 
 pub use extract::{extract_layer, ExtractOptions, ExtractStats, LayerError, WhiteoutMode};
+pub use write::{write_overlay_diff, DiffOptions, DiffStats, LayerInfo, LayerWriter};
 
 /// How a layer blob is compressed. The choice changes the blob's bytes (and so its digest), never
 /// its DiffID, which is the digest of the uncompressed tar.

@@ -1,0 +1,354 @@
+//! Writing layers: one streaming pass that hashes the tar (DiffID), compresses it and hashes
+//! the blob; and the overlay-upper-directory differ that produces the tar of a step's change.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use crate::oci::{DiffId, Digest, DigestingWriter};
+
+use super::{Compression, LayerError};
+
+/// What a finished layer blob is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerInfo {
+    pub diff_id: DiffId,
+    pub digest: Digest,
+    pub size: u64,
+    pub uncompressed_size: u64,
+    pub media_type: &'static str,
+}
+
+enum Encoder<W: Write> {
+    None(W),
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+/// tar bytes in → compressed blob out, with both digests computed on the way.
+pub struct LayerWriter<W: Write> {
+    tar: DigestingWriter<Encoder<DigestingWriter<W>>>,
+    compression: Compression,
+}
+
+impl<W: Write> LayerWriter<W> {
+    pub fn new(out: W, compression: Compression, level: Option<u32>) -> Result<Self, LayerError> {
+        let blob = DigestingWriter::new(out);
+        let encoder = match compression {
+            Compression::None => Encoder::None(blob),
+            // A fixed header (no name, mtime 0) keeps the blob digest reproducible.
+            Compression::Gzip => Encoder::Gzip(
+                flate2::GzBuilder::new()
+                    .mtime(0)
+                    .write(blob, flate2::Compression::new(level.unwrap_or(6).min(9))),
+            ),
+            Compression::Zstd => Encoder::Zstd(
+                zstd::stream::write::Encoder::new(blob, level.unwrap_or(3) as i32).map_err(
+                    |e| LayerError::Io {
+                        op: "start zstd",
+                        path: Default::default(),
+                        source: e,
+                    },
+                )?,
+            ),
+        };
+        Ok(LayerWriter {
+            tar: DigestingWriter::new(encoder),
+            compression,
+        })
+    }
+
+    pub fn finish(self) -> Result<(LayerInfo, W), LayerError> {
+        let io_err = |source| LayerError::Io {
+            op: "finish layer compression",
+            path: Default::default(),
+            source,
+        };
+        let (diff_id, uncompressed_size, encoder) = self.tar.finish();
+        let blob = match encoder {
+            Encoder::None(w) => w,
+            Encoder::Gzip(g) => g.finish().map_err(io_err)?,
+            Encoder::Zstd(z) => z.finish().map_err(io_err)?,
+        };
+        let (digest, size, out) = blob.finish();
+        let media_type = match self.compression {
+            Compression::None => "application/vnd.oci.image.layer.v1.tar",
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        };
+        Ok((
+            LayerInfo {
+                diff_id: DiffId(diff_id),
+                digest,
+                size,
+                uncompressed_size,
+                media_type,
+            },
+            out,
+        ))
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::None(w) => w.write(buf),
+            Encoder::Gzip(w) => w.write(buf),
+            Encoder::Zstd(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::None(w) => w.flush(),
+            Encoder::Gzip(w) => w.flush(),
+            Encoder::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+impl<W: Write> Write for LayerWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tar.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.tar.flush()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DiffOptions {
+    /// Clamp entry times to this (SOURCE_DATE_EPOCH).
+    pub source_date_epoch: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiffStats {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayerError {
+    let path = path.to_path_buf();
+    move |source| LayerError::Io { op, path, source }
+}
+
+fn is_whiteout(meta: &fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    match rustix::fs::lgetxattr(path, name, &mut buf) {
+        Ok(n) => {
+            buf.truncate(n);
+            Some(buf)
+        }
+        Err(_) => None,
+    }
+}
+
+/// Writes the change recorded in an overlayfs upper directory as a layer tar: entries sorted
+/// (parents first), numeric owners, PAX for long names, overlay whiteouts as `.wh.` files and
+/// opaque directories as `.wh..wh..opq`, hardlinks within the upper dir kept.
+pub fn write_overlay_diff(
+    upper: &Path,
+    out: impl Write,
+    opts: &DiffOptions,
+) -> Result<DiffStats, LayerError> {
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    let mut stats = DiffStats::default();
+    let mut links: HashMap<(u64, u64), String> = HashMap::new();
+    walk(upper, upper, &mut builder, &mut stats, &mut links, opts)?;
+    builder.finish().map_err(io_err("finish tar of", upper))?;
+    Ok(stats)
+}
+
+fn clamp(mtime: i64, opts: &DiffOptions) -> u64 {
+    let t = match opts.source_date_epoch {
+        Some(e) if mtime > e => e,
+        _ => mtime,
+    };
+    t.max(0) as u64
+}
+
+fn header_for(meta: &fs::Metadata, opts: &DiffOptions) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(meta.mode() & 0o7777);
+    h.set_uid(u64::from(meta.uid()));
+    h.set_gid(u64::from(meta.gid()));
+    h.set_mtime(clamp(meta.mtime(), opts));
+    h.set_size(0);
+    h
+}
+
+fn append<W: Write>(
+    b: &mut tar::Builder<W>,
+    h: &mut tar::Header,
+    name: &str,
+    data: impl io::Read,
+    at: &Path,
+) -> Result<(), LayerError> {
+    b.append_data(h, name, data)
+        .map_err(io_err("write tar entry for", at))
+}
+
+fn walk<W: Write>(
+    upper: &Path,
+    dir: &Path,
+    b: &mut tar::Builder<W>,
+    stats: &mut DiffStats,
+    links: &mut HashMap<(u64, u64), String>,
+    opts: &DiffOptions,
+) -> Result<(), LayerError> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .map_err(io_err("list", dir))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    entries.sort();
+    for name in entries {
+        let path = dir.join(&name);
+        let rel = path
+            .strip_prefix(upper)
+            .map(|p| p.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+        stats.entries += 1;
+        let ft = meta.file_type();
+        if is_whiteout(&meta) {
+            let wh = match rel.rsplit_once('/') {
+                Some((parent, base)) => format!("{parent}/.wh.{base}"),
+                None => format!(".wh.{rel}"),
+            };
+            let mut h = header_for(&meta, opts);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            append(b, &mut h, &wh, io::empty(), &path)?;
+            continue;
+        }
+        let mut h = header_for(&meta, opts);
+        if ft.is_dir() {
+            h.set_entry_type(tar::EntryType::Directory);
+            append(b, &mut h, &format!("{rel}/"), io::empty(), &path)?;
+            if xattr(&path, "trusted.overlay.opaque").as_deref() == Some(b"y") {
+                let mut o = header_for(&meta, opts);
+                o.set_entry_type(tar::EntryType::Regular);
+                o.set_mode(0o644);
+                append(
+                    b,
+                    &mut o,
+                    &format!("{rel}/.wh..wh..opq"),
+                    io::empty(),
+                    &path,
+                )?;
+            }
+            walk(upper, &path, b, stats, links, opts)?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&path).map_err(io_err("read link", &path))?;
+            h.set_entry_type(tar::EntryType::Symlink);
+            b.append_link(&mut h, &rel, &target)
+                .map_err(io_err("write tar entry for", &path))?;
+        } else if ft.is_file() {
+            if meta.nlink() > 1 {
+                if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+                    h.set_entry_type(tar::EntryType::Link);
+                    b.append_link(&mut h, &rel, first)
+                        .map_err(io_err("write tar entry for", &path))?;
+                    continue;
+                }
+                links.insert((meta.dev(), meta.ino()), rel.clone());
+            }
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(meta.len());
+            let f = fs::File::open(&path).map_err(io_err("open", &path))?;
+            stats.bytes += meta.len();
+            append(b, &mut h, &rel, f, &path)?;
+        } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+            h.set_entry_type(if ft.is_fifo() {
+                tar::EntryType::Fifo
+            } else if ft.is_char_device() {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            });
+            let rdev = meta.rdev();
+            let _ = h.set_device_major(rustix::fs::major(rdev));
+            let _ = h.set_device_minor(rustix::fs::minor(rdev));
+            append(b, &mut h, &rel, io::empty(), &path)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_ids_and_digests_and_empty_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let upper = dir.path().join("upper");
+        fs::create_dir_all(upper.join("app/sub")).unwrap();
+        fs::write(upper.join("app/a.txt"), "hello").unwrap();
+        fs::hard_link(upper.join("app/a.txt"), upper.join("app/b.txt")).unwrap();
+        std::os::unix::fs::symlink("a.txt", upper.join("app/link")).unwrap();
+        for compression in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let mut w = LayerWriter::new(Vec::new(), compression, None).unwrap();
+            let stats = write_overlay_diff(&upper, &mut w, &DiffOptions::default()).unwrap();
+            assert_eq!(stats.entries, 5);
+            let (info, blob) = w.finish().unwrap();
+            assert_eq!(info.digest, Digest::of(&blob));
+            assert_eq!(info.size, blob.len() as u64);
+            // Extracting gives the same DiffID back.
+            let target = dir.path().join(format!("x{compression:?}"));
+            fs::create_dir(&target).unwrap();
+            let ex = crate::layer::extract_layer(
+                &blob[..],
+                compression,
+                &target,
+                &crate::layer::ExtractOptions::apply(),
+            )
+            .unwrap();
+            assert_eq!(ex.diff_id, info.diff_id);
+            assert_eq!(
+                fs::read_to_string(target.join("app/b.txt")).unwrap(),
+                "hello"
+            );
+            assert_eq!(
+                fs::read_link(target.join("app/link")).unwrap().to_str(),
+                Some("a.txt")
+            );
+        }
+        let empty = dir.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        let mut w = LayerWriter::new(Vec::new(), Compression::Gzip, None).unwrap();
+        assert_eq!(
+            write_overlay_diff(&empty, &mut w, &DiffOptions::default())
+                .unwrap()
+                .entries,
+            0
+        );
+    }
+
+    #[test]
+    fn deterministic_with_source_date_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), "x").unwrap();
+        let run = || {
+            let mut w = LayerWriter::new(Vec::new(), Compression::Gzip, None).unwrap();
+            write_overlay_diff(
+                dir.path(),
+                &mut w,
+                &DiffOptions {
+                    source_date_epoch: Some(0),
+                },
+            )
+            .unwrap();
+            w.finish().unwrap().0
+        };
+        assert_eq!(run(), run());
+    }
+}
