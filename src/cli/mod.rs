@@ -1,6 +1,8 @@
 //! Command line: clap definitions, rendering of results and errors, exit codes. The only module that
 //! prints or uses `anyhow`.
 
+mod build;
+mod build_args;
 mod check;
 mod check_ignore;
 mod images;
@@ -27,6 +29,10 @@ enum Commands {
     Parse(parse::ParseArgs),
     /// Run BuildKit's build checks (linter) on a Dockerfile
     Check(check::CheckArgs),
+    /// Build an image from a Dockerfile
+    Build(build_args::BuildArgs),
+    /// Run a command in an image from the store
+    Run(build::RunArgs),
     /// Pull an image from a registry into the local store
     Pull(pull::PullArgs),
     /// List the images in the local store
@@ -60,6 +66,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Parse(args) => parse::run(args),
         Commands::Check(args) => check::run(args),
+        Commands::Build(args) => build::build(args),
+        Commands::Run(args) => build::run(args),
         Commands::Pull(args) => pull::run(args),
         Commands::Images(args) => images::images(args),
         Commands::Inspect(args) => images::inspect(args),

@@ -59,6 +59,19 @@ impl Reporter for PlainRenderer {
         let _ = match event {
             Event::Status { message } => writeln!(err, "{message}"),
             Event::Warning { message } => writeln!(err, "warning: {message}"),
+            Event::StepStarted { id, name } => writeln!(err, "#{id} {name}"),
+            Event::StepOutput { id, line } => writeln!(err, "#{id} {line}"),
+            Event::StepDone {
+                id,
+                cached,
+                elapsed,
+            } => {
+                if cached {
+                    writeln!(err, "#{id} CACHED")
+                } else {
+                    writeln!(err, "#{id} DONE {:.1}s", elapsed.as_secs_f64())
+                }
+            }
             Event::TransferStarted {
                 id,
                 label,
@@ -143,6 +156,39 @@ impl Reporter for TtyRenderer {
             }
             Event::Warning { message } => {
                 let _ = self.multi.println(format!("warning: {message}"));
+            }
+            Event::StepStarted { id, name } => {
+                let bar = self.multi.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {prefix:.bold} {msg} {elapsed}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.set_prefix(name);
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bars.insert(format!("step-{id}"), bar);
+            }
+            Event::StepOutput { id, line } => {
+                if let Some(bar) = bars.get(&format!("step-{id}")) {
+                    let short: String = line.chars().take(100).collect();
+                    bar.set_message(short);
+                }
+            }
+            Event::StepDone {
+                id,
+                cached,
+                elapsed,
+            } => {
+                if let Some(bar) = bars.remove(&format!("step-{id}")) {
+                    bar.set_style(
+                        ProgressStyle::with_template("  {prefix:.bold} {msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    bar.finish_with_message(if cached {
+                        "CACHED".to_string()
+                    } else {
+                        format!("{:.1}s", elapsed.as_secs_f64())
+                    });
+                }
             }
             Event::TransferStarted {
                 id,

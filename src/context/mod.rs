@@ -1,4 +1,5 @@
 //! The build context: walking it and `.dockerignore`.
+pub mod copy;
 mod gosyntax;
 pub mod ignore;
 pub mod walk;

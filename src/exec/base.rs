@@ -99,6 +99,14 @@ pub async fn resolve_image(
     }
     let mut config = image.config;
     config.created = None;
+    // BuildKit's image type keeps only the OCI fields plus Docker's Healthcheck, ArgsEscaped,
+    // OnBuild and Shell: legacy fields of Docker-built bases (container_config,
+    // docker_version, Hostname, …) do not reach the new image.
+    config.extra.clear();
+    config.author = None;
+    if let Some(c) = config.config.as_mut() {
+        c.extra.clear();
+    }
     Ok((reference, ImageState { config, layers }))
 }
 

@@ -50,7 +50,7 @@ pub fn write_layer(
     settings: &LayerSettings,
 ) -> Result<Option<(LayerRef, crate::oci::DiffId)>, BuildError> {
     let ingest = store.ingest(None, None)?;
-    let mut writer = LayerWriter::new(ingest, settings.compression, settings.level);
+    let mut writer = LayerWriter::new(ingest, settings.compression, settings.level)?;
     let stats = write_overlay_diff(
         upper,
         &mut writer,

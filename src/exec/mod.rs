@@ -6,6 +6,9 @@ pub mod metadata;
 pub mod mounts;
 
 pub use error::BuildError;
+pub mod build;
+pub mod commit;
+pub mod file_step;
 pub mod history;
 pub mod run_step;
 pub mod scope;

@@ -28,6 +28,22 @@ pub enum Event {
         outcome: TransferOutcome,
         elapsed: Duration,
     },
+    /// A build step begins (`[2/5] RUN pip install -r requirements.txt`).
+    StepStarted {
+        id: String,
+        name: String,
+    },
+    /// A line of a RUN's output.
+    StepOutput {
+        id: String,
+        line: String,
+    },
+    /// A build step ends; `cached` when its result came from the cache.
+    StepDone {
+        id: String,
+        cached: bool,
+        elapsed: Duration,
+    },
     /// A warning worth the user's attention (a mirror failed and the next is tried, …).
     Warning {
         message: String,

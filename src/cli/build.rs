@@ -1,0 +1,360 @@
+//! `kiln build` and `kiln run`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::build_args::{parse_secret, BuildArgs, SecretSource};
+use super::pull::StoreOpts;
+use super::registry_opts::{runtime, RegistryOpts};
+use super::render::{reporter, ProgressMode};
+use crate::cache::Cache;
+use crate::context::ignore::{load_ignore_patterns, PatternMatcher};
+use crate::diag::{Diagnostic, Severity, SourceFile};
+use crate::dockerfile::parse_dockerfile;
+use crate::exec::base::resolve_image;
+use crate::exec::build::{BuildRequest, Builder};
+use crate::exec::commit::LayerSettings;
+use crate::exec::run_step::Secret;
+use crate::exec::BuildError;
+use crate::layer::Compression;
+use crate::oci::Platform;
+use crate::progress::{NullReporter, Reporter};
+use crate::registry::pull::Puller;
+use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec, Runtime, Sandbox, Stream};
+use crate::snapshot::Snapshotter;
+use crate::store::Store;
+
+fn open_builder(
+    store: Store,
+    registry: &RegistryOpts,
+    reporter: Arc<dyn Reporter>,
+    runtime_path: Option<&Path>,
+) -> anyhow::Result<Builder> {
+    let root = store.root().to_path_buf();
+    let snapshots =
+        Snapshotter::new(root.join("snapshots")).context("opening the snapshot directory")?;
+    let cache = Cache::open(&root, store.clone())?;
+    let rt = Runtime::detect(runtime_path)?;
+    let sandbox = Sandbox::new(rt, root.join("bundles"));
+    let puller = Puller {
+        config: registry.load()?,
+        credentials: registry.credentials(),
+        store: store.clone(),
+        reporter: reporter.clone(),
+    };
+    Ok(Builder {
+        store,
+        puller,
+        snapshots,
+        cache,
+        sandbox,
+        reporter,
+        state_root: root,
+    })
+}
+
+/// Renders a build error: the Dockerfile line with a caret for step failures.
+fn render_build_error(err: &BuildError, source: &SourceFile) -> String {
+    match err {
+        BuildError::Step {
+            span,
+            source: inner,
+            ..
+        } => {
+            let mut out = Diagnostic {
+                severity: Severity::Error,
+                message: inner.to_string(),
+                span: Some(*span),
+            }
+            .render(source);
+            if let BuildError::RunFailed { tail, .. } = inner.as_ref() {
+                if !tail.is_empty() {
+                    out.push_str("\n  last output:\n");
+                    for line in tail {
+                        out.push_str("    ");
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+            }
+            out
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A context given as a tar on stdin, unpacked (safely) into a temporary directory.
+fn context_from_stdin() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir().context("creating a directory for the context")?;
+    let stdin = std::io::stdin();
+    let mut reader = std::io::BufReader::new(stdin.lock());
+    let prefix = std::io::BufRead::fill_buf(&mut reader)?.to_vec();
+    let compression = Compression::sniff(&prefix);
+    crate::layer::extract_layer(
+        reader,
+        compression,
+        dir.path(),
+        &crate::layer::ExtractOptions::apply(),
+    )
+    .context("reading the build context tar from stdin")?;
+    Ok(dir)
+}
+
+pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let mut _stdin_context = None;
+    let context_dir: PathBuf = if args.context == "-" {
+        let dir = context_from_stdin()?;
+        let p = dir.path().to_path_buf();
+        _stdin_context = Some(dir);
+        p
+    } else {
+        let p = PathBuf::from(&args.context);
+        if !p.is_dir() {
+            anyhow::bail!(
+                "unable to prepare context: path {:?} not found",
+                args.context
+            );
+        }
+        p
+    };
+    let dockerfile_path = match &args.file {
+        Some(f) if f.as_os_str() == "-" => f.clone(),
+        Some(f) => f.clone(),
+        None => context_dir.join("Dockerfile"),
+    };
+    let source = super::read_dockerfile(&dockerfile_path)?;
+    let dockerfile = match parse_dockerfile(&source) {
+        Ok(df) => df,
+        Err(err) => {
+            eprintln!("error: {}", err.render(&source));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let df_for_ignore = (dockerfile_path.as_os_str() != "-").then_some(dockerfile_path.as_path());
+    let (patterns, _) = load_ignore_patterns(&context_dir, df_for_ignore)?;
+    let ignore = if patterns.is_empty() {
+        None
+    } else {
+        Some(PatternMatcher::new(&patterns)?)
+    };
+    let mut secrets = std::collections::BTreeMap::new();
+    for spec in &args.secrets {
+        let (id, src) = parse_secret(spec)?;
+        secrets.insert(
+            id,
+            match src {
+                SecretSource::File(p) => Secret::File(p),
+                SecretSource::Env(v) => Secret::Env(v),
+            },
+        );
+    }
+    let platform = match &args.platform {
+        Some(p) => Platform::parse(p)?.normalized(),
+        None => Platform::host(),
+    };
+    let compression = match args.compression.as_str() {
+        "zstd" => Compression::Zstd,
+        "uncompressed" => Compression::None,
+        _ => Compression::Gzip,
+    };
+    let mode = args.progress_mode();
+    let rep: Arc<dyn Reporter> = match mode {
+        Some(m) => Arc::from(reporter(m)),
+        None => Arc::new(NullReporter),
+    };
+    let mut tags = Vec::new();
+    for t in &args.tags {
+        tags.push(crate::oci::Reference::parse(t)?.to_string());
+    }
+    let store = args.store.open()?;
+    let builder = open_builder(store, &args.registry, rep, args.runtime.as_deref())?;
+    let request = BuildRequest {
+        dockerfile,
+        context_dir,
+        ignore,
+        build_args: args.build_arg_map(),
+        target: args.target.clone(),
+        platform,
+        tags,
+        labels: args.label_map()?,
+        network: if args.network == "none" {
+            NetworkMode::None
+        } else {
+            NetworkMode::Host
+        },
+        secrets,
+        no_cache: args.no_cache,
+        pull: args.pull,
+        layer: LayerSettings {
+            compression,
+            level: args.compression_level,
+            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        },
+        oci_media_types: args.oci_mediatypes,
+    };
+    let rt = runtime()?;
+    let outcome = match rt.block_on(async {
+        tokio::select! {
+            r = builder.build(request) => r,
+            _ = tokio::signal::ctrl_c() => Err(BuildError::Interrupted),
+        }
+    }) {
+        Ok(o) => o,
+        Err(err) => {
+            eprintln!("error: {}", render_build_error(&err, &source));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for w in &outcome.warnings {
+        eprintln!("{w}");
+    }
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, outcome.id.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let doc = serde_json::json!({
+            "containerimage.config.digest": outcome.id.to_string(),
+            "containerimage.digest": outcome.manifest_digest.to_string(),
+            "image.name": outcome.tags.join(","),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if mode.is_some() {
+        for t in &outcome.tags {
+            eprintln!("naming to {t} done");
+        }
+    }
+    println!("{}", outcome.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Remove the container's writable layer afterwards (always done; accepted for Docker compatibility)
+    #[arg(long)]
+    rm: bool,
+    /// Environment variable K=V (repeatable)
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Network: host (default) or none
+    #[arg(long, value_parser = ["host", "none", "default"], default_value = "host")]
+    network: String,
+    /// Override the image's entrypoint
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Run as this user
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// OCI runtime (default: crun, else runc)
+    #[arg(long)]
+    runtime: Option<PathBuf>,
+    /// Image reference from the store
+    image: String,
+    /// Command and arguments (replace the image's CMD)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+    #[command(flatten)]
+    registry: RegistryOpts,
+    #[command(flatten)]
+    store: StoreOpts,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let store = args.store.open()?;
+    let rep: Arc<dyn Reporter> = Arc::from(reporter(ProgressMode::Plain));
+    let builder = open_builder(store, &args.registry, rep, args.runtime.as_deref())?;
+    let platform = Platform::host();
+    let rt = runtime()?;
+    let (_, image) = rt
+        .block_on(resolve_image(
+            &builder.puller,
+            &builder.snapshots,
+            &args.image,
+            &platform,
+            false,
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = image.config.config.clone().unwrap_or_default();
+    let entrypoint = match &args.entrypoint {
+        Some(e) if e.is_empty() => Vec::new(),
+        Some(e) => vec![e.clone()],
+        None => cfg.entrypoint.clone().unwrap_or_default(),
+    };
+    let cmd = if !args.command.is_empty() {
+        args.command.clone()
+    } else if args.entrypoint.is_some() {
+        Vec::new()
+    } else {
+        cfg.cmd.clone().unwrap_or_default()
+    };
+    let mut argv = entrypoint;
+    argv.extend(cmd);
+    if argv.is_empty() {
+        anyhow::bail!("no command specified: the image has no ENTRYPOINT or CMD");
+    }
+    let mut env = cfg.env.clone().unwrap_or_default();
+    for e in &args.env {
+        let (k, _) = e.split_once('=').unwrap_or((e.as_str(), ""));
+        let value = if e.contains('=') {
+            e.clone()
+        } else {
+            format!("{k}={}", std::env::var(k).unwrap_or_default())
+        };
+        env.retain(|x| x.split_once('=').map(|(n, _)| n) != Some(k));
+        env.push(value);
+    }
+    let lowers = match image.top_chain() {
+        Some(c) => builder.snapshots.lower_dirs(c)?,
+        None => Vec::new(),
+    };
+    let user = args.user.clone().or(cfg.user.clone()).unwrap_or_default();
+    let user_spec = resolve_user_from(
+        &user,
+        crate::exec::run_step::read_from_lowers(&lowers, "/etc/passwd").as_deref(),
+        crate::exec::run_step::read_from_lowers(&lowers, "/etc/group").as_deref(),
+    )?;
+    let key = format!("run-{}", std::process::id());
+    let rootfs = builder.snapshots.prepare(&key, image.top_chain())?;
+    let spec = RunSpec {
+        rootfs,
+        args: argv,
+        env,
+        cwd: args
+            .workdir
+            .clone()
+            .or(cfg.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        user: user_spec,
+        hostname: "kiln".into(),
+        network: if args.network == "none" {
+            NetworkMode::None
+        } else {
+            NetworkMode::Host
+        },
+        ..RunSpec::default()
+    };
+    let mut out = |stream: Stream, bytes: &[u8]| {
+        let _ = match stream {
+            Stream::Stdout => std::io::stdout()
+                .write_all(bytes)
+                .and_then(|_| std::io::stdout().flush()),
+            Stream::Stderr => std::io::stderr().write_all(bytes),
+        };
+    };
+    let status = builder.sandbox.run(&spec, &mut out);
+    let _ = builder.snapshots.remove_active(&key);
+    let status = status?;
+    Ok(ExitCode::from(u8::try_from(status.code()).unwrap_or(1)))
+}

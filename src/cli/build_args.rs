@@ -1,0 +1,181 @@
+//! `kiln build` options, as `docker build` users write them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::pull::StoreOpts;
+use super::registry_opts::RegistryOpts;
+use super::render::ProgressMode;
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Build context: a directory, or `-` for a tar archive on stdin
+    #[arg(default_value = ".")]
+    pub context: String,
+    /// Name and tag of the image (repeatable)
+    #[arg(short = 't', long = "tag")]
+    pub tags: Vec<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads it from stdin)
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Build-time variable `K=V`, or `K` to take the value from the environment (repeatable)
+    #[arg(long = "build-arg", value_name = "K[=V]")]
+    pub build_args: Vec<String>,
+    /// Build only up to this stage
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Target platform (os/arch[/variant])
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Label for the image `K=V` (repeatable)
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Network for RUN steps
+    #[arg(long, value_parser = ["default", "host", "none"], default_value = "default")]
+    pub network: String,
+    /// Secret for RUN --mount=type=secret: `id=ID,src=PATH` or `id=ID,env=VAR` (repeatable)
+    #[arg(long = "secret", value_name = "id=..,src=..|env=..")]
+    pub secrets: Vec<String>,
+    /// Do not use the build cache
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Always pull base images, even when the store has them
+    #[arg(long)]
+    pub pull: bool,
+    /// Write the image ID to this file
+    #[arg(long)]
+    pub iidfile: Option<PathBuf>,
+    /// Write build metadata (image ID, digest, tags) as JSON to this file
+    #[arg(long)]
+    pub metadata_file: Option<PathBuf>,
+    /// Progress output
+    #[arg(long, value_parser = ["auto", "plain", "tty", "quiet"], default_value = "auto")]
+    pub progress: String,
+    /// Print only the image ID
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// OCI runtime to run RUN steps with (default: crun, else runc, on PATH)
+    #[arg(long)]
+    pub runtime: Option<PathBuf>,
+    /// Layer compression
+    #[arg(long, value_parser = ["gzip", "zstd", "uncompressed"], default_value = "gzip")]
+    pub compression: String,
+    /// Compression level (gzip 1-9, zstd 1-19)
+    #[arg(long)]
+    pub compression_level: Option<u32>,
+    /// Use OCI media types (false: Docker schema 2)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub oci_mediatypes: bool,
+    #[command(flatten)]
+    pub registry: RegistryOpts,
+    #[command(flatten)]
+    pub store: StoreOpts,
+}
+
+impl BuildArgs {
+    pub fn progress_mode(&self) -> Option<ProgressMode> {
+        if self.quiet {
+            return None;
+        }
+        match self.progress.as_str() {
+            "plain" => Some(ProgressMode::Plain),
+            "tty" => Some(ProgressMode::Tty),
+            "quiet" => None,
+            _ => Some(ProgressMode::Auto),
+        }
+    }
+
+    /// `--build-arg K=V` and `--build-arg K` (from the environment; skipped when unset, as Docker does).
+    pub fn build_arg_map(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for arg in &self.build_args {
+            match arg.split_once('=') {
+                Some((k, v)) => {
+                    out.insert(k.to_string(), v.to_string());
+                }
+                None => {
+                    if let Ok(v) = std::env::var(arg) {
+                        out.insert(arg.clone(), v);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn label_map(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for l in &self.labels {
+            let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+            if k.is_empty() {
+                anyhow::bail!("invalid --label {l:?}: expected KEY=VALUE");
+            }
+            out.insert(k.to_string(), v.to_string());
+        }
+        Ok(out)
+    }
+}
+
+/// A `--secret` source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+/// Parses `id=ID,src=PATH` / `id=ID,env=VAR` (also `source=`, `type=file|env`; a bare `id=X`
+/// reads the env var X if set, else the file X, as buildx does).
+pub fn parse_secret(spec: &str) -> anyhow::Result<(String, SecretSource)> {
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    let mut kind = None;
+    for field in spec.split(',') {
+        let (k, v) = field.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!("invalid --secret field {field:?} (expected key=value)")
+        })?;
+        match k.to_ascii_lowercase().as_str() {
+            "id" => id = Some(v.to_string()),
+            "src" | "source" => src = Some(v.to_string()),
+            "env" => env = Some(v.to_string()),
+            "type" => kind = Some(v.to_string()),
+            other => anyhow::bail!("invalid --secret key {other:?}"),
+        }
+    }
+    let id = id
+        .or_else(|| src.clone())
+        .or_else(|| env.clone())
+        .ok_or_else(|| anyhow::anyhow!("--secret needs an id"))?;
+    let source = match (kind.as_deref(), src, env) {
+        (Some("env"), src, env) => SecretSource::Env(env.or(src).unwrap_or_else(|| id.clone())),
+        (_, Some(src), _) => SecretSource::File(PathBuf::from(src)),
+        (_, None, Some(env)) => SecretSource::Env(env),
+        (_, None, None) => {
+            if std::env::var_os(&id).is_some() {
+                SecretSource::Env(id.clone())
+            } else {
+                SecretSource::File(PathBuf::from(&id))
+            }
+        }
+    };
+    Ok((id, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_specs() {
+        assert_eq!(
+            parse_secret("id=npm,src=/tmp/npmrc").unwrap(),
+            ("npm".into(), SecretSource::File("/tmp/npmrc".into()))
+        );
+        assert_eq!(
+            parse_secret("id=tok,env=GITHUB_TOKEN").unwrap(),
+            ("tok".into(), SecretSource::Env("GITHUB_TOKEN".into()))
+        );
+        assert!(parse_secret("nonsense").is_err());
+        assert!(parse_secret("id=x,bogus=1").is_err());
+    }
+}

@@ -1,0 +1,815 @@
+//! COPY/ADD file operations with BuildKit's semantics: sources (globs, directories copied by
+//! their contents, `.dockerignore` and `--exclude` applied, symlinks copied as symlinks and never
+//! followed out of the source root) into a destination inside a root filesystem, every path
+//! there resolved with `openat2(RESOLVE_IN_ROOT)` so no symlink in the image can lead outside.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+
+use super::gosyntax::clean;
+use super::ignore::PatternMatcher;
+use crate::oci::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("failed to compute cache key: \"{0}\" not found")]
+    NotFound(String),
+    #[error("no source files were specified")]
+    NoSources,
+    #[error("invalid --chmod {0:?}")]
+    BadChmod(String),
+    #[error("invalid pattern {0:?}")]
+    BadPattern(String),
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot copy a directory onto the non-directory {0}")]
+    NotADirectory(String),
+}
+
+fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> CopyError {
+    let path = path.into();
+    move |source| CopyError::Io { op, path, source }
+}
+
+fn errno(op: &'static str, path: &str) -> impl FnOnce(rustix::io::Errno) -> CopyError {
+    let path = PathBuf::from(path);
+    move |e| CopyError::Io {
+        op,
+        path,
+        source: e.into(),
+    }
+}
+
+/// `--chmod`: octal, or symbolic clauses like `u+x,g-w,o=r`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChmodSpec {
+    Octal(u32),
+    Symbolic(Vec<(u32, char, u32)>),
+}
+
+impl ChmodSpec {
+    pub fn parse(s: &str) -> Result<ChmodSpec, CopyError> {
+        if let Ok(n) = u32::from_str_radix(s, 8) {
+            return Ok(ChmodSpec::Octal(n & 0o7777));
+        }
+        let mut clauses = Vec::new();
+        for clause in s.split(',') {
+            let pos = clause
+                .find(['+', '-', '='])
+                .ok_or_else(|| CopyError::BadChmod(s.into()))?;
+            let (who, rest) = clause.split_at(pos);
+            let op = rest
+                .chars()
+                .next()
+                .ok_or_else(|| CopyError::BadChmod(s.into()))?;
+            let mut mask = 0;
+            for c in if who.is_empty() {
+                "a".chars()
+            } else {
+                who.chars()
+            } {
+                mask |= match c {
+                    'u' => 0o4700,
+                    'g' => 0o2070,
+                    'o' => 0o1007,
+                    'a' => 0o7777,
+                    _ => return Err(CopyError::BadChmod(s.into())),
+                };
+            }
+            let mut bits = 0;
+            for c in rest[1..].chars() {
+                bits |= match c {
+                    'r' => 0o444,
+                    'w' => 0o222,
+                    'x' => 0o111,
+                    's' => 0o6000,
+                    't' => 0o1000,
+                    _ => return Err(CopyError::BadChmod(s.into())),
+                };
+            }
+            clauses.push((mask, op, bits));
+        }
+        Ok(ChmodSpec::Symbolic(clauses))
+    }
+
+    pub fn apply(&self, mode: u32) -> u32 {
+        match self {
+            ChmodSpec::Octal(n) => *n,
+            ChmodSpec::Symbolic(clauses) => {
+                clauses
+                    .iter()
+                    .fold(mode & 0o7777, |m, (mask, op, bits)| match op {
+                        '+' => m | (bits & mask),
+                        '-' => m & !(bits & mask),
+                        _ => (m & !mask) | (bits & mask),
+                    })
+            }
+        }
+    }
+}
+
+pub struct CopyRequest<'a> {
+    /// The build context, or another stage's root for `--from`.
+    pub source_root: &'a Path,
+    /// `.dockerignore`, for context sources.
+    pub ignore: Option<&'a PatternMatcher>,
+    pub sources: Vec<String>,
+    pub dest: String,
+    pub workdir: String,
+    pub dest_root: &'a Path,
+    pub chown: Option<(u32, u32)>,
+    pub chmod: Option<ChmodSpec>,
+    pub parents: bool,
+    pub excludes: Vec<String>,
+    pub source_date_epoch: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+/// One selected source: its path relative to the source root, and the part kept under the
+/// destination with `--parents`.
+#[derive(Debug, Clone)]
+struct Selected {
+    rel: String,
+    keep: String,
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// One path component against a Go `filepath.Match` pattern component.
+fn component_regex(pattern: &str) -> Result<regex::Regex, CopyError> {
+    let mut re = String::from("^");
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' => re.push_str("[^/]*"),
+            '?' => re.push_str("[^/]"),
+            '[' => {
+                re.push('[');
+                if chars.peek() == Some(&'^') || chars.peek() == Some(&'!') {
+                    chars.next();
+                    re.push('^');
+                }
+                for c in chars.by_ref() {
+                    if c == ']' {
+                        break;
+                    }
+                    if c == '\\' || c == '[' {
+                        re.push('\\');
+                    }
+                    re.push(c);
+                }
+                re.push(']');
+            }
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    re.push_str(&regex::escape(&n.to_string()));
+                }
+            }
+            c => re.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    re.push('$');
+    regex::Regex::new(&re).map_err(|_| CopyError::BadPattern(pattern.to_string()))
+}
+
+fn ignored(ignore: Option<&PatternMatcher>, rel: &str) -> bool {
+    ignore.is_some_and(|m| !rel.is_empty() && m.matches(rel))
+}
+
+/// Expands the sources against the source root.
+fn select(req: &CopyRequest<'_>) -> Result<Vec<Selected>, CopyError> {
+    let mut out = Vec::new();
+    if req.sources.is_empty() {
+        return Err(CopyError::NoSources);
+    }
+    for src in &req.sources {
+        // `--parents` keeps what follows a `/./` pivot (or the whole path).
+        let (pivot, src_path) = match src.find("/./") {
+            Some(i) if req.parents => (
+                Some(clean(&src[..i]).trim_start_matches('/').to_string()),
+                src.replace("/./", "/"),
+            ),
+            _ => (None, src.clone()),
+        };
+        let cleaned = clean(&format!("/{src_path}"));
+        let rel = cleaned.trim_start_matches('/').to_string();
+        let keep_of = |r: &str| -> String {
+            match &pivot {
+                Some(p) if !p.is_empty() && p != "." => r
+                    .strip_prefix(p.as_str())
+                    .unwrap_or(r)
+                    .trim_start_matches('/')
+                    .to_string(),
+                _ => r.to_string(),
+            }
+        };
+        if !has_glob(&rel) {
+            let p = req.source_root.join(&rel);
+            if fs::symlink_metadata(&p).is_err() || ignored(req.ignore, &rel) {
+                return Err(CopyError::NotFound(src.clone()));
+            }
+            out.push(Selected {
+                keep: keep_of(&rel),
+                rel,
+            });
+            continue;
+        }
+        let parts: Vec<&str> = rel.split('/').collect();
+        let mut matches = vec![String::new()];
+        for part in &parts {
+            let mut next = Vec::new();
+            for base in &matches {
+                let dir = req.source_root.join(base);
+                if has_glob(part) {
+                    let re = component_regex(part)?;
+                    let Ok(entries) = fs::read_dir(&dir) else {
+                        continue;
+                    };
+                    let mut names: Vec<String> = entries
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().to_string())
+                        .filter(|n| re.is_match(n))
+                        .collect();
+                    names.sort();
+                    for n in names {
+                        next.push(if base.is_empty() {
+                            n
+                        } else {
+                            format!("{base}/{n}")
+                        });
+                    }
+                } else {
+                    let candidate = if base.is_empty() {
+                        part.to_string()
+                    } else {
+                        format!("{base}/{part}")
+                    };
+                    if fs::symlink_metadata(req.source_root.join(&candidate)).is_ok() {
+                        next.push(candidate);
+                    }
+                }
+            }
+            matches = next;
+        }
+        let before = out.len();
+        for m in matches {
+            if !ignored(req.ignore, &m) {
+                out.push(Selected {
+                    keep: keep_of(&m),
+                    rel: m,
+                });
+            }
+        }
+        if out.len() == before {
+            return Err(CopyError::NotFound(src.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Walks a selected source: `(relative path under the source, metadata)` for it and, for a
+/// directory, everything below, sorted, without following symlinks.
+fn walk_source(
+    req: &CopyRequest<'_>,
+    excludes: Option<&PatternMatcher>,
+    base_rel: &str,
+    visit: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
+) -> Result<(), CopyError> {
+    fn rec(
+        req: &CopyRequest<'_>,
+        excludes: Option<&PatternMatcher>,
+        base_rel: &str,
+        sub: &str,
+        visit: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
+    ) -> Result<(), CopyError> {
+        let dir = req.source_root.join(base_rel).join(sub);
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .map_err(io_err("list", &dir))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        for name in names {
+            let child = if sub.is_empty() {
+                name.clone()
+            } else {
+                format!("{sub}/{name}")
+            };
+            let full_rel = if base_rel.is_empty() {
+                child.clone()
+            } else {
+                format!("{base_rel}/{child}")
+            };
+            let path = req.source_root.join(&full_rel);
+            let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+            let skip_ignored = ignored(req.ignore, &full_rel);
+            let skip_excluded = excludes.is_some_and(|m| m.matches(&child));
+            let has_exceptions = req.ignore.is_some_and(|m| m.exclusions());
+            if (skip_ignored || skip_excluded)
+                && !(meta.is_dir() && has_exceptions && !skip_excluded)
+            {
+                continue;
+            }
+            if !(skip_ignored && meta.is_dir()) {
+                visit(&child, &path, &meta)?;
+            }
+            if meta.is_dir() {
+                rec(req, excludes, base_rel, &child, visit)?;
+            }
+        }
+        Ok(())
+    }
+    rec(req, excludes, base_rel, "", visit)
+}
+
+/// A root directory that every path is resolved in, symlinks included.
+struct DestRoot {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl DestRoot {
+    fn open(path: &Path) -> Result<DestRoot, CopyError> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| CopyError::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+        Ok(DestRoot {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn resolve(&self, rel: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+        let rel = if rel.is_empty() { "." } else { rel };
+        rustix::fs::openat2(
+            self.fd.as_fd(),
+            rel,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+    }
+
+    fn is_dir(&self, rel: &str) -> bool {
+        self.resolve(rel, OFlags::PATH | OFlags::DIRECTORY).is_ok()
+    }
+
+    /// `mkdir -p` inside the root; new directories get `owner` and mode 0755.
+    fn mkdir_all(
+        &self,
+        rel: &str,
+        owner: (u32, u32),
+        mtime: Option<i64>,
+    ) -> Result<OwnedFd, CopyError> {
+        self.mkdir_all_depth(rel, owner, mtime, 0)
+    }
+
+    fn mkdir_all_depth(
+        &self,
+        rel: &str,
+        owner: (u32, u32),
+        mtime: Option<i64>,
+        depth: usize,
+    ) -> Result<OwnedFd, CopyError> {
+        if depth > 40 {
+            return Err(CopyError::Io {
+                op: "resolve",
+                path: PathBuf::from(rel),
+                source: io::Error::other("too many levels of symbolic links"),
+            });
+        }
+        let mut prefix = String::new();
+        let mut fd = self
+            .resolve("", OFlags::PATH | OFlags::DIRECTORY)
+            .map_err(errno("open", rel))?;
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            match self.resolve(&prefix, OFlags::PATH | OFlags::DIRECTORY) {
+                Ok(next) => fd = next,
+                Err(rustix::io::Errno::NOENT) => {
+                    // A dangling symlink: create what it points to, inside the root.
+                    if let Ok(target) = rustix::fs::readlinkat(&fd, part, Vec::new()) {
+                        let t = target.to_string_lossy().to_string();
+                        let parent = prefix.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+                        let resolved = if t.starts_with('/') {
+                            clean(&t)
+                        } else {
+                            clean(&format!("/{parent}/{t}"))
+                        };
+                        self.mkdir_all_depth(
+                            resolved.trim_start_matches('/'),
+                            owner,
+                            mtime,
+                            depth + 1,
+                        )?;
+                        fd = self
+                            .resolve(&prefix, OFlags::PATH | OFlags::DIRECTORY)
+                            .map_err(errno("open", rel))?;
+                        continue;
+                    }
+                    rustix::fs::mkdirat(&fd, part, Mode::from_raw_mode(0o755))
+                        .map_err(errno("create directory", rel))?;
+                    let _ = rustix::fs::chownat(
+                        &fd,
+                        part,
+                        Some(rustix::fs::Uid::from_raw(owner.0)),
+                        Some(rustix::fs::Gid::from_raw(owner.1)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    );
+                    let _ = rustix::fs::chmodat(
+                        &fd,
+                        part,
+                        Mode::from_raw_mode(0o755),
+                        AtFlags::empty(),
+                    );
+                    if let Some(t) = mtime {
+                        set_times(&fd, part, t, 0);
+                    }
+                    fd = self
+                        .resolve(&prefix, OFlags::PATH | OFlags::DIRECTORY)
+                        .map_err(errno("open", rel))?;
+                }
+                Err(rustix::io::Errno::NOTDIR) => {
+                    return Err(CopyError::NotADirectory(format!("/{prefix}")))
+                }
+                Err(e) => return Err(errno("open", rel)(e)),
+            }
+        }
+        Ok(fd)
+    }
+}
+
+fn set_times(dir: &impl AsFd, name: &str, secs: i64, nsec: i64) {
+    let t = Timespec {
+        tv_sec: secs,
+        tv_nsec: nsec as _,
+    };
+    let _ = rustix::fs::utimensat(
+        dir,
+        name,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    );
+}
+
+fn split_parent(rel: &str) -> (&str, &str) {
+    match rel.rsplit_once('/') {
+        Some((p, n)) => (p, n),
+        None => ("", rel),
+    }
+}
+
+/// Copies the selected sources into the root; returns what was written.
+pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
+    let selected = select(req)?;
+    let excludes = if req.excludes.is_empty() {
+        None
+    } else {
+        Some(PatternMatcher::new(&req.excludes).map_err(|e| CopyError::BadPattern(e.to_string()))?)
+    };
+    let dest_abs = if req.dest.starts_with('/') {
+        req.dest.clone()
+    } else {
+        format!("{}/{}", req.workdir.trim_end_matches('/'), req.dest)
+    };
+    let dest_rel = clean(&dest_abs).trim_start_matches('/').to_string();
+    let root = DestRoot::open(req.dest_root)?;
+    let multiple = selected.len() > 1 || req.sources.iter().any(|s| has_glob(s));
+    let dest_is_dir = req.dest.ends_with('/')
+        || req.dest == "."
+        || multiple
+        || req.parents
+        || root.is_dir(&dest_rel);
+    let owner_of = |m: &fs::Metadata| {
+        req.chown.unwrap_or_else(|| {
+            if req.ignore.is_some() || req.source_root == req.dest_root {
+                (0, 0)
+            } else {
+                (m.uid(), m.gid())
+            }
+        })
+    };
+    let mut stats = CopyStats::default();
+    for sel in &selected {
+        let src_path = req.source_root.join(&sel.rel);
+        let meta = fs::symlink_metadata(&src_path).map_err(io_err("stat", &src_path))?;
+        let base_name = sel.rel.rsplit('/').next().unwrap_or(&sel.rel).to_string();
+        let target = if req.parents {
+            join_rel(&dest_rel, &sel.keep)
+        } else if meta.is_dir() {
+            dest_rel.clone()
+        } else if dest_is_dir {
+            join_rel(&dest_rel, &base_name)
+        } else {
+            dest_rel.clone()
+        };
+        let created_owner = req.chown.unwrap_or((0, 0));
+        if meta.is_dir() {
+            let fd = root.mkdir_all(&target, created_owner, None)?;
+            if req.parents {
+                apply_meta(&root, &target, &meta, owner_of(&meta), req.chmod.as_ref())?;
+            }
+            drop(fd);
+            stats.dirs += 1;
+            walk_source(req, excludes.as_ref(), &sel.rel, &mut |child, path, m| {
+                write_entry(
+                    &root,
+                    &join_rel(&target, child),
+                    path,
+                    m,
+                    owner_of(m),
+                    req.chmod.as_ref(),
+                    &mut stats,
+                )
+            })?;
+        } else {
+            let (parent, _) = split_parent(&target);
+            root.mkdir_all(parent, created_owner, None)?;
+            write_entry(
+                &root,
+                &target,
+                &src_path,
+                &meta,
+                owner_of(&meta),
+                req.chmod.as_ref(),
+                &mut stats,
+            )?;
+        }
+    }
+    Ok(stats)
+}
+
+fn join_rel(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a}/{b}"),
+    }
+}
+
+fn apply_meta(
+    root: &DestRoot,
+    rel: &str,
+    meta: &fs::Metadata,
+    owner: (u32, u32),
+    chmod: Option<&ChmodSpec>,
+) -> Result<(), CopyError> {
+    let (parent, name) = split_parent(rel);
+    let pfd = root
+        .resolve(parent, OFlags::PATH | OFlags::DIRECTORY)
+        .map_err(errno("open", rel))?;
+    let _ = rustix::fs::chownat(
+        &pfd,
+        name,
+        Some(rustix::fs::Uid::from_raw(owner.0)),
+        Some(rustix::fs::Gid::from_raw(owner.1)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    );
+    if !meta.file_type().is_symlink() {
+        let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode()));
+        let _ = rustix::fs::chmodat(&pfd, name, Mode::from_raw_mode(mode), AtFlags::empty());
+    }
+    set_times(&pfd, name, meta.mtime(), meta.mtime_nsec());
+    Ok(())
+}
+
+fn write_entry(
+    root: &DestRoot,
+    rel: &str,
+    src: &Path,
+    meta: &fs::Metadata,
+    owner: (u32, u32),
+    chmod: Option<&ChmodSpec>,
+    stats: &mut CopyStats,
+) -> Result<(), CopyError> {
+    let (parent, name) = split_parent(rel);
+    let pfd = root.mkdir_all(parent, owner, None)?;
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        match rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                if !root.is_dir(rel) {
+                    let _ = rustix::fs::unlinkat(&pfd, name, AtFlags::empty());
+                    rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o755))
+                        .map_err(errno("create directory", rel))?;
+                }
+            }
+            Err(e) => return Err(errno("create directory", rel)(e)),
+        }
+        stats.dirs += 1;
+    } else {
+        // Replace whatever is there (never write through an existing symlink).
+        if let Err(rustix::io::Errno::ISDIR) = rustix::fs::unlinkat(&pfd, name, AtFlags::empty()) {
+            return Err(CopyError::NotADirectory(format!("/{rel}")));
+        }
+        if ft.is_symlink() {
+            let target = fs::read_link(src).map_err(io_err("read link", src))?;
+            rustix::fs::symlinkat(&target, &pfd, name).map_err(errno("create symlink", rel))?;
+            stats.symlinks += 1;
+        } else if ft.is_file() {
+            let fd = rustix::fs::openat(
+                &pfd,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(errno("create", rel))?;
+            let mut out = fs::File::from(fd);
+            let mut input = fs::File::open(src).map_err(io_err("open", src))?;
+            stats.bytes += io::copy(&mut input, &mut out).map_err(io_err("copy", src))?;
+            out.flush().map_err(io_err("write", root.path.join(rel)))?;
+            stats.files += 1;
+        } else {
+            // Devices, fifos and sockets in a context are skipped, as BuildKit's fsutil does.
+            return Ok(());
+        }
+    }
+    apply_meta(root, rel, meta, owner, chmod)
+}
+
+/// A digest of what the sources would copy: paths, types, modes, symlink targets and file
+/// contents (not times), for the step's cache key.
+pub fn hash_sources(req: &CopyRequest<'_>) -> Result<Digest, CopyError> {
+    let selected = select(req)?;
+    let excludes = if req.excludes.is_empty() {
+        None
+    } else {
+        Some(PatternMatcher::new(&req.excludes).map_err(|e| CopyError::BadPattern(e.to_string()))?)
+    };
+    let mut text = String::new();
+    let mut add = |rel: &str, path: &Path, m: &fs::Metadata| -> Result<(), CopyError> {
+        let content = if m.is_file() {
+            let mut f = fs::File::open(path).map_err(io_err("open", path))?;
+            let mut w = crate::oci::DigestingWriter::new(io::sink());
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = f.read(&mut buf).map_err(io_err("read", path))?;
+                if n == 0 {
+                    break;
+                }
+                w.write_all(&buf[..n]).map_err(io_err("hash", path))?;
+            }
+            w.finish().0.to_string()
+        } else if m.file_type().is_symlink() {
+            fs::read_link(path)
+                .map_err(io_err("read link", path))?
+                .to_string_lossy()
+                .to_string()
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            "{rel}\0{:o}\0{}:{}\0{content}\n",
+            m.permissions().mode(),
+            m.uid(),
+            m.gid()
+        ));
+        Ok(())
+    };
+    for sel in &selected {
+        let path = req.source_root.join(&sel.rel);
+        let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+        add(&sel.rel, &path, &meta)?;
+        if meta.is_dir() {
+            walk_source(req, excludes.as_ref(), &sel.rel, &mut |child, p, m| {
+                add(&format!("{}/{child}", sel.rel), p, m)
+            })?;
+        }
+    }
+    Ok(Digest::of(text.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req<'a>(src: &'a Path, dst: &'a Path, sources: &[&str], dest: &str) -> CopyRequest<'a> {
+        CopyRequest {
+            source_root: src,
+            ignore: None,
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            dest: dest.into(),
+            workdir: "/app".into(),
+            dest_root: dst,
+            chown: None,
+            chmod: None,
+            parents: false,
+            excludes: Vec::new(),
+            source_date_epoch: None,
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = d.path().join("ctx");
+        let root = d.path().join("root");
+        fs::create_dir_all(ctx.join("src/sub")).unwrap();
+        fs::create_dir_all(&root).unwrap();
+        fs::write(ctx.join("a.txt"), "a").unwrap();
+        fs::write(ctx.join("b.txt"), "b").unwrap();
+        fs::write(ctx.join("src/main.py"), "print()").unwrap();
+        fs::write(ctx.join("src/sub/x.py"), "x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", ctx.join("link")).unwrap();
+        (d, ctx, root)
+    }
+
+    #[test]
+    fn buildkit_copy_semantics() {
+        let (_d, ctx, root) = setup();
+        copy_into_root(&req(&ctx, &root, &["a.txt"], ".")).unwrap();
+        assert_eq!(fs::read_to_string(root.join("app/a.txt")).unwrap(), "a");
+        copy_into_root(&req(&ctx, &root, &["a.txt"], "/renamed")).unwrap();
+        assert_eq!(fs::read_to_string(root.join("renamed")).unwrap(), "a");
+        copy_into_root(&req(&ctx, &root, &["src/"], "/code/")).unwrap();
+        assert!(root.join("code/main.py").exists() && root.join("code/sub/x.py").exists());
+        copy_into_root(&req(&ctx, &root, &["*.txt"], "/txt")).unwrap();
+        assert!(root.join("txt/a.txt").exists() && root.join("txt/b.txt").exists());
+        assert!(matches!(
+            copy_into_root(&req(&ctx, &root, &["*.nope"], "/x/")),
+            Err(CopyError::NotFound(_))
+        ));
+        assert!(matches!(
+            copy_into_root(&req(&ctx, &root, &["missing"], "/x/")),
+            Err(CopyError::NotFound(_))
+        ));
+        copy_into_root(&req(&ctx, &root, &["link"], "/l")).unwrap();
+        assert_eq!(
+            fs::read_link(root.join("l")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        // `..` cannot leave the context.
+        copy_into_root(&req(&ctx, &root, &["../../a.txt"], "/up")).unwrap();
+        assert_eq!(fs::read_to_string(root.join("up")).unwrap(), "a");
+    }
+
+    #[test]
+    fn destination_symlinks_stay_inside_the_root() {
+        let (d, ctx, root) = setup();
+        let outside = d.path().join("outside");
+        std::os::unix::fs::symlink(&outside, root.join("app")).unwrap();
+        copy_into_root(&req(&ctx, &root, &["a.txt"], "/app/")).unwrap();
+        assert!(!outside.exists(), "wrote through a symlink out of the root");
+        let inside = root.join(outside.strip_prefix("/").unwrap()).join("a.txt");
+        assert_eq!(fs::read_to_string(inside).unwrap(), "a");
+    }
+
+    #[test]
+    fn chmod_chown_parents_exclude_ignore_and_hash() {
+        let (_d, ctx, root) = setup();
+        let mut r = req(&ctx, &root, &["a.txt"], "/m/");
+        r.chmod = Some(ChmodSpec::parse("u+x,g-w").unwrap());
+        r.chown = Some((1000, 1000));
+        copy_into_root(&r).unwrap();
+        let m = fs::metadata(root.join("m/a.txt")).unwrap();
+        assert_eq!(m.uid(), 1000);
+        assert_eq!(ChmodSpec::parse("0755").unwrap().apply(0o644), 0o755);
+        assert_eq!(ChmodSpec::parse("u+x,g-w").unwrap().apply(0o664), 0o744);
+        let mut r = req(&ctx, &root, &["src/sub/x.py"], "/p/");
+        r.parents = true;
+        copy_into_root(&r).unwrap();
+        assert!(root.join("p/src/sub/x.py").exists());
+        let mut r = req(&ctx, &root, &["src"], "/e/");
+        r.excludes = vec!["*.py".into()];
+        copy_into_root(&r).unwrap();
+        assert!(root.join("e/sub").exists() && !root.join("e/main.py").exists());
+        let ignore = PatternMatcher::new(["b.txt"]).unwrap();
+        let mut r = req(&ctx, &root, &["b.txt"], "/i");
+        r.ignore = Some(&ignore);
+        assert!(matches!(copy_into_root(&r), Err(CopyError::NotFound(_))));
+        let h1 = hash_sources(&req(&ctx, &root, &["src"], "/")).unwrap();
+        fs::write(ctx.join("src/main.py"), "print(1)").unwrap();
+        assert_ne!(h1, hash_sources(&req(&ctx, &root, &["src"], "/")).unwrap());
+    }
+}

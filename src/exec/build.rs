@@ -1,0 +1,654 @@
+//! `kiln build`: dispatches every stage the target needs, in order, instruction by instruction,
+//! with the cache in front of every step that makes a layer, then exports the target stage.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::cache::{Cache, CacheRecord, CachedLayer};
+use crate::context::ignore::PatternMatcher;
+use crate::dockerfile::{Command, Dockerfile, Instruction};
+use crate::export::{build_time, export_image, ExportOptions, LayerRef};
+use crate::oci::manifest::{History, ImageConfig};
+use crate::oci::{Digest, Platform};
+use crate::progress::{Event, Reporter};
+use crate::registry::pull::Puller;
+use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec, Sandbox};
+use crate::snapshot::{ChainId, Snapshotter};
+use crate::store::Store;
+
+use super::base::{resolve_image, unpack_blob, ImageState, LayerState};
+use super::commit::{commit_active, LayerSettings};
+use super::error::BuildError;
+use super::file_step::{execute_copy, prepare_copy, workdir_step, FileStepContext};
+use super::history::{created_by, run_created_by};
+use super::metadata::{self, StageMeta};
+use super::run_step::{
+    prepare_mounts, read_from_lowers, run_args, run_in_snapshot, RunContext, Secret,
+};
+use super::scope::{plan, Base, PlanOptions, StageScope};
+
+/// Everything a build uses that outlives it.
+pub struct Builder {
+    pub store: Store,
+    pub puller: Puller,
+    pub snapshots: Snapshotter,
+    pub cache: Cache,
+    pub sandbox: Sandbox,
+    pub reporter: Arc<dyn Reporter>,
+    pub state_root: PathBuf,
+}
+
+pub struct BuildRequest {
+    pub dockerfile: Dockerfile,
+    pub context_dir: PathBuf,
+    pub ignore: Option<PatternMatcher>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub platform: Platform,
+    pub tags: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub network: NetworkMode,
+    pub secrets: BTreeMap<String, Secret>,
+    pub no_cache: bool,
+    pub pull: bool,
+    pub layer: LayerSettings,
+    pub oci_media_types: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    pub id: Digest,
+    pub manifest_digest: Digest,
+    pub tags: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// A finished stage: its image, and its ARGs for stages built on it.
+#[derive(Debug, Clone)]
+struct StageResult {
+    image: ImageState,
+    args: Vec<(String, Option<String>)>,
+    /// Identity for cache keys of steps built on this stage.
+    key: Digest,
+}
+
+static STEP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        STEP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn key_of(parts: &[&str]) -> Digest {
+    let mut buf = String::from("kiln-step-v1");
+    for p in parts {
+        buf.push('\0');
+        buf.push_str(p);
+    }
+    Digest::of(buf.as_bytes())
+}
+
+impl Builder {
+    pub async fn build(&self, req: BuildRequest) -> Result<BuildOutcome, BuildError> {
+        let host = Platform::host();
+        let plan = plan(
+            &req.dockerfile,
+            &PlanOptions {
+                build_args: &req.build_args,
+                target: req.target.as_deref(),
+                target_platform: &req.platform,
+                build_platform: &host,
+            },
+        )?;
+        let source_date_epoch = req
+            .build_args
+            .get("SOURCE_DATE_EPOCH")
+            .and_then(|v| v.parse::<i64>().ok())
+            .or(req.layer.source_date_epoch);
+        let settings = LayerSettings {
+            source_date_epoch,
+            ..req.layer
+        };
+        let total_steps: usize = plan
+            .order
+            .iter()
+            .map(|i| req.dockerfile.stages[*i].instructions.len() + 1)
+            .sum();
+        let mut step_no = 0usize;
+        let mut results: BTreeMap<usize, StageResult> = BTreeMap::new();
+        let mut used_args: BTreeSet<String> =
+            plan.global_args.iter().map(|(k, _)| k.clone()).collect();
+        let created = build_time(source_date_epoch);
+        let scratch_dir = self.state_root.join("tmp");
+        std::fs::create_dir_all(&scratch_dir).map_err(BuildError::io("create", &scratch_dir))?;
+
+        for &index in &plan.order {
+            let stage = &req.dockerfile.stages[index];
+            let planned = &plan.stages[index];
+            let stage_label = stage
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("stage-{index}"));
+            step_no += 1;
+            let from_id = step_no.to_string();
+            let started = Instant::now();
+            self.reporter.report(Event::StepStarted {
+                id: from_id.clone(),
+                name: format!(
+                    "[{stage_label} {step_no}/{total_steps}] {}",
+                    stage.from.original
+                ),
+            });
+            let (mut image, inherited_args, mut key) = match &planned.base {
+                Base::Scratch => {
+                    let mut config = ImageConfig {
+                        architecture: planned.platform.architecture.clone(),
+                        os: planned.platform.os.clone(),
+                        variant: planned.platform.variant.clone(),
+                        ..ImageConfig::default()
+                    };
+                    config.config = Some(Default::default());
+                    (
+                        ImageState {
+                            config,
+                            layers: Vec::new(),
+                        },
+                        Vec::new(),
+                        key_of(&["scratch", &planned.platform.to_string()]),
+                    )
+                }
+                Base::Stage(parent) => {
+                    let r = results.get(parent).ok_or_else(|| {
+                        BuildError::Invalid(format!(
+                            "stage {parent} was not built before stage {index}"
+                        ))
+                    })?;
+                    (r.image.clone(), r.args.clone(), r.key.clone())
+                }
+                Base::Image(reference) => {
+                    let (resolved, image) = resolve_image(
+                        &self.puller,
+                        &self.snapshots,
+                        reference,
+                        &planned.platform,
+                        req.pull,
+                    )
+                    .await
+                    .map_err(|e| e.in_step(&stage.from.original, &stage.from.span))?;
+                    let identity = image
+                        .layers
+                        .last()
+                        .map(|l| l.chain.to_string())
+                        .unwrap_or_default();
+                    let k = key_of(&[
+                        "image",
+                        &resolved.to_string(),
+                        &identity,
+                        &serde_json::to_string(&image.config).unwrap_or_default(),
+                    ]);
+                    (image, Vec::new(), k)
+                }
+            };
+            self.reporter.report(Event::StepDone {
+                id: from_id,
+                cached: false,
+                elapsed: started.elapsed(),
+            });
+            metadata::ensure_default_path(&mut image.config);
+            let image_env = image
+                .config
+                .config
+                .as_ref()
+                .and_then(|c| c.env.clone())
+                .unwrap_or_default();
+            let mut scope = StageScope::new(&plan, &image_env, &inherited_args);
+            let mut meta = StageMeta::default();
+
+            // ONBUILD triggers of the base run first, then are cleared.
+            let triggers = image
+                .config
+                .config
+                .as_mut()
+                .and_then(|c| c.on_build.take())
+                .unwrap_or_default();
+            let mut instructions: Vec<Instruction> = Vec::new();
+            for trigger in &triggers {
+                let text = format!("FROM scratch\n{trigger}\n");
+                let parsed = crate::dockerfile::parse_dockerfile(&crate::diag::SourceFile::new(
+                    "ONBUILD", text,
+                ))
+                .map_err(|e| {
+                    BuildError::Invalid(format!(
+                        "invalid ONBUILD trigger {trigger:?} in the base image: {}",
+                        e.message
+                    ))
+                    .in_step(&stage.from.original, &stage.from.span)
+                })?;
+                if let Some(mut i) = parsed
+                    .stages
+                    .into_iter()
+                    .next()
+                    .and_then(|s| s.instructions.into_iter().next())
+                {
+                    i.span = stage.from.span;
+                    instructions.push(i);
+                }
+            }
+            instructions.extend(stage.instructions.iter().cloned());
+
+            for instr in &instructions {
+                step_no += 1;
+                let step_id = step_no.to_string();
+                let started = Instant::now();
+                let expanded = scope.expand(instr)?;
+                scope.apply(&expanded)?;
+                if let Command::Arg { args } = &expanded.command {
+                    used_args.extend(args.iter().map(|a| a.key.clone()));
+                }
+                let name = format!(
+                    "[{stage_label} {step_no}/{total_steps}] {}",
+                    instr.original.trim()
+                );
+                let cached = self
+                    .dispatch(
+                        &req,
+                        &settings,
+                        &plan,
+                        &mut results,
+                        index,
+                        &mut image,
+                        &mut scope,
+                        &mut meta,
+                        &mut key,
+                        &expanded,
+                        &step_id,
+                        &name,
+                        &created,
+                        &scratch_dir,
+                    )
+                    .await
+                    .map_err(|e| e.in_step(&instr.original, &instr.span))?;
+                if let Some(cached) = cached {
+                    self.reporter.report(Event::StepDone {
+                        id: step_id,
+                        cached,
+                        elapsed: started.elapsed(),
+                    });
+                }
+            }
+            let args = scope.args().to_vec();
+            results.insert(index, StageResult { image, args, key });
+        }
+
+        let target = results
+            .remove(&plan.target)
+            .ok_or_else(|| BuildError::Invalid("the target stage was not built".into()))?;
+        let mut config = target.image.config;
+        if !req.labels.is_empty() {
+            let labels = config
+                .config
+                .get_or_insert_with(Default::default)
+                .labels
+                .get_or_insert_with(BTreeMap::new);
+            for (k, v) in &req.labels {
+                labels.insert(k.clone(), v.clone());
+            }
+        }
+        config.created = Some(created.clone());
+        config.rootfs.kind = "layers".into();
+        config.rootfs.diff_ids = target
+            .image
+            .layers
+            .iter()
+            .map(|l| l.diff_id.clone())
+            .collect();
+        let layers: Vec<LayerRef> = target
+            .image
+            .layers
+            .iter()
+            .map(|l| l.layer.clone())
+            .collect();
+        let exported = export_image(
+            &self.store,
+            &config,
+            &layers,
+            &ExportOptions {
+                oci_media_types: req.oci_media_types,
+                tags: req.tags.clone(),
+            },
+        )?;
+        let unused = StageScope::unused_build_args(&req.build_args, &used_args);
+        let mut warnings = Vec::new();
+        if !unused.is_empty() {
+            warnings.push(format!(
+                "[Warning] One or more build-args [{}] were not consumed",
+                unused.join(" ")
+            ));
+        }
+        Ok(BuildOutcome {
+            id: exported.id,
+            manifest_digest: exported.manifest.digest,
+            tags: req.tags,
+            warnings,
+        })
+    }
+
+    /// Runs one expanded instruction; `Some(cached)` when it was a step to report as done.
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch(
+        &self,
+        req: &BuildRequest,
+        settings: &LayerSettings,
+        plan: &super::scope::Plan,
+        results: &mut BTreeMap<usize, StageResult>,
+        _stage: usize,
+        image: &mut ImageState,
+        scope: &mut StageScope,
+        meta: &mut StageMeta,
+        key: &mut Digest,
+        instr: &Instruction,
+        step_id: &str,
+        name: &str,
+        created: &str,
+        scratch_dir: &Path,
+    ) -> Result<Option<bool>, BuildError> {
+        let history = |image: &mut ImageState, line: String, empty: bool| {
+            image
+                .config
+                .history
+                .get_or_insert_with(Vec::new)
+                .push(History {
+                    created: Some(created.to_string()),
+                    created_by: Some(line),
+                    author: None,
+                    comment: Some("buildkit.dockerfile.v0".into()),
+                    empty_layer: empty,
+                    extra: Default::default(),
+                });
+        };
+        let workdir = image
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".to_string());
+        let user = image
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.user.clone())
+            .unwrap_or_default();
+        match &instr.command {
+            Command::Run(run) => {
+                self.reporter.report(Event::StepStarted {
+                    id: step_id.into(),
+                    name: name.into(),
+                });
+                let shell = metadata::current_shell(&image.config);
+                let args = run_args(&run.cmd, &shell);
+                let env = scope.run_env();
+                let network = match run.network {
+                    Some(crate::dockerfile::instructions::mount::NetworkMode::None) => {
+                        NetworkMode::None
+                    }
+                    Some(_) => NetworkMode::Host,
+                    None => req.network,
+                };
+                let mount_desc: Vec<String> = run.mounts.iter().map(|m| m.raw.clone()).collect();
+                let step_key = key_of(&[
+                    &key.to_string(),
+                    "RUN",
+                    &serde_json::to_string(&args).unwrap_or_default(),
+                    &env.join("\n"),
+                    &workdir,
+                    &user,
+                    &format!("{network:?}"),
+                    &mount_desc.join("\n"),
+                ]);
+                let image_env = image
+                    .config
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.env.clone())
+                    .unwrap_or_default();
+                let line = run_created_by(&args, &scope.run_arg_pairs(&image_env));
+                let cached = self.try_cache(req, &step_key, image)?;
+                if !cached {
+                    let parent = image.top_chain().cloned();
+                    let lowers = match &parent {
+                        Some(p) => self.snapshots.lower_dirs(p)?,
+                        None => Vec::new(),
+                    };
+                    let user_spec = resolve_user_from(
+                        &user,
+                        read_from_lowers(&lowers, "/etc/passwd").as_deref(),
+                        read_from_lowers(&lowers, "/etc/group").as_deref(),
+                    )
+                    .map_err(|e| BuildError::Invalid(e.to_string()))?;
+                    let step_dir = scratch_dir.join(unique("run"));
+                    std::fs::create_dir_all(&step_dir)
+                        .map_err(BuildError::io("create", &step_dir))?;
+                    let from_roots = BTreeMap::new();
+                    let ctx = RunContext {
+                        sandbox: &self.sandbox,
+                        snapshots: &self.snapshots,
+                        context_dir: &req.context_dir,
+                        cache_mounts_dir: &self.state_root.join("cache-mounts"),
+                        scratch_dir: &step_dir,
+                        secrets: &req.secrets,
+                        default_network: req.network,
+                        from_roots: &from_roots,
+                    };
+                    let (mounts, secret_env) = prepare_mounts(run, &ctx, &workdir, &step_dir)?;
+                    let mut full_env = env.clone();
+                    full_env.extend(secret_env);
+                    let spec = RunSpec {
+                        args: args.clone(),
+                        env: full_env,
+                        cwd: workdir.clone(),
+                        user: user_spec,
+                        network,
+                        mounts,
+                        ..RunSpec::default()
+                    };
+                    let active = unique("run");
+                    let reporter = self.reporter.clone();
+                    let id = step_id.to_string();
+                    let mut on_output = |line: &str| {
+                        reporter.report(Event::StepOutput {
+                            id: id.clone(),
+                            line: line.to_string(),
+                        })
+                    };
+                    let result =
+                        run_in_snapshot(&ctx, &active, parent.as_ref(), spec, &mut on_output);
+                    let _ = std::fs::remove_dir_all(&step_dir);
+                    let (status, tail) = result?;
+                    if !status.success() {
+                        let _ = self.snapshots.remove_active(&active);
+                        return Err(BuildError::RunFailed {
+                            command: args.join(" "),
+                            code: status.code(),
+                            tail,
+                        });
+                    }
+                    let layer = commit_active(
+                        &self.store,
+                        &self.snapshots,
+                        &active,
+                        parent.as_ref(),
+                        settings,
+                    )?;
+                    self.record(&step_key, layer.as_ref())?;
+                    if let Some(l) = layer {
+                        image.layers.push(l);
+                    }
+                }
+                let made_layer = self.cache.get(&step_key).and_then(|r| r.layer).is_some();
+                history(image, line, !made_layer);
+                *key = step_key;
+                Ok(Some(cached))
+            }
+            Command::Copy(_) | Command::Add(_) => {
+                self.reporter.report(Event::StepStarted {
+                    id: step_id.into(),
+                    name: name.into(),
+                });
+                let fctx = FileStepContext {
+                    store: &self.store,
+                    snapshots: &self.snapshots,
+                    context_dir: &req.context_dir,
+                    ignore: req.ignore.as_ref(),
+                    dockerfile: &req.dockerfile,
+                    stage_roots: results
+                        .iter()
+                        .map(|(i, r)| (*i, r.image.top_chain().cloned()))
+                        .collect(),
+                    scratch_dir,
+                    settings,
+                    escape: plan.escape,
+                };
+                let prepared = prepare_copy(&fctx, instr, &workdir)?;
+                let step_key = key_of(&[&key.to_string(), "COPY", &prepared.material]);
+                let cached = self.try_cache(req, &step_key, image)?;
+                if !cached {
+                    let parent = image.top_chain().cloned();
+                    let layer = execute_copy(&fctx, &prepared, &workdir, parent.as_ref())?;
+                    self.record(&step_key, layer.as_ref())?;
+                    if let Some(l) = layer {
+                        image.layers.push(l);
+                    }
+                }
+                let made_layer = self.cache.get(&step_key).and_then(|r| r.layer).is_some();
+                history(image, created_by(instr, None, &workdir), !made_layer);
+                *key = step_key;
+                Ok(Some(cached))
+            }
+            Command::Workdir { .. } => {
+                metadata::apply(&mut image.config, meta, &instr.command)
+                    .map_err(|e| BuildError::Invalid(e.to_string()))?;
+                let new_dir = image
+                    .config
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.working_dir.clone())
+                    .unwrap_or_else(|| "/".into());
+                let mut empty = true;
+                if new_dir != "/" {
+                    let fctx_store = &self.store;
+                    let step_key = key_of(&[&key.to_string(), "WORKDIR", &new_dir, &user]);
+                    let cached = self.try_cache(req, &step_key, image)?;
+                    if !cached {
+                        let layer = workdir_step(
+                            fctx_store,
+                            &self.snapshots,
+                            image.top_chain(),
+                            &new_dir,
+                            &user,
+                            scratch_dir,
+                            settings,
+                        )?;
+                        self.record(&step_key, layer.as_ref())?;
+                        if let Some(l) = layer {
+                            image.layers.push(l);
+                        }
+                    }
+                    empty = self.cache.get(&step_key).and_then(|r| r.layer).is_none();
+                    *key = step_key;
+                }
+                history(image, format!("WORKDIR {new_dir}"), empty);
+                Ok(None)
+            }
+            Command::Arg { .. } => {
+                history(image, created_by(instr, None, &workdir), true);
+                Ok(None)
+            }
+            Command::Onbuild(_) => {
+                metadata::apply(&mut image.config, meta, &instr.command)
+                    .map_err(|e| BuildError::Invalid(e.to_string()))?;
+                Ok(None)
+            }
+            Command::From(_) => Ok(None),
+            other => {
+                let shell = metadata::current_shell(&image.config);
+                metadata::apply(&mut image.config, meta, other)
+                    .map_err(|e| BuildError::Invalid(e.to_string()))?;
+                let cmd_args = match other {
+                    Command::Cmd(l) | Command::Entrypoint(l) => {
+                        Some(metadata::command_args(l, &shell))
+                    }
+                    _ => None,
+                };
+                history(
+                    image,
+                    created_by(instr, cmd_args.as_deref(), &workdir),
+                    true,
+                );
+                *key = key_of(&[
+                    &key.to_string(),
+                    "META",
+                    &serde_json::to_string(&image.config.config).unwrap_or_default(),
+                ]);
+                Ok(None)
+            }
+        }
+    }
+
+    /// On a cache hit, puts the cached layer (if any) on the image; `true` when hit.
+    fn try_cache(
+        &self,
+        req: &BuildRequest,
+        key: &Digest,
+        image: &mut ImageState,
+    ) -> Result<bool, BuildError> {
+        if req.no_cache {
+            return Ok(false);
+        }
+        let Some(record) = self.cache.get(key) else {
+            return Ok(false);
+        };
+        if let Some(layer) = record.layer {
+            let parent = image.top_chain().cloned();
+            let chain = ChainId::of(parent.as_ref(), &layer.diff_id);
+            if !self.snapshots.exists(&chain) {
+                unpack_blob(
+                    &self.store,
+                    &self.snapshots,
+                    parent.as_ref(),
+                    &layer.diff_id,
+                    &layer.digest,
+                    &layer.media_type,
+                )?;
+            }
+            image.layers.push(LayerState {
+                layer: LayerRef {
+                    media_type: layer.media_type,
+                    digest: layer.digest,
+                    size: layer.size,
+                },
+                diff_id: layer.diff_id,
+                chain,
+            });
+        }
+        Ok(true)
+    }
+
+    fn record(&self, key: &Digest, layer: Option<&LayerState>) -> Result<(), BuildError> {
+        let record = CacheRecord {
+            layer: layer.map(|l| CachedLayer {
+                media_type: l.layer.media_type.clone(),
+                digest: l.layer.digest.clone(),
+                size: l.layer.size,
+                diff_id: l.diff_id.clone(),
+            }),
+        };
+        Ok(self.cache.put(key, &record)?)
+    }
+}

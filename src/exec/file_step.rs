@@ -1,0 +1,359 @@
+//! COPY, ADD and WORKDIR: file operations kiln does itself on the merged view of a writable
+//! snapshot (mounted, never followed out of its root), committed like a RUN.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::context::copy::{copy_into_root, hash_sources, ChmodSpec, CopyRequest};
+use crate::context::ignore::PatternMatcher;
+use crate::dockerfile::{Command, Dockerfile, Instruction};
+use crate::sandbox::{resolve_user_from, Root};
+use crate::snapshot::{ChainId, Snapshotter};
+use crate::store::Store;
+
+use super::base::LayerState;
+use super::commit::{commit_active, LayerSettings};
+use super::error::BuildError;
+use super::mounts::MountGuard;
+
+pub struct FileStepContext<'a> {
+    pub store: &'a Store,
+    pub snapshots: &'a Snapshotter,
+    pub context_dir: &'a Path,
+    pub ignore: Option<&'a PatternMatcher>,
+    pub dockerfile: &'a Dockerfile,
+    /// Built stages and the top snapshot of each.
+    pub stage_roots: BTreeMap<usize, Option<ChainId>>,
+    pub scratch_dir: &'a Path,
+    pub settings: &'a LayerSettings,
+    pub escape: char,
+}
+
+/// A COPY/ADD ready to run: its cache material and what it needs.
+pub struct PreparedCopy {
+    pub material: String,
+    sources: Vec<String>,
+    heredocs: Vec<(String, String)>,
+    dest: String,
+    from: Option<Option<ChainId>>,
+    chown: Option<String>,
+    chmod: Option<String>,
+    parents: bool,
+    excludes: Vec<String>,
+    is_add: bool,
+}
+
+fn unique_dir(base: &Path, prefix: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    base.join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ))
+}
+
+/// Reads the COPY/ADD and computes its cache material (sources' content hash included).
+pub fn prepare_copy(
+    ctx: &FileStepContext<'_>,
+    instr: &Instruction,
+    workdir: &str,
+) -> Result<PreparedCopy, BuildError> {
+    let (files, from, chown, chmod, parents, excludes, is_add) = match &instr.command {
+        Command::Copy(c) => (
+            &c.files,
+            c.from.clone(),
+            c.chown.clone(),
+            c.chmod.clone(),
+            c.parents,
+            c.exclude.clone(),
+            false,
+        ),
+        Command::Add(a) => (
+            &a.files,
+            None,
+            a.chown.clone(),
+            a.chmod.clone(),
+            false,
+            a.exclude.clone(),
+            true,
+        ),
+        _ => return Err(BuildError::Invalid("not a COPY or ADD".into())),
+    };
+    if is_add {
+        if let Some(url) = files
+            .sources
+            .iter()
+            .find(|s| s.contains("://") || s.starts_with("git@"))
+        {
+            return Err(BuildError::Invalid(format!(
+                "ADD from a URL or git repository ({url}) is not supported by kiln yet; download it in a RUN step"
+            )));
+        }
+    }
+    let from_root = match &from {
+        None => None,
+        Some(f) => match super::scope::stage_ref(ctx.dockerfile, f) {
+            Some(i) => Some(
+                ctx.stage_roots
+                    .get(&i)
+                    .cloned()
+                    .ok_or_else(|| BuildError::Invalid(format!("stage {f} has not been built")))?,
+            ),
+            None => {
+                return Err(BuildError::Invalid(format!(
+                    "COPY --from={f}: copying from an image that is not a stage is not supported by kiln yet; add `FROM {f} AS src` and copy from it"
+                )))
+            }
+        },
+    };
+    let heredocs: Vec<(String, String)> = files
+        .contents
+        .iter()
+        .map(|c| (c.path.clone(), c.data.clone()))
+        .collect();
+    let content = if files.sources.is_empty() {
+        crate::oci::Digest::of(b"")
+    } else {
+        match &from_root {
+            None => hash_sources(&CopyRequest {
+                source_root: ctx.context_dir,
+                ignore: ctx.ignore,
+                sources: files.sources.clone(),
+                dest: files.dest.clone(),
+                workdir: workdir.to_string(),
+                dest_root: ctx.context_dir,
+                chown: None,
+                chmod: None,
+                parents,
+                excludes: excludes.clone(),
+                source_date_epoch: ctx.settings.source_date_epoch,
+            })
+            .map_err(|e| BuildError::Invalid(e.to_string()))?,
+            // A stage's content is identified by its snapshot chain.
+            Some(chain) => crate::oci::Digest::of(format!("{chain:?}").as_bytes()),
+        }
+    };
+    let material = serde_json::json!({
+        "instruction": instr.original,
+        "sources": files.sources,
+        "heredocs": heredocs,
+        "dest": files.dest,
+        "workdir": workdir,
+        "chown": chown,
+        "chmod": chmod,
+        "parents": parents,
+        "excludes": excludes,
+        "content": content.to_string(),
+    })
+    .to_string();
+    Ok(PreparedCopy {
+        material,
+        sources: files.sources.clone(),
+        heredocs,
+        dest: files.dest.clone(),
+        from: from_root,
+        chown,
+        chmod,
+        parents,
+        excludes,
+        is_add,
+    })
+}
+
+/// `user[:group]` → ids, names looked up in the root; a lone uid also gives the gid.
+fn resolve_chown(root: &Path, chown: &str) -> Result<(u32, u32), BuildError> {
+    let root = Root::open(root).map_err(|e| BuildError::Invalid(e.to_string()))?;
+    let read = |p: &str| {
+        root.read(p, 10 << 20)
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).to_string())
+    };
+    let (user, group) = match chown.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (chown, None),
+    };
+    let passwd = read("/etc/passwd");
+    let groups = read("/etc/group");
+    let uid = match user.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => {
+            resolve_user_from(user, passwd.as_deref(), groups.as_deref())
+                .map_err(|e| {
+                    BuildError::Invalid(format!(
+                        "unable to convert uid/gid chown string to host mapping: {e}"
+                    ))
+                })?
+                .uid
+        }
+    };
+    let gid = match group {
+        None => match user.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                resolve_user_from(user, passwd.as_deref(), groups.as_deref())
+                    .map_err(|e| BuildError::Invalid(e.to_string()))?
+                    .gid
+            }
+        },
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                resolve_user_from(&format!("0:{g}"), passwd.as_deref(), groups.as_deref())
+                    .map_err(|e| {
+                        BuildError::Invalid(format!(
+                            "unable to convert uid/gid chown string to host mapping: {e}"
+                        ))
+                    })?
+                    .gid
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// Runs a prepared COPY/ADD on top of `parent`.
+pub fn execute_copy(
+    ctx: &FileStepContext<'_>,
+    prepared: &PreparedCopy,
+    workdir: &str,
+    parent: Option<&ChainId>,
+) -> Result<Option<LayerState>, BuildError> {
+    let key = unique_dir(Path::new(""), "copy")
+        .to_string_lossy()
+        .to_string();
+    let mounts = ctx.snapshots.prepare(&key, parent)?;
+    let work = unique_dir(ctx.scratch_dir, "copy");
+    let merged = work.join("merged");
+    let result = (|| -> Result<(), BuildError> {
+        let guard = MountGuard::mount(&mounts, &merged)?;
+        let chown = match &prepared.chown {
+            Some(c) => Some(resolve_chown(guard.path(), c)?),
+            None => None,
+        };
+        let chmod = match &prepared.chmod {
+            Some(c) => Some(ChmodSpec::parse(c).map_err(|e| BuildError::Invalid(e.to_string()))?),
+            None => None,
+        };
+        // The stage a --from names, mounted read-only.
+        let from_guard = match &prepared.from {
+            Some(Some(chain)) => Some(MountGuard::mount(
+                &ctx.snapshots.view(chain)?,
+                &work.join("from"),
+            )?),
+            Some(None) => {
+                std::fs::create_dir_all(work.join("from"))
+                    .map_err(BuildError::io("create", work.join("from")))?;
+                None
+            }
+            None => None,
+        };
+        let source_root = match (&prepared.from, &from_guard) {
+            (Some(_), Some(g)) => g.path().to_path_buf(),
+            (Some(_), None) => work.join("from"),
+            (None, _) => ctx.context_dir.to_path_buf(),
+        };
+        if !prepared.sources.is_empty() {
+            copy_into_root(&CopyRequest {
+                source_root: &source_root,
+                ignore: if prepared.from.is_none() {
+                    ctx.ignore
+                } else {
+                    None
+                },
+                sources: prepared.sources.clone(),
+                dest: prepared.dest.clone(),
+                workdir: workdir.to_string(),
+                dest_root: guard.path(),
+                chown,
+                chmod: chmod.clone(),
+                parents: prepared.parents,
+                excludes: prepared.excludes.clone(),
+                source_date_epoch: ctx.settings.source_date_epoch,
+            })
+            .map_err(|e| BuildError::Invalid(e.to_string()))?;
+        }
+        if !prepared.heredocs.is_empty() {
+            let docs = work.join("heredocs");
+            std::fs::create_dir_all(&docs).map_err(BuildError::io("create", &docs))?;
+            let mut names = Vec::new();
+            for (name, data) in &prepared.heredocs {
+                let p = docs.join(name);
+                std::fs::write(&p, data).map_err(BuildError::io("write", &p))?;
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
+                    .map_err(BuildError::io("chmod", &p))?;
+                names.push(name.clone());
+            }
+            copy_into_root(&CopyRequest {
+                source_root: &docs,
+                ignore: None,
+                sources: names,
+                dest: prepared.dest.clone(),
+                workdir: workdir.to_string(),
+                dest_root: guard.path(),
+                chown,
+                chmod,
+                parents: false,
+                excludes: Vec::new(),
+                source_date_epoch: ctx.settings.source_date_epoch,
+            })
+            .map_err(|e| BuildError::Invalid(e.to_string()))?;
+        }
+        let _ = prepared.is_add;
+        if let Some(g) = from_guard {
+            g.unmount()?;
+        }
+        guard.unmount()
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    if let Err(e) = result {
+        let _ = ctx.snapshots.remove_active(&key);
+        return Err(e);
+    }
+    commit_active(ctx.store, ctx.snapshots, &key, parent, ctx.settings)
+}
+
+/// WORKDIR: creates the directory (and missing parents) owned by the current user.
+pub fn workdir_step(
+    store: &Store,
+    snapshots: &Snapshotter,
+    parent: Option<&ChainId>,
+    dir: &str,
+    user: &str,
+    scratch_dir: &Path,
+    settings: &LayerSettings,
+) -> Result<Option<LayerState>, BuildError> {
+    let key = unique_dir(Path::new(""), "workdir")
+        .to_string_lossy()
+        .to_string();
+    let mounts = snapshots.prepare(&key, parent)?;
+    let work = unique_dir(scratch_dir, "workdir");
+    let result = (|| -> Result<(), BuildError> {
+        let guard = MountGuard::mount(&mounts, &work)?;
+        let root = Root::open(guard.path()).map_err(|e| BuildError::Invalid(e.to_string()))?;
+        let read = |p: &str| {
+            root.read(p, 10 << 20)
+                .ok()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).to_string())
+        };
+        // BuildKit: an unknown user silently gives 0:0 here.
+        let spec = resolve_user_from(
+            user,
+            read("/etc/passwd").as_deref(),
+            read("/etc/group").as_deref(),
+        )
+        .unwrap_or_default();
+        root.mkdir_all(dir, spec.uid, spec.gid)
+            .map_err(|e| BuildError::Invalid(e.to_string()))?;
+        drop(root);
+        guard.unmount()
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    if let Err(e) = result {
+        let _ = snapshots.remove_active(&key);
+        return Err(e);
+    }
+    commit_active(store, snapshots, &key, parent, settings)
+}
