@@ -22,7 +22,8 @@ echo -n s3cr3t > "$ROOT/token"
 
 apps=("$@")
 if ((${#apps[@]} == 0)); then
-  for d in fixtures/apps/*/; do apps+=("$(basename "$d")"); done
+  # heredoc: Moby 20.10's BuildKit predates heredocs (the Dockerfile reference is the authority).
+  for d in fixtures/apps/*/; do [ "$(basename "$d")" = heredoc ] || apps+=("$(basename "$d")"); done
 fi
 
 now() { date +%s.%N; }
@@ -33,7 +34,11 @@ for app in "${apps[@]}"; do
   file=${DOCKERFILE[$app]:-$ctx/Dockerfile}
   flags=${BUILD_FLAGS[$app]:-}
   tag=kiln-compare/$app:latest
-  # Cold builds: no cache on either side.
+  # Warm-up (pulls and unpacks base images on both sides), then timed builds with no cache.
+  # shellcheck disable=SC2086
+  $DOCKER build -q --network=host $flags -t "$tag" -f "$file" "$ctx" >/dev/null
+  # shellcheck disable=SC2086
+  $KILN build -q --root "$ROOT/kiln" --registry-mirror $REG --network host $flags -t "$tag" -f "$file" "$ctx" >/dev/null
   $DOCKER builder prune -af >/dev/null 2>&1 || true
   t0=$(now)
   # shellcheck disable=SC2086
@@ -45,7 +50,7 @@ for app in "${apps[@]}"; do
   d=$(echo "$t1 - $t0" | bc); k=$(echo "$t2 - $t1" | bc); r=$(echo "scale=2; $k / $d" | bc)
 
   # Configs: the fields a user sees.
-  fields='{User, ExposedPorts, Env, Entrypoint, Cmd, Volumes, WorkingDir, Labels, StopSignal, Healthcheck, Shell, OnBuild}'
+  fields='{User: (.User // ""), ExposedPorts, Env, Entrypoint, Cmd, Volumes, WorkingDir, Labels, StopSignal, Healthcheck, Shell, OnBuild}'
   $DOCKER image inspect "$tag" | jq -S ".[0].Config | $fields" > "$ROOT/docker-config.json"
   $KILN inspect --root "$ROOT/kiln" "$tag" | jq -S ".config.config | $fields" > "$ROOT/kiln-config.json"
   diffs=""
@@ -56,8 +61,9 @@ for app in "${apps[@]}"; do
   cid=$($DOCKER create "$tag" /bin/true 2>/dev/null || $DOCKER create --entrypoint /bin/true "$tag")
   mkdir -p "$ROOT/d" && $DOCKER export "$cid" | tar -x -C "$ROOT/d" && $DOCKER rm "$cid" >/dev/null
   umoci unpack --image "$ROOT/kiln/oci:docker.io/$tag" "$ROOT/k" >/dev/null
-  list() { (cd "$1" && find . -path ./proc -prune -o -path ./sys -prune -o -path ./dev -prune -o -path ./etc/hosts -prune -o -path ./etc/resolv.conf -prune -o -path ./etc/hostname -prune -o -path ./.dockerenv -prune -o -printf '%p %y %m %u:%g %s\n' | sort); }
-  list "$ROOT/d" > "$ROOT/docker-tree.txt"; list "$ROOT/k/rootfs" > "$ROOT/kiln-tree.txt"
+  list() { (cd "$1" && find . -path ./proc -prune -o -path ./sys -prune -o -path ./dev -prune -o -path ./etc/hosts -prune -o -path ./etc/resolv.conf -prune -o -path ./etc/hostname -prune -o -path ./.dockerenv -prune -o -path ./etc/mtab -prune -o -path . -o -type d -printf '%p %y %m %u:%g\n' -o -printf '%p %y %m %u:%g %s\n' | sort); }
+  # `docker create` adds /etc (for its hosts/resolv.conf mounts) even to scratch images.
+  list "$ROOT/d" | grep -v '^./etc d ' > "$ROOT/docker-tree.txt"; list "$ROOT/k/rootfs" | grep -v '^./etc d ' > "$ROOT/kiln-tree.txt"
   if ! diff -u "$ROOT/docker-tree.txt" "$ROOT/kiln-tree.txt" > "$ROOT/tree.diff"; then
     diffs+="tree($(grep -c '^[-+][^-+]' "$ROOT/tree.diff"))"
   fi

@@ -153,7 +153,10 @@ impl Builder {
                         variant: planned.platform.variant.clone(),
                         ..ImageConfig::default()
                     };
-                    config.config = Some(Default::default());
+                    config.config = Some(crate::oci::manifest::ContainerConfig {
+                        working_dir: Some("/".into()),
+                        ..Default::default()
+                    });
                     (
                         ImageState {
                             config,
