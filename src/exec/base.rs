@@ -47,9 +47,14 @@ pub async fn resolve_image(
     let local = if pull {
         None
     } else {
-        store
-            .image(&tag, platform)?
-            .filter(|image| platform.matches(&image.config.platform()))
+        store.image(&tag, platform)?.filter(|image| {
+            let p = image.config.platform();
+            let variant = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+            p.os == platform.os
+                && p.architecture == platform.architecture
+                && (variant(&p.variant).is_none()
+                    || variant(&p.variant) == variant(&platform.variant))
+        })
     };
     let image = match local {
         Some(image) => image,

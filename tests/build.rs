@@ -1,0 +1,494 @@
+//! `kiln build` and `kiln run` end to end, as root: a real registry (docker-registry) holding a
+//! busybox base image made from Debian's busybox-static with umoci, RUN steps in crun/runc, and
+//! the results read back with umoci (independently of kiln) and run with `kiln run`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "tests/build.rs needs root (overlayfs mounts and an OCI runtime); run the tests as root, as CI does"
+    );
+}
+
+fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is missing: install it with `apt-get install -y {package}` (.ci/run does)"
+    );
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A registry with `library/busybox:latest` built from Debian's busybox-static.
+fn registry_with_busybox() -> Registry {
+    require_root();
+    require_tool("docker-registry", "docker-registry");
+    require_tool("umoci", "umoci");
+    require_tool("skopeo", "skopeo");
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox is missing: apt-get install -y busybox-static"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start docker-registry");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "docker-registry did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let layout = dir.path().join("layout");
+    let image = format!("{}:latest", layout.display());
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    let bundle = dir.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for tool in [
+        "sh", "cat", "echo", "ls", "mkdir", "wc", "date", "test", "cp", "id", "true", "false",
+        "chmod", "rm", "touch", "grep", "env", "stat",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\napp:x:1000:1000::/home/app:/bin/sh\n").unwrap();
+    std::fs::write(
+        rootfs.join("etc/group"),
+        "root:x:0:\nnogroup:x:65534:\napp:x:1000:\n",
+    )
+    .unwrap();
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.cmd",
+        "sh",
+        "--config.env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ]));
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{image}"))
+        .arg(format!("docker://{addr}/library/busybox:latest")));
+    Registry {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/apps")
+}
+
+fn kiln(root: &Path, reg: &Registry, args: &[&str]) -> Output {
+    // Options go before the arguments: `kiln run IMAGE CMD...` takes everything after IMAGE.
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg(args[0])
+        .arg("--root")
+        .arg(root)
+        .args(if args.first() == Some(&"build") {
+            vec!["--registry-mirror", reg.addr.as_str()]
+        } else {
+            vec![]
+        })
+        .args(&args[1..])
+        .env("DOCKER_CONFIG", root.join("no-docker-config"))
+        .env_remove("KILN_CONFIG")
+        .output()
+        .expect("run kiln")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "kiln failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Unpacks the built image with umoci, independently of kiln.
+fn unpack(root: &Path, tag: &str, into: &Path) -> PathBuf {
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}/oci:{tag}", root.display()))
+        .arg(into));
+    into.join("rootfs")
+}
+
+fn config(root: &Path, reg: &Registry, tag: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&kiln(root, reg, &["inspect", tag]))).unwrap()
+}
+
+#[test]
+fn busybox_app_builds_runs_and_caches() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = fixtures().join("busybox");
+    let out = kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            "app:1",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let id = ok(&out);
+    assert!(id.starts_with("sha256:"), "{id}");
+    let cfg = config(&root, &reg, "app:1");
+    let c = &cfg["config"]["config"];
+    assert_eq!(c["WorkingDir"], "/work");
+    assert_eq!(c["User"], "1000:1000");
+    assert_eq!(c["Cmd"], serde_json::json!(["sh", "-c", "echo $GREETING"]));
+    assert!(c["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "GREETING=hello world"));
+    let rootfs = unpack(&root, "docker.io/library/app:1", &work.path().join("b"));
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("work/one.txt")).unwrap(),
+        "one\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("work/built.txt")).unwrap(),
+        "built by kiln\n"
+    );
+    // No mount stubs or sandbox files leak into layers.
+    assert!(
+        !rootfs.join("etc/resolv.conf").exists(),
+        "resolv.conf stub leaked into the image"
+    );
+    assert_eq!(ok(&kiln(&root, &reg, &["run", "app:1"])), "hello world");
+    assert_eq!(
+        ok(&kiln(&root, &reg, &["run", "app:1", "id", "-u"])),
+        "1000"
+    );
+
+    // A rebuild is fully cached and gives the same layers.
+    let again = kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            "app:1",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    ok(&again);
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(log.contains("CACHED"), "{log}");
+    let cfg2 = config(&root, &reg, "app:1");
+    assert_eq!(cfg["config"]["rootfs"], cfg2["config"]["rootfs"]);
+}
+
+#[test]
+fn multistage_target_scratch_and_heredocs() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ms = fixtures().join("multistage");
+    let out = kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "--build-arg",
+            "VERSION=2.5",
+            "-t",
+            "ms:1",
+            ms.to_str().unwrap(),
+        ],
+    );
+    ok(&out);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("this stage is not needed"),
+        "unused stage ran"
+    );
+    assert_eq!(ok(&kiln(&root, &reg, &["run", "ms:1"])), "alpha\nbeta");
+    let cfg = config(&root, &reg, "ms:1");
+    assert_eq!(
+        cfg["config"]["config"]["Labels"]["org.opencontainers.image.version"],
+        "2.5"
+    );
+    let rootfs = unpack(&root, "docker.io/library/ms:1", &work.path().join("m"));
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(rootfs.join("usr/local/bin/run.sh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
+    assert!(!rootfs.join("never").exists());
+
+    let sc = fixtures().join("scratch");
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            "sc:1",
+            sc.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        ok(&kiln(&root, &reg, &["run", "sc:1"])),
+        "hello from scratch"
+    );
+
+    let hd = fixtures().join("heredoc");
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            "hd:1",
+            hd.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(ok(&kiln(&root, &reg, &["run", "hd:1"])), "hello kiln");
+    let rootfs = unpack(&root, "docker.io/library/hd:1", &work.path().join("h"));
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("data/one.txt")).unwrap(),
+        "first line\nsecond\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/raw.txt")).unwrap(),
+        "literal $NAME\n"
+    );
+}
+
+#[test]
+fn cache_secret_and_tmpfs_mounts_stay_out_of_the_image() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let secret = work.path().join("token");
+    std::fs::write(&secret, "s3cr3t").unwrap();
+    let ctx = fixtures().join("mounts");
+    let secret_arg = format!("id=token,src={}", secret.display());
+    let out = kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "--secret",
+            &secret_arg,
+            "-t",
+            "mnt:1",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    ok(&out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cr3t"));
+    assert_eq!(ok(&kiln(&root, &reg, &["run", "mnt:1"])), "secret-ok");
+    let rootfs = unpack(&root, "docker.io/library/mnt:1", &work.path().join("u"));
+    assert!(!rootfs.join("run/secrets/token").exists() && !rootfs.join("cache/runs").exists());
+    // The secret is in no blob of the store.
+    for entry in std::fs::read_dir(root.join("oci/blobs/sha256")).unwrap() {
+        let path = entry.unwrap().path();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "(zcat -f {0} 2>/dev/null || cat {0}) | grep -c s3cr3t",
+                path.display()
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "0",
+            "secret found in {}",
+            path.display()
+        );
+    }
+    // The cache mount persists across builds.
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "--no-cache",
+            "--secret",
+            &secret_arg,
+            "-t",
+            "mnt:2",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        ok(&kiln(&root, &reg, &["run", "mnt:2", "cat", "/runs-seen"])),
+        "2"
+    );
+}
+
+#[test]
+fn failures_name_the_dockerfile_line() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let cases = [
+        (
+            "FROM busybox\nRUN echo before && exit 7\n",
+            "Dockerfile:2:1",
+            "exit code: 7",
+        ),
+        (
+            "FROM busybox\nCOPY missing.txt /x\n",
+            "Dockerfile:2:1",
+            "not found",
+        ),
+        (
+            "FROM busybox\nCOPY --from=nope /a /b\n",
+            "Dockerfile:2:1",
+            "nope",
+        ),
+        (
+            "FROM 127.0.0.1:1/none/such:1\n",
+            "Dockerfile:1:1",
+            "127.0.0.1:1",
+        ),
+    ];
+    for (text, at, what) in cases {
+        std::fs::write(ctx.join("Dockerfile"), text).unwrap();
+        let out = kiln(
+            &root,
+            &reg,
+            &["build", "--progress=plain", ctx.to_str().unwrap()],
+        );
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(at) && err.contains(what) && !err.contains("panicked"),
+            "{text}\n{err}"
+        );
+    }
+    // Nothing is left mounted.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(root.to_str().unwrap()),
+        "mounts left behind"
+    );
+}
+
+/// The Python fixtures need ../shared/anchors/setup.sh (python:3.11-slim on 127.0.0.1:5000 and
+/// the wheel index): `cargo test --test build -- --ignored`.
+#[test]
+#[ignore = "needs the anchors from ../shared/anchors/setup.sh (python base image and wheel index)"]
+fn django_fixture_with_anchors() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = fixtures().join("django");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "build",
+            "--progress=plain",
+            "--registry-mirror",
+            "127.0.0.1:5000",
+            "-t",
+            "django:1",
+        ])
+        .arg(&ctx)
+        .arg("--root")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["run", "--root"])
+        .arg(&root)
+        .args([
+            "django:1",
+            "python",
+            "-c",
+            "import django; print(django.get_version())",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "4.2.16");
+}
