@@ -492,3 +492,60 @@ fn django_fixture_with_anchors() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "4.2.16");
 }
+
+#[test]
+fn add_unpacks_archives_and_copy_from_an_image() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("payload/dir")).unwrap();
+    std::fs::write(ctx.join("payload/dir/inner.txt"), "inside the archive\n").unwrap();
+    run(Command::new("tar")
+        .arg("-czf")
+        .arg(ctx.join("app.tar.gz"))
+        .arg("-C")
+        .arg(ctx.join("payload"))
+        .arg("dir"));
+    run(Command::new("tar")
+        .arg("-cJf")
+        .arg(ctx.join("app.tar.xz"))
+        .arg("-C")
+        .arg(ctx.join("payload"))
+        .arg("dir"));
+    std::fs::write(ctx.join("plain.txt"), "plain\n").unwrap();
+    // Context files belong to root in the image whoever owns them here.
+    std::os::unix::fs::chown(ctx.join("plain.txt"), Some(4321), Some(4321)).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM scratch\nADD app.tar.gz /gz/\nADD app.tar.xz /xz\nADD plain.txt /plain.txt\nCOPY --from={}/library/busybox:latest /bin/busybox /bin/busybox\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            "add:1",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let rootfs = unpack(&root, "docker.io/library/add:1", &work.path().join("a"));
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("gz/dir/inner.txt")).unwrap(),
+        "inside the archive\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("xz/dir/inner.txt")).unwrap(),
+        "inside the archive\n"
+    );
+    use std::os::unix::fs::MetadataExt as _;
+    let plain = std::fs::metadata(rootfs.join("plain.txt")).unwrap();
+    assert_eq!((plain.uid(), plain.gid()), (0, 0));
+    assert!(rootfs.join("bin/busybox").is_file());
+}

@@ -131,6 +131,8 @@ pub struct CopyRequest<'a> {
     pub parents: bool,
     pub excludes: Vec<String>,
     pub source_date_epoch: Option<i64>,
+    /// Keep the sources' uid/gid (`--from` copies); context files become 0:0.
+    pub preserve_owner: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -513,10 +515,11 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
         || root.is_dir(&dest_rel);
     let owner_of = |m: &fs::Metadata| {
         req.chown.unwrap_or_else(|| {
-            if req.ignore.is_some() || req.source_root == req.dest_root {
-                (0, 0)
-            } else {
+            // Files from the build context belong to root; --from copies keep their owners.
+            if req.preserve_owner {
                 (m.uid(), m.gid())
+            } else {
+                (0, 0)
             }
         })
     };
@@ -728,6 +731,7 @@ mod tests {
             parents: false,
             excludes: Vec::new(),
             source_date_epoch: None,
+            preserve_owner: false,
         }
     }
 

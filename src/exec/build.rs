@@ -504,7 +504,25 @@ impl Builder {
                     id: step_id.into(),
                     name: name.into(),
                 });
+                // `COPY --from=<image>`: pull and unpack the image like a base.
+                let mut image_roots = BTreeMap::new();
+                if let Command::Copy(c) = &instr.command {
+                    if let Some(f) = &c.from {
+                        if super::scope::stage_ref(&req.dockerfile, f).is_none() {
+                            let (_, from_image) = resolve_image(
+                                &self.puller,
+                                &self.snapshots,
+                                f,
+                                &req.platform,
+                                req.pull,
+                            )
+                            .await?;
+                            image_roots.insert(f.clone(), from_image.top_chain().cloned());
+                        }
+                    }
+                }
                 let fctx = FileStepContext {
+                    image_roots,
                     store: &self.store,
                     snapshots: &self.snapshots,
                     context_dir: &req.context_dir,

@@ -24,6 +24,8 @@ pub struct FileStepContext<'a> {
     pub dockerfile: &'a Dockerfile,
     /// Built stages and the top snapshot of each.
     pub stage_roots: BTreeMap<usize, Option<ChainId>>,
+    /// Images named by `COPY --from=<image>`, resolved and unpacked.
+    pub image_roots: BTreeMap<String, Option<ChainId>>,
     pub scratch_dir: &'a Path,
     pub settings: &'a LayerSettings,
     pub escape: char,
@@ -90,22 +92,20 @@ pub fn prepare_copy(
             )));
         }
     }
-    let from_root = match &from {
-        None => None,
-        Some(f) => match super::scope::stage_ref(ctx.dockerfile, f) {
-            Some(i) => Some(
-                ctx.stage_roots
-                    .get(&i)
-                    .cloned()
-                    .ok_or_else(|| BuildError::Invalid(format!("stage {f} has not been built")))?,
-            ),
-            None => {
-                return Err(BuildError::Invalid(format!(
-                    "COPY --from={f}: copying from an image that is not a stage is not supported by kiln yet; add `FROM {f} AS src` and copy from it"
-                )))
+    let from_root =
+        match &from {
+            None => None,
+            Some(f) => {
+                match super::scope::stage_ref(ctx.dockerfile, f) {
+                    Some(i) => Some(ctx.stage_roots.get(&i).cloned().ok_or_else(|| {
+                        BuildError::Invalid(format!("stage {f} has not been built"))
+                    })?),
+                    None => Some(ctx.image_roots.get(f).cloned().ok_or_else(|| {
+                        BuildError::Invalid(format!("image {f} was not resolved"))
+                    })?),
+                }
             }
-        },
-    };
+        };
     let heredocs: Vec<(String, String)> = files
         .contents
         .iter()
@@ -127,6 +127,7 @@ pub fn prepare_copy(
                 parents,
                 excludes: excludes.clone(),
                 source_date_epoch: ctx.settings.source_date_epoch,
+                preserve_owner: false,
             })
             .map_err(|e| BuildError::Invalid(e.to_string()))?,
             // A stage's content is identified by its snapshot chain.
@@ -253,7 +254,41 @@ pub fn execute_copy(
             (Some(_), None) => work.join("from"),
             (None, _) => ctx.context_dir.to_path_buf(),
         };
-        if !prepared.sources.is_empty() {
+        // ADD unpacks local tar archives (plain, gzip, bzip2, xz, zstd) into the destination.
+        let mut sources = prepared.sources.clone();
+        if prepared.is_add {
+            let mut plain = Vec::new();
+            for (i, src) in prepared.sources.iter().enumerate() {
+                let path = ctx.context_dir.join(src.trim_start_matches('/'));
+                let unpacked = work.join(format!("archive-{i}"));
+                if !has_glob(src) && path.is_file() && unpack_archive(&path, &unpacked)? {
+                    let dest = if prepared.dest.ends_with('/') {
+                        prepared.dest.clone()
+                    } else {
+                        format!("{}/", prepared.dest)
+                    };
+                    copy_into_root(&CopyRequest {
+                        source_root: &unpacked,
+                        ignore: None,
+                        sources: vec!["/".into()],
+                        dest,
+                        workdir: workdir.to_string(),
+                        dest_root: guard.path(),
+                        chown,
+                        chmod: chmod.clone(),
+                        parents: false,
+                        excludes: Vec::new(),
+                        source_date_epoch: ctx.settings.source_date_epoch,
+                        preserve_owner: chown.is_none(),
+                    })
+                    .map_err(|e| BuildError::Invalid(e.to_string()))?;
+                } else {
+                    plain.push(src.clone());
+                }
+            }
+            sources = plain;
+        }
+        if !sources.is_empty() {
             copy_into_root(&CopyRequest {
                 source_root: &source_root,
                 ignore: if prepared.from.is_none() {
@@ -261,7 +296,7 @@ pub fn execute_copy(
                 } else {
                     None
                 },
-                sources: prepared.sources.clone(),
+                sources,
                 dest: prepared.dest.clone(),
                 workdir: workdir.to_string(),
                 dest_root: guard.path(),
@@ -270,6 +305,7 @@ pub fn execute_copy(
                 parents: prepared.parents,
                 excludes: prepared.excludes.clone(),
                 source_date_epoch: ctx.settings.source_date_epoch,
+                preserve_owner: prepared.from.is_some(),
             })
             .map_err(|e| BuildError::Invalid(e.to_string()))?;
         }
@@ -297,10 +333,10 @@ pub fn execute_copy(
                 parents: false,
                 excludes: Vec::new(),
                 source_date_epoch: ctx.settings.source_date_epoch,
+                preserve_owner: false,
             })
             .map_err(|e| BuildError::Invalid(e.to_string()))?;
         }
-        let _ = prepared.is_add;
         if let Some(g) = from_guard {
             g.unmount()?;
         }
@@ -356,4 +392,102 @@ pub fn workdir_step(
         return Err(e);
     }
     commit_active(store, snapshots, &key, parent, settings)
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Extracts `path` into `into` when it is a tar archive (plain, gzip, zstd, bzip2, xz);
+/// `false` when it is not an archive (ADD then copies it as a file).
+fn unpack_archive(path: &Path, into: &Path) -> Result<bool, BuildError> {
+    use std::io::Read as _;
+    let mut head = [0u8; 512];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(BuildError::io("read", path))?;
+    let head = &head[..n];
+    let external = |tool: &str| -> Result<bool, BuildError> {
+        std::fs::create_dir_all(into).map_err(BuildError::io("create", into))?;
+        let mut child = std::process::Command::new(tool)
+            .arg("-dc")
+            .arg(path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                BuildError::Invalid(format!(
+                    "ADD {}: cannot run {tool} to decompress it: {e} (apt-get install {tool})",
+                    path.display()
+                ))
+            })?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| BuildError::Invalid(format!("{tool}: no output")))?;
+        let result = crate::layer::extract_layer(
+            stdout,
+            crate::layer::Compression::None,
+            into,
+            &crate::layer::ExtractOptions::apply(),
+        );
+        let status = child
+            .wait()
+            .map_err(BuildError::io("wait for decompressor of", path))?;
+        result?;
+        if !status.success() {
+            return Err(BuildError::Invalid(format!(
+                "ADD {}: {tool} failed",
+                path.display()
+            )));
+        }
+        Ok(true)
+    };
+    let compression = if head.starts_with(&[0x1f, 0x8b]) {
+        crate::layer::Compression::Gzip
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        crate::layer::Compression::Zstd
+    } else if head.starts_with(b"BZh") {
+        return external("bzip2");
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        return external("xz");
+    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
+        crate::layer::Compression::None
+    } else {
+        return Ok(false);
+    };
+    if compression != crate::layer::Compression::None {
+        // Only a compressed *tar* is unpacked; a lone .gz file is copied as is.
+        let mut dec: Box<dyn std::io::Read> = match compression {
+            crate::layer::Compression::Gzip => Box::new(flate2::read::GzDecoder::new(
+                std::fs::File::open(path).map_err(BuildError::io("open", path))?,
+            )),
+            _ => Box::new(
+                zstd::stream::read::Decoder::new(
+                    std::fs::File::open(path).map_err(BuildError::io("open", path))?,
+                )
+                .map_err(BuildError::io("read", path))?,
+            ),
+        };
+        let mut inner = [0u8; 512];
+        let mut got = 0;
+        while got < inner.len() {
+            match dec.read(&mut inner[got..]) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(_) => return Ok(false),
+            }
+        }
+        if got < 262 || &inner[257..262] != b"ustar" {
+            return Ok(false);
+        }
+    }
+    std::fs::create_dir_all(into).map_err(BuildError::io("create", into))?;
+    let file = std::fs::File::open(path).map_err(BuildError::io("open", path))?;
+    crate::layer::extract_layer(
+        std::io::BufReader::new(file),
+        compression,
+        into,
+        &crate::layer::ExtractOptions::apply(),
+    )?;
+    Ok(true)
 }
