@@ -549,3 +549,59 @@ fn add_unpacks_archives_and_copy_from_an_image() {
     assert_eq!((plain.uid(), plain.gid()), (0, 0));
     assert!(rootfs.join("bin/busybox").is_file());
 }
+
+#[test]
+fn source_date_epoch_makes_builds_reproducible() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = fixtures().join("multistage");
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let root = work.path().join(format!("root{i}"));
+        let out = kiln(
+            &root,
+            &reg,
+            &[
+                "build",
+                "--progress=plain",
+                "--no-cache",
+                "--build-arg",
+                "SOURCE_DATE_EPOCH=1700000000",
+                "-t",
+                "repro:1",
+                ctx.to_str().unwrap(),
+            ],
+        );
+        ids.push(ok(&out));
+        let cfg = config(&root, &reg, "repro:1");
+        assert_eq!(cfg["config"]["created"], "2023-11-14T22:13:20Z");
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    assert_eq!(ids[0], ids[1], "two builds of the same inputs differ");
+}
+
+#[test]
+fn run_for_a_foreign_platform_without_emulation_is_a_clear_error() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM --platform=linux/s390x scratch\nRUN true\n",
+    )
+    .unwrap();
+    let out = kiln(
+        &work.path().join("root"),
+        &reg,
+        &["build", "--progress=plain", ctx.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("linux/s390x")
+            && err.contains("binfmt_misc")
+            && err.contains("Dockerfile:2:1"),
+        "{err}"
+    );
+}

@@ -350,7 +350,7 @@ impl Builder {
         settings: &LayerSettings,
         plan: &super::scope::Plan,
         results: &mut BTreeMap<usize, StageResult>,
-        _stage: usize,
+        stage: usize,
         image: &mut ImageState,
         scope: &mut StageScope,
         meta: &mut StageMeta,
@@ -394,6 +394,8 @@ impl Builder {
                     id: step_id.into(),
                     name: name.into(),
                 });
+                let stage_platform = &plan.stages[stage].platform;
+                check_can_run(stage_platform)?;
                 let shell = metadata::current_shell(&image.config);
                 let args = run_args(&run.cmd, &shell);
                 let env = scope.run_env();
@@ -671,5 +673,37 @@ impl Builder {
             }),
         };
         Ok(self.cache.put(key, &record)?)
+    }
+}
+
+/// RUN for another architecture needs binfmt_misc emulation registered on the host.
+fn check_can_run(platform: &Platform) -> Result<(), BuildError> {
+    let host = Platform::host();
+    if platform.os == host.os && platform.architecture == host.architecture {
+        return Ok(());
+    }
+    let qemu = match platform.architecture.as_str() {
+        "arm64" => "aarch64",
+        "arm" => "arm",
+        "amd64" => "x86_64",
+        "386" => "i386",
+        "ppc64le" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    };
+    let registered = std::fs::read_dir("/proc/sys/fs/binfmt_misc")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().contains(qemu))
+        })
+        .unwrap_or(false);
+    if registered {
+        Ok(())
+    } else {
+        Err(BuildError::Invalid(format!(
+            "cannot RUN for platform {platform} on this {host} machine: no binfmt_misc emulation for {qemu} is registered (install qemu-user-static and binfmt-support), or build for {host}"
+        )))
     }
 }
