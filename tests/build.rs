@@ -605,3 +605,46 @@ fn run_for_a_foreign_platform_without_emulation_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn run_mounts_from_another_stage_and_the_context() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("input.txt"), "from the context\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox AS builder\nRUN mkdir /out && echo built > /out/artifact\n\nFROM busybox\nRUN --mount=type=bind,from=builder,source=/out,target=/in cat /in/artifact > /copied\nRUN --mount=type=bind,source=input.txt,target=/tmp/input.txt cp /tmp/input.txt /ctx.txt\n",
+    )
+    .unwrap();
+    let root = work.path().join("root");
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            "mnt-from:1",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        ok(&kiln(
+            &root,
+            &reg,
+            &["run", "mnt-from:1", "cat", "/copied", "/ctx.txt"]
+        )),
+        "built\nfrom the context"
+    );
+    let rootfs = unpack(
+        &root,
+        "docker.io/library/mnt-from:1",
+        &work.path().join("u"),
+    );
+    assert!(
+        !rootfs.join("in").exists() && !rootfs.join("tmp/input.txt").exists(),
+        "mount points leaked"
+    );
+}

@@ -440,7 +440,52 @@ impl Builder {
                     let step_dir = scratch_dir.join(unique("run"));
                     std::fs::create_dir_all(&step_dir)
                         .map_err(BuildError::io("create", &step_dir))?;
-                    let from_roots = BTreeMap::new();
+                    // `--mount=from=<stage|image>`: that root, mounted read-only for this step.
+                    let mut from_roots = BTreeMap::new();
+                    let mut from_guards = Vec::new();
+                    for (i, m) in run.mounts.iter().enumerate() {
+                        let Some(from) = &m.from else { continue };
+                        if from_roots.contains_key(from) {
+                            continue;
+                        }
+                        let chain = match super::scope::stage_ref(&req.dockerfile, from) {
+                            Some(idx) => results
+                                .get(&idx)
+                                .ok_or_else(|| {
+                                    BuildError::Invalid(format!("stage {from} has not been built"))
+                                })?
+                                .image
+                                .top_chain()
+                                .cloned(),
+                            None => resolve_image(
+                                &self.puller,
+                                &self.snapshots,
+                                from,
+                                &req.platform,
+                                req.pull,
+                            )
+                            .await?
+                            .1
+                            .top_chain()
+                            .cloned(),
+                        };
+                        let target = step_dir.join(format!("from-{i}"));
+                        match chain {
+                            Some(c) => {
+                                let guard = super::mounts::MountGuard::mount(
+                                    &self.snapshots.view(&c)?,
+                                    &target,
+                                )?;
+                                from_roots.insert(from.clone(), guard.path().to_path_buf());
+                                from_guards.push(guard);
+                            }
+                            None => {
+                                std::fs::create_dir_all(&target)
+                                    .map_err(BuildError::io("create", &target))?;
+                                from_roots.insert(from.clone(), target);
+                            }
+                        }
+                    }
                     let ctx = RunContext {
                         sandbox: &self.sandbox,
                         snapshots: &self.snapshots,
@@ -474,6 +519,9 @@ impl Builder {
                     };
                     let result =
                         run_in_snapshot(&ctx, &active, parent.as_ref(), spec, &mut on_output);
+                    for guard in from_guards {
+                        let _ = guard.unmount();
+                    }
                     let _ = std::fs::remove_dir_all(&step_dir);
                     let (status, tail) = result?;
                     if !status.success() {
