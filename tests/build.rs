@@ -648,3 +648,88 @@ fn run_mounts_from_another_stage_and_the_context() {
         "mount points leaked"
     );
 }
+
+/// Serves `body` for any GET on 127.0.0.1, for ADD <url>.
+fn serve_once_per_request(body: &'static [u8]) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            let _ = conn.write_all(body);
+        }
+    });
+    addr
+}
+
+#[test]
+fn add_downloads_urls_and_checks_their_checksum() {
+    let reg = registry_with_busybox();
+    let http = serve_once_per_request(b"downloaded content\n");
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let digest = kiln::oci::Digest::of(b"downloaded content\n");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM scratch\nADD http://{http}/files/tool.txt /opt/\nADD --checksum={digest} http://{http}/x/y.txt /named.txt\n"),
+    )
+    .unwrap();
+    let root = work.path().join("root");
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            "url:1",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let rootfs = unpack(&root, "docker.io/library/url:1", &work.path().join("u"));
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("opt/tool.txt")).unwrap(),
+        "downloaded content\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("named.txt")).unwrap(),
+        "downloaded content\n"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(rootfs.join("named.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    let bad = kiln::oci::Digest::of(b"something else");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM scratch\nADD --checksum={bad} http://{http}/x /x\n"),
+    )
+    .unwrap();
+    let out = kiln(
+        &root,
+        &reg,
+        &["build", "--progress=plain", ctx.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("digest mismatch") && err.contains("Dockerfile:2:1"),
+        "{err}"
+    );
+}

@@ -571,7 +571,22 @@ impl Builder {
                         }
                     }
                 }
+                let url_dir = scratch_dir.join(unique("add-url"));
+                let url_files = match &instr.command {
+                    Command::Add(a)
+                        if a.files.sources.iter().any(|s| super::file_step::is_url(s)) =>
+                    {
+                        super::file_step::download_urls(
+                            &a.files.sources,
+                            a.checksum.as_deref(),
+                            &url_dir,
+                        )
+                        .await?
+                    }
+                    _ => Vec::new(),
+                };
                 let fctx = FileStepContext {
+                    url_files,
                     image_roots,
                     store: &self.store,
                     snapshots: &self.snapshots,
@@ -597,6 +612,7 @@ impl Builder {
                         image.layers.push(l);
                     }
                 }
+                let _ = std::fs::remove_dir_all(&url_dir);
                 let made_layer = self.cache.get(&step_key).and_then(|r| r.layer).is_some();
                 history(image, created_by(instr, None, &workdir), !made_layer);
                 *key = step_key;

@@ -24,11 +24,82 @@ pub struct FileStepContext<'a> {
     pub dockerfile: &'a Dockerfile,
     /// Built stages and the top snapshot of each.
     pub stage_roots: BTreeMap<usize, Option<ChainId>>,
+    /// ADD's URL sources, downloaded.
+    pub url_files: Vec<UrlFile>,
     /// Images named by `COPY --from=<image>`, resolved and unpacked.
     pub image_roots: BTreeMap<String, Option<ChainId>>,
     pub scratch_dir: &'a Path,
     pub settings: &'a LayerSettings,
     pub escape: char,
+}
+
+/// A file ADD downloaded: the directory holding it, its name, its digest.
+#[derive(Debug, Clone)]
+pub struct UrlFile {
+    pub dir: std::path::PathBuf,
+    pub name: String,
+    pub digest: crate::oci::Digest,
+}
+
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// Downloads ADD's URL sources into `dir`, checking `--checksum` (`sha256:…`).
+pub async fn download_urls(
+    sources: &[String],
+    checksum: Option<&str>,
+    dir: &Path,
+) -> Result<Vec<UrlFile>, BuildError> {
+    use std::io::Write as _;
+    let mut out = Vec::new();
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| BuildError::Invalid(format!("cannot set up HTTP: {e}")))?;
+    for (i, url) in sources.iter().filter(|s| is_url(s)).enumerate() {
+        let fail = |m: String| BuildError::Invalid(format!("ADD {url}: {m}"));
+        let mut resp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("the server answered {}", resp.status())));
+        }
+        let parsed = reqwest::Url::parse(url).map_err(|e| fail(e.to_string()))?;
+        let name = parsed
+            .path_segments()
+            .and_then(|mut s| s.next_back().map(str::to_string))
+            .filter(|n| !n.is_empty() && n != "." && n != "..")
+            .unwrap_or_else(|| "__unnamed__".to_string());
+        let sub = dir.join(format!("url-{i}"));
+        std::fs::create_dir_all(&sub).map_err(BuildError::io("create", &sub))?;
+        let path = sub.join(&name);
+        let file = std::fs::File::create(&path).map_err(BuildError::io("create", &path))?;
+        let mut w = crate::oci::DigestingWriter::new(file);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+            w.write_all(&chunk)
+                .map_err(BuildError::io("write", &path))?;
+        }
+        let (digest, _, _) = w.finish();
+        if let Some(expected) = checksum {
+            if expected != digest.to_string() {
+                return Err(fail(format!(
+                    "digest mismatch: --checksum is {expected}, the download is {digest}"
+                )));
+            }
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(BuildError::io("chmod", &path))?;
+        out.push(UrlFile {
+            dir: sub,
+            name,
+            digest,
+        });
+    }
+    Ok(out)
 }
 
 /// A COPY/ADD ready to run: its cache material and what it needs.
@@ -81,17 +152,24 @@ pub fn prepare_copy(
         ),
         _ => return Err(BuildError::Invalid("not a COPY or ADD".into())),
     };
-    if is_add {
-        if let Some(url) = files
-            .sources
-            .iter()
-            .find(|s| s.contains("://") || s.starts_with("git@"))
-        {
+    if let Some(git) = files
+        .sources
+        .iter()
+        .find(|s| s.starts_with("git@") || s.starts_with("git://") || s.ends_with(".git"))
+    {
+        if is_add {
             return Err(BuildError::Invalid(format!(
-                "ADD from a URL or git repository ({url}) is not supported by kiln yet; download it in a RUN step"
+                "ADD from a git repository ({git}) is not supported by kiln yet; clone it in a RUN step"
             )));
         }
     }
+    // URL sources were downloaded by the caller; the rest come from the context or --from.
+    let local_sources: Vec<String> = files
+        .sources
+        .iter()
+        .filter(|s| !(is_add && is_url(s)))
+        .cloned()
+        .collect();
     let from_root =
         match &from {
             None => None,
@@ -111,14 +189,14 @@ pub fn prepare_copy(
         .iter()
         .map(|c| (c.path.clone(), c.data.clone()))
         .collect();
-    let content = if files.sources.is_empty() {
+    let content = if local_sources.is_empty() {
         crate::oci::Digest::of(b"")
     } else {
         match &from_root {
             None => hash_sources(&CopyRequest {
                 source_root: ctx.context_dir,
                 ignore: ctx.ignore,
-                sources: files.sources.clone(),
+                sources: local_sources.clone(),
                 dest: files.dest.clone(),
                 workdir: workdir.to_string(),
                 dest_root: ctx.context_dir,
@@ -145,11 +223,12 @@ pub fn prepare_copy(
         "parents": parents,
         "excludes": excludes,
         "content": content.to_string(),
+        "urls": ctx.url_files.iter().map(|u| u.digest.to_string()).collect::<Vec<_>>(),
     })
     .to_string();
     Ok(PreparedCopy {
         material,
-        sources: files.sources.clone(),
+        sources: local_sources,
         heredocs,
         dest: files.dest.clone(),
         from: from_root,
@@ -306,6 +385,23 @@ pub fn execute_copy(
                 excludes: prepared.excludes.clone(),
                 source_date_epoch: ctx.settings.source_date_epoch,
                 preserve_owner: prepared.from.is_some(),
+            })
+            .map_err(|e| BuildError::Invalid(e.to_string()))?;
+        }
+        for url in &ctx.url_files {
+            copy_into_root(&CopyRequest {
+                source_root: &url.dir,
+                ignore: None,
+                sources: vec![url.name.clone()],
+                dest: prepared.dest.clone(),
+                workdir: workdir.to_string(),
+                dest_root: guard.path(),
+                chown,
+                chmod: chmod.clone(),
+                parents: false,
+                excludes: Vec::new(),
+                source_date_epoch: ctx.settings.source_date_epoch,
+                preserve_owner: false,
             })
             .map_err(|e| BuildError::Invalid(e.to_string()))?;
         }
