@@ -733,3 +733,71 @@ fn add_downloads_urls_and_checks_their_checksum() {
         "{err}"
     );
 }
+
+#[test]
+fn ctrl_c_during_a_run_cleans_up_and_leaves_a_valid_store() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo started && sleep 60\n",
+    )
+    .unwrap();
+    let root = work.path().join("root");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "build",
+            "--progress=plain",
+            "--registry-mirror",
+            &reg.addr,
+            "--root",
+        ])
+        .arg(&root)
+        .arg(&ctx)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the RUN is under way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = std::fs::read_dir(root.join("bundles"))
+            .map(|d| d.count() > 0)
+            .unwrap_or(false);
+        if running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the RUN never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the build did not stop promptly"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(root.to_str().unwrap()),
+        "mounts left behind"
+    );
+    assert_eq!(std::fs::read_dir(root.join("bundles")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(root.join("snapshots/active"))
+            .unwrap()
+            .count(),
+        0
+    );
+    ok(&kiln(&root, &reg, &["images"]));
+}

@@ -199,13 +199,24 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         oci_media_types: args.oci_mediatypes,
     };
     let rt = runtime()?;
-    let outcome = match rt.block_on(async {
-        tokio::select! {
-            r = builder.build(request) => r,
-            _ = tokio::signal::ctrl_c() => Err(BuildError::Interrupted),
+    // Ctrl-C: the running step's runtime is killed (the sandbox then deletes its container), the
+    // step fails, and the normal error path unmounts and cleans up; the store stays valid.
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = interrupted.clone();
+    let bundles = builder.state_root.join("bundles");
+    rt.spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            kill_own_containers(&bundles);
+            signal_children(rustix::process::Signal::KILL);
         }
-    }) {
+    });
+    let outcome = match rt.block_on(builder.build(request)) {
         Ok(o) => o,
+        Err(_) if interrupted.load(std::sync::atomic::Ordering::SeqCst) => {
+            eprintln!("error: {}", BuildError::Interrupted);
+            return Ok(ExitCode::from(130));
+        }
         Err(err) => {
             eprintln!("error: {}", render_build_error(&err, &source));
             return Ok(ExitCode::FAILURE);
@@ -357,4 +368,45 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let _ = builder.snapshots.remove_active(&key);
     let status = status?;
     Ok(ExitCode::from(u8::try_from(status.code()).unwrap_or(1)))
+}
+
+/// Sends `signal` to this process's child processes (the OCI runtime of a running step).
+fn signal_children(signal: rustix::process::Signal) {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, signal);
+            }
+        }
+    }
+}
+
+/// Kills the init process of every container this process started (their bundles are named
+/// `kiln-<our pid>-…` and hold the runtime's pid file); the whole PID namespace goes with it.
+fn kill_own_containers(bundles: &Path) {
+    let prefix = format!("kiln-{}-", std::process::id());
+    let Ok(entries) = std::fs::read_dir(bundles) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let pid = std::fs::read_to_string(e.path().join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
 }
