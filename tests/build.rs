@@ -746,7 +746,7 @@ fn ctrl_c_during_a_run_cleans_up_and_leaves_a_valid_store() {
     )
     .unwrap();
     let root = work.path().join("root");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args([
             "build",
             "--progress=plain",
