@@ -801,3 +801,51 @@ fn ctrl_c_during_a_run_cleans_up_and_leaves_a_valid_store() {
     );
     ok(&kiln(&root, &reg, &["images"]));
 }
+
+#[test]
+fn independent_stages_build_side_by_side() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox AS a\nRUN sleep 3 && echo a > /a\nFROM busybox AS b\nRUN sleep 3 && echo b > /b\nFROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
+    )
+    .unwrap();
+    let root = work.path().join("root");
+    // Pull the base first so only the RUNs are timed.
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "--target",
+            "a",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let started = Instant::now();
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "--no-cache",
+            "-t",
+            "par:1",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(5500),
+        "stages a and b ran one after the other ({elapsed:?})"
+    );
+    assert_eq!(
+        ok(&kiln(&root, &reg, &["run", "par:1", "cat", "/a", "/b"])),
+        "a\nb"
+    );
+}

@@ -120,7 +120,6 @@ impl Builder {
             .iter()
             .map(|i| req.dockerfile.stages[*i].instructions.len() + 1)
             .sum();
-        let mut step_no = 0usize;
         let mut results: BTreeMap<usize, StageResult> = BTreeMap::new();
         let mut used_args: BTreeSet<String> =
             plan.global_args.iter().map(|(k, _)| k.clone()).collect();
@@ -128,165 +127,84 @@ impl Builder {
         let scratch_dir = self.state_root.join("tmp");
         std::fs::create_dir_all(&scratch_dir).map_err(BuildError::io("create", &scratch_dir))?;
 
-        for &index in &plan.order {
-            let stage = &req.dockerfile.stages[index];
-            let planned = &plan.stages[index];
-            let stage_label = stage
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("stage-{index}"));
-            step_no += 1;
-            let from_id = step_no.to_string();
-            let started = Instant::now();
-            self.reporter.report(Event::StepStarted {
-                id: from_id.clone(),
-                name: format!(
-                    "[{stage_label} {step_no}/{total_steps}] {}",
-                    stage.from.original
-                ),
-            });
-            let (mut image, inherited_args, mut key) = match &planned.base {
-                Base::Scratch => {
-                    let mut config = ImageConfig {
-                        architecture: planned.platform.architecture.clone(),
-                        os: planned.platform.os.clone(),
-                        variant: planned.platform.variant.clone(),
-                        ..ImageConfig::default()
-                    };
-                    config.config = Some(crate::oci::manifest::ContainerConfig {
-                        working_dir: Some("/".into()),
-                        ..Default::default()
-                    });
-                    (
-                        ImageState {
-                            config,
-                            layers: Vec::new(),
-                        },
-                        Vec::new(),
-                        key_of(&["scratch", &planned.platform.to_string()]),
-                    )
-                }
-                Base::Stage(parent) => {
-                    let r = results.get(parent).ok_or_else(|| {
-                        BuildError::Invalid(format!(
-                            "stage {parent} was not built before stage {index}"
-                        ))
-                    })?;
-                    (r.image.clone(), r.args.clone(), r.key.clone())
-                }
-                Base::Image(reference) => {
-                    let (resolved, image) = resolve_image(
-                        &self.puller,
-                        &self.snapshots,
-                        reference,
-                        &planned.platform,
-                        req.pull,
-                    )
-                    .await
-                    .map_err(|e| e.in_step(&stage.from.original, &stage.from.span))?;
-                    let identity = image
-                        .layers
-                        .last()
-                        .map(|l| l.chain.to_string())
-                        .unwrap_or_default();
-                    let k = key_of(&[
-                        "image",
-                        &resolved.to_string(),
-                        &identity,
-                        &serde_json::to_string(&image.config).unwrap_or_default(),
-                    ]);
-                    (image, Vec::new(), k)
-                }
-            };
-            self.reporter.report(Event::StepDone {
-                id: from_id,
-                cached: false,
-                elapsed: started.elapsed(),
-            });
-            metadata::ensure_default_path(&mut image.config);
-            let image_env = image
-                .config
-                .config
-                .as_ref()
-                .and_then(|c| c.env.clone())
-                .unwrap_or_default();
-            let mut scope = StageScope::new(&plan, &image_env, &inherited_args);
-            let mut meta = StageMeta::default();
-
-            // ONBUILD triggers of the base run first, then are cleared.
-            let triggers = image
-                .config
-                .config
-                .as_mut()
-                .and_then(|c| c.on_build.take())
-                .unwrap_or_default();
-            let mut instructions: Vec<Instruction> = Vec::new();
-            for trigger in &triggers {
-                let text = format!("FROM scratch\n{trigger}\n");
-                let parsed = crate::dockerfile::parse_dockerfile(&crate::diag::SourceFile::new(
-                    "ONBUILD", text,
-                ))
-                .map_err(|e| {
-                    BuildError::Invalid(format!(
-                        "invalid ONBUILD trigger {trigger:?} in the base image: {}",
-                        e.message
-                    ))
-                    .in_step(&stage.from.original, &stage.from.span)
-                })?;
-                if let Some(mut i) = parsed
-                    .stages
-                    .into_iter()
-                    .next()
-                    .and_then(|s| s.instructions.into_iter().next())
-                {
-                    i.span = stage.from.span;
-                    instructions.push(i);
-                }
+        // Stages whose dependencies are built run side by side (one thread each, as many as
+        // the machine has cores): RUN blocks its thread while the container runs.
+        let steps = std::sync::atomic::AtomicUsize::new(0);
+        let width = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let mut remaining: Vec<usize> = plan.order.clone();
+        while !remaining.is_empty() {
+            let ready: Vec<usize> = remaining
+                .iter()
+                .copied()
+                .filter(|i| plan.stages[*i].deps.iter().all(|d| results.contains_key(d)))
+                .take(width)
+                .collect();
+            if ready.is_empty() {
+                return Err(BuildError::Invalid(
+                    "the stages depend on each other in a cycle".into(),
+                ));
             }
-            instructions.extend(stage.instructions.iter().cloned());
-
-            for instr in &instructions {
-                step_no += 1;
-                let step_id = step_no.to_string();
-                let started = Instant::now();
-                let expanded = scope.expand(instr)?;
-                scope.apply(&expanded)?;
-                if let Command::Arg { args } = &expanded.command {
-                    used_args.extend(args.iter().map(|a| a.key.clone()));
-                }
-                let name = format!(
-                    "[{stage_label} {step_no}/{total_steps}] {}",
-                    instr.original.trim()
-                );
-                let cached = self
-                    .dispatch(
-                        &req,
-                        &settings,
-                        &plan,
-                        &mut results,
-                        index,
-                        &mut image,
-                        &mut scope,
-                        &mut meta,
-                        &mut key,
-                        &expanded,
-                        &step_id,
-                        &name,
-                        &created,
-                        &scratch_dir,
-                    )
-                    .await
-                    .map_err(|e| e.in_step(&instr.original, &instr.span))?;
-                if let Some(cached) = cached {
-                    self.reporter.report(Event::StepDone {
-                        id: step_id,
-                        cached,
-                        elapsed: started.elapsed(),
-                    });
-                }
+            remaining.retain(|i| !ready.contains(i));
+            let outcomes: Vec<Result<(StageResult, BTreeSet<String>), BuildError>> =
+                if ready.len() == 1 {
+                    vec![
+                        self.build_stage(
+                            &req,
+                            &settings,
+                            &plan,
+                            &results,
+                            ready[0],
+                            &steps,
+                            total_steps,
+                            &created,
+                            &scratch_dir,
+                        )
+                        .await,
+                    ]
+                } else {
+                    let handle = tokio::runtime::Handle::current();
+                    let results_ref = &results;
+                    let (req_ref, settings_ref, plan_ref, steps_ref, created_ref, scratch_ref) =
+                        (&req, &settings, &plan, &steps, &created, &scratch_dir);
+                    std::thread::scope(|scope| {
+                        let threads: Vec<_> = ready
+                            .iter()
+                            .map(|&index| {
+                                let handle = handle.clone();
+                                scope.spawn(move || {
+                                    handle.block_on(self.build_stage(
+                                        req_ref,
+                                        settings_ref,
+                                        plan_ref,
+                                        results_ref,
+                                        index,
+                                        steps_ref,
+                                        total_steps,
+                                        created_ref,
+                                        scratch_ref,
+                                    ))
+                                })
+                            })
+                            .collect();
+                        threads
+                            .into_iter()
+                            .map(|t| {
+                                t.join().unwrap_or_else(|_| {
+                                    Err(BuildError::Invalid(
+                                        "a stage's build thread panicked".into(),
+                                    ))
+                                })
+                            })
+                            .collect()
+                    })
+                };
+            for (index, outcome) in ready.iter().zip(outcomes) {
+                let (result, used) = outcome?;
+                used_args.extend(used);
+                results.insert(*index, result);
             }
-            let args = scope.args().to_vec();
-            results.insert(index, StageResult { image, args, key });
         }
 
         let target = results
@@ -342,6 +260,180 @@ impl Builder {
         })
     }
 
+    /// Builds one stage on top of the stages already in `results`.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_stage(
+        &self,
+        req: &BuildRequest,
+        settings: &LayerSettings,
+        plan: &super::scope::Plan,
+        results: &BTreeMap<usize, StageResult>,
+        index: usize,
+        steps: &std::sync::atomic::AtomicUsize,
+        total_steps: usize,
+        created: &str,
+        scratch_dir: &Path,
+    ) -> Result<(StageResult, BTreeSet<String>), BuildError> {
+        let mut used_args = BTreeSet::new();
+        let stage = &req.dockerfile.stages[index];
+        let planned = &plan.stages[index];
+        let stage_label = stage
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{index}"));
+        let step_no = steps.fetch_add(1, Ordering::Relaxed) + 1;
+        let from_id = step_no.to_string();
+        let started = Instant::now();
+        self.reporter.report(Event::StepStarted {
+            id: from_id.clone(),
+            name: format!(
+                "[{stage_label} {step_no}/{total_steps}] {}",
+                stage.from.original
+            ),
+        });
+        let (mut image, inherited_args, mut key) = match &planned.base {
+            Base::Scratch => {
+                let mut config = ImageConfig {
+                    architecture: planned.platform.architecture.clone(),
+                    os: planned.platform.os.clone(),
+                    variant: planned.platform.variant.clone(),
+                    ..ImageConfig::default()
+                };
+                config.config = Some(crate::oci::manifest::ContainerConfig {
+                    working_dir: Some("/".into()),
+                    ..Default::default()
+                });
+                (
+                    ImageState {
+                        config,
+                        layers: Vec::new(),
+                    },
+                    Vec::new(),
+                    key_of(&["scratch", &planned.platform.to_string()]),
+                )
+            }
+            Base::Stage(parent) => {
+                let r = results.get(parent).ok_or_else(|| {
+                    BuildError::Invalid(format!(
+                        "stage {parent} was not built before stage {index}"
+                    ))
+                })?;
+                (r.image.clone(), r.args.clone(), r.key.clone())
+            }
+            Base::Image(reference) => {
+                let (resolved, image) = resolve_image(
+                    &self.puller,
+                    &self.snapshots,
+                    reference,
+                    &planned.platform,
+                    req.pull,
+                )
+                .await
+                .map_err(|e| e.in_step(&stage.from.original, &stage.from.span))?;
+                let identity = image
+                    .layers
+                    .last()
+                    .map(|l| l.chain.to_string())
+                    .unwrap_or_default();
+                let k = key_of(&[
+                    "image",
+                    &resolved.to_string(),
+                    &identity,
+                    &serde_json::to_string(&image.config).unwrap_or_default(),
+                ]);
+                (image, Vec::new(), k)
+            }
+        };
+        self.reporter.report(Event::StepDone {
+            id: from_id,
+            cached: false,
+            elapsed: started.elapsed(),
+        });
+        metadata::ensure_default_path(&mut image.config);
+        let image_env = image
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.env.clone())
+            .unwrap_or_default();
+        let mut scope = StageScope::new(plan, &image_env, &inherited_args);
+        let mut meta = StageMeta::default();
+
+        // ONBUILD triggers of the base run first, then are cleared.
+        let triggers = image
+            .config
+            .config
+            .as_mut()
+            .and_then(|c| c.on_build.take())
+            .unwrap_or_default();
+        let mut instructions: Vec<Instruction> = Vec::new();
+        for trigger in &triggers {
+            let text = format!("FROM scratch\n{trigger}\n");
+            let parsed =
+                crate::dockerfile::parse_dockerfile(&crate::diag::SourceFile::new("ONBUILD", text))
+                    .map_err(|e| {
+                        BuildError::Invalid(format!(
+                            "invalid ONBUILD trigger {trigger:?} in the base image: {}",
+                            e.message
+                        ))
+                        .in_step(&stage.from.original, &stage.from.span)
+                    })?;
+            if let Some(mut i) = parsed
+                .stages
+                .into_iter()
+                .next()
+                .and_then(|s| s.instructions.into_iter().next())
+            {
+                i.span = stage.from.span;
+                instructions.push(i);
+            }
+        }
+        instructions.extend(stage.instructions.iter().cloned());
+
+        for instr in &instructions {
+            let step_no = steps.fetch_add(1, Ordering::Relaxed) + 1;
+            let step_id = step_no.to_string();
+            let started = Instant::now();
+            let expanded = scope.expand(instr)?;
+            scope.apply(&expanded)?;
+            if let Command::Arg { args } = &expanded.command {
+                used_args.extend(args.iter().map(|a| a.key.clone()));
+            }
+            let name = format!(
+                "[{stage_label} {step_no}/{total_steps}] {}",
+                instr.original.trim()
+            );
+            let cached = self
+                .dispatch(
+                    req,
+                    settings,
+                    plan,
+                    results,
+                    index,
+                    &mut image,
+                    &mut scope,
+                    &mut meta,
+                    &mut key,
+                    &expanded,
+                    &step_id,
+                    &name,
+                    created,
+                    scratch_dir,
+                )
+                .await
+                .map_err(|e| e.in_step(&instr.original, &instr.span))?;
+            if let Some(cached) = cached {
+                self.reporter.report(Event::StepDone {
+                    id: step_id,
+                    cached,
+                    elapsed: started.elapsed(),
+                });
+            }
+        }
+        let args = scope.args().to_vec();
+        Ok((StageResult { image, args, key }, used_args))
+    }
+
     /// Runs one expanded instruction; `Some(cached)` when it was a step to report as done.
     #[allow(clippy::too_many_arguments)]
     async fn dispatch(
@@ -349,7 +441,7 @@ impl Builder {
         req: &BuildRequest,
         settings: &LayerSettings,
         plan: &super::scope::Plan,
-        results: &mut BTreeMap<usize, StageResult>,
+        results: &BTreeMap<usize, StageResult>,
         stage: usize,
         image: &mut ImageState,
         scope: &mut StageScope,
