@@ -615,7 +615,7 @@ fn run_mounts_from_another_stage_and_the_context() {
     std::fs::write(ctx.join("input.txt"), "from the context\n").unwrap();
     std::fs::write(
         ctx.join("Dockerfile"),
-        "FROM busybox AS builder\nRUN mkdir /out && echo built > /out/artifact\n\nFROM busybox\nRUN --mount=type=bind,from=builder,source=/out,target=/in cat /in/artifact > /copied\nRUN --mount=type=bind,source=input.txt,target=/tmp/input.txt cp /tmp/input.txt /ctx.txt\n",
+        "FROM busybox AS builder\nRUN mkdir /out && echo built > /out/artifact\n\nFROM busybox\nRUN --mount=type=bind,from=builder,source=/out,target=/in cat /in/artifact > /copied\nRUN --mount=type=bind,source=input.txt,target=/tmp/input.txt cp /tmp/input.txt /ctx.txt\nRUN --mount=type=bind,target=/src,rw touch /src/written && echo rw > /rw-ok\n",
     )
     .unwrap();
     let root = work.path().join("root");
@@ -646,6 +646,11 @@ fn run_mounts_from_another_stage_and_the_context() {
     assert!(
         !rootfs.join("in").exists() && !rootfs.join("tmp/input.txt").exists(),
         "mount points leaked"
+    );
+    assert!(rootfs.join("rw-ok").exists());
+    assert!(
+        !ctx.join("written").exists(),
+        "a rw bind wrote into the build context"
     );
 }
 

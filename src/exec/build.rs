@@ -588,7 +588,8 @@ impl Builder {
                         default_network: req.network,
                         from_roots: &from_roots,
                     };
-                    let (mounts, secret_env) = prepare_mounts(run, &ctx, &workdir, &step_dir)?;
+                    let (mounts, secret_env, bind_guards) =
+                        prepare_mounts(run, &ctx, &workdir, &step_dir)?;
                     let mut full_env = env.clone();
                     full_env.extend(secret_env);
                     let spec = RunSpec {
@@ -611,7 +612,7 @@ impl Builder {
                     };
                     let result =
                         run_in_snapshot(&ctx, &active, parent.as_ref(), spec, &mut on_output);
-                    for guard in from_guards {
+                    for guard in bind_guards.into_iter().chain(from_guards) {
                         let _ = guard.unmount();
                     }
                     let _ = std::fs::remove_dir_all(&step_dir);

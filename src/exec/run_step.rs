@@ -154,7 +154,8 @@ pub fn prepare_mounts(
     ctx: &RunContext<'_>,
     workdir: &str,
     step_dir: &Path,
-) -> Result<(Vec<ExtraMount>, Vec<String>), BuildError> {
+) -> Result<(Vec<ExtraMount>, Vec<String>, Vec<super::mounts::MountGuard>), BuildError> {
+    let mut guards = Vec::new();
     let mut mounts = Vec::new();
     let mut env = Vec::new();
     for (i, m) in run.mounts.iter().enumerate() {
@@ -272,12 +273,39 @@ pub fn prepare_mounts(
                         m.source.as_deref().unwrap_or("/")
                     )));
                 }
+                // A `rw` bind takes writes that are thrown away afterwards: a directory gets a
+                // throwaway overlay on top, a file a throwaway copy.
+                let source = if m.read_only {
+                    source
+                } else if source.is_dir() {
+                    let base = step_dir.join(format!("bind-{i}"));
+                    for d in ["upper", "work", "merged"] {
+                        std::fs::create_dir_all(base.join(d))
+                            .map_err(BuildError::io("create", base.join(d)))?;
+                    }
+                    let overlay = crate::snapshot::Mount {
+                        kind: "overlay".into(),
+                        source: "overlay".into(),
+                        options: vec![
+                            format!("lowerdir={}", source.display()),
+                            format!("upperdir={}", base.join("upper").display()),
+                            format!("workdir={}", base.join("work").display()),
+                        ],
+                    };
+                    let guard = super::mounts::MountGuard::mount(&[overlay], &base.join("merged"))?;
+                    let merged = guard.path().to_path_buf();
+                    guards.push(guard);
+                    merged
+                } else {
+                    let copy = step_dir.join(format!("bind-{i}-file"));
+                    std::fs::copy(&source, &copy).map_err(BuildError::io("copy", &source))?;
+                    copy
+                };
                 mounts.push(ExtraMount {
                     target,
                     kind: ExtraMountKind::Bind {
                         source,
-                        // Writes to a `rw` bind must be discarded; kiln keeps binds read-only.
-                        readonly: true,
+                        readonly: m.read_only,
                     },
                 });
             }
@@ -288,7 +316,7 @@ pub fn prepare_mounts(
             }
         }
     }
-    Ok((mounts, env))
+    Ok((mounts, env, guards))
 }
 
 /// `root` joined with a cleaned `rel` that cannot climb out of it (symlinks are not resolved
