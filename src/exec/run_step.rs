@@ -148,13 +148,17 @@ fn sanitize_id(id: &str) -> String {
         .collect()
 }
 
+/// Sandbox mounts, extra env (secrets as env) and the mounts kiln made for them (kept mounted
+/// until the step ends).
+pub type PreparedMounts = (Vec<ExtraMount>, Vec<String>, Vec<super::mounts::MountGuard>);
+
 /// Turns RUN's `--mount`s into sandbox mounts; returns them and extra env (secrets as env).
 pub fn prepare_mounts(
     run: &Run,
     ctx: &RunContext<'_>,
     workdir: &str,
     step_dir: &Path,
-) -> Result<(Vec<ExtraMount>, Vec<String>, Vec<super::mounts::MountGuard>), BuildError> {
+) -> Result<PreparedMounts, BuildError> {
     let mut guards = Vec::new();
     let mut mounts = Vec::new();
     let mut env = Vec::new();
