@@ -854,3 +854,44 @@ fn independent_stages_build_side_by_side() {
         "a\nb"
     );
 }
+
+#[test]
+fn locked_cache_mounts_serialise_parallel_stages() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let step = |name: &str| {
+        format!("RUN --mount=type=cache,id=kiln-locked-test,target=/c,sharing=locked echo {name}-start >> /c/log && sleep 1 && echo {name}-end >> /c/log && touch /{name}\n")
+    };
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM busybox AS a\n{}FROM busybox AS b\n{}FROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\nRUN --mount=type=cache,id=kiln-locked-test,target=/c,sharing=locked cp /c/log /log\n",
+            step("a"),
+            step("b")
+        ),
+    )
+    .unwrap();
+    let root = work.path().join("root");
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            "locked:1",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let log = ok(&kiln(&root, &reg, &["run", "locked:1", "cat", "/log"]));
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    assert!(
+        lines[0].ends_with("-start")
+            && lines[1].ends_with("-end")
+            && lines[0][..1] == lines[1][..1],
+        "interleaved: {log}"
+    );
+}

@@ -588,7 +588,7 @@ impl Builder {
                         default_network: req.network,
                         from_roots: &from_roots,
                     };
-                    let (mounts, secret_env, bind_guards) =
+                    let (mounts, secret_env, bind_guards, cache_locks) =
                         prepare_mounts(run, &ctx, &workdir, &step_dir)?;
                     let mut full_env = env.clone();
                     full_env.extend(secret_env);
@@ -615,6 +615,7 @@ impl Builder {
                     for guard in bind_guards.into_iter().chain(from_guards) {
                         let _ = guard.unmount();
                     }
+                    drop(cache_locks);
                     let _ = std::fs::remove_dir_all(&step_dir);
                     let (status, tail) = result?;
                     if !status.success() {

@@ -148,9 +148,14 @@ fn sanitize_id(id: &str) -> String {
         .collect()
 }
 
-/// Sandbox mounts, extra env (secrets as env) and the mounts kiln made for them (kept mounted
-/// until the step ends).
-pub type PreparedMounts = (Vec<ExtraMount>, Vec<String>, Vec<super::mounts::MountGuard>);
+/// Sandbox mounts, extra env (secrets as env), the mounts kiln made for them (kept mounted
+/// until the step ends) and the cache locks held meanwhile.
+pub type PreparedMounts = (
+    Vec<ExtraMount>,
+    Vec<String>,
+    Vec<super::mounts::MountGuard>,
+    Vec<std::fs::File>,
+);
 
 /// Turns RUN's `--mount`s into sandbox mounts; returns them and extra env (secrets as env).
 pub fn prepare_mounts(
@@ -160,6 +165,7 @@ pub fn prepare_mounts(
     step_dir: &Path,
 ) -> Result<PreparedMounts, BuildError> {
     let mut guards = Vec::new();
+    let mut locks = Vec::new();
     let mut mounts = Vec::new();
     let mut env = Vec::new();
     for (i, m) in run.mounts.iter().enumerate() {
@@ -189,7 +195,33 @@ pub fn prepare_mounts(
                         Some(m.gid.unwrap_or(0)),
                     );
                 }
-                let _ = m.sharing == Some(Sharing::Private);
+                // `locked` waits for other builds using this cache; `private` takes a fresh,
+                // throwaway directory when another build holds it; `shared` just shares it.
+                let lock_path = dir.with_extension("lock");
+                let dir = match m.sharing {
+                    Some(Sharing::Locked) | Some(Sharing::Private) => {
+                        let lock = std::fs::OpenOptions::new()
+                            .create(true)
+                            .truncate(false)
+                            .write(true)
+                            .open(&lock_path)
+                            .map_err(BuildError::io("open", &lock_path))?;
+                        if m.sharing == Some(Sharing::Locked) {
+                            lock.lock().map_err(BuildError::io("lock", &lock_path))?;
+                            locks.push(lock);
+                            dir
+                        } else if lock.try_lock().is_ok() {
+                            locks.push(lock);
+                            dir
+                        } else {
+                            let private = step_dir.join(format!("cache-private-{i}"));
+                            std::fs::create_dir_all(&private)
+                                .map_err(BuildError::io("create", &private))?;
+                            private
+                        }
+                    }
+                    _ => dir,
+                };
                 mounts.push(ExtraMount {
                     target,
                     kind: ExtraMountKind::Bind {
@@ -320,7 +352,7 @@ pub fn prepare_mounts(
             }
         }
     }
-    Ok((mounts, env, guards))
+    Ok((mounts, env, guards, locks))
 }
 
 /// `root` joined with a cleaned `rel` that cannot climb out of it (symlinks are not resolved
