@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod key;
+
 use crate::oci::{DiffId, Digest};
 use crate::store::Store;
+use key::StepMaterial;
 
 /// Bump when the record format or key derivation changes: old records are then ignored.
 pub const CACHE_DIR: &str = "cache-v1";
@@ -62,14 +65,57 @@ impl Cache {
 
     /// The record for `key`, if any and still usable. Unreadable records count as misses.
     pub fn get(&self, key: &Digest) -> Option<CacheRecord> {
-        let bytes = fs::read(self.path(key)).ok()?;
-        let record: CacheRecord = serde_json::from_slice(&bytes).ok()?;
+        let path = self.path(key);
+        let file = fs::File::open(&path).ok()?;
+        let record: CacheRecord = serde_json::from_reader(std::io::BufReader::new(&file)).ok()?;
         if let Some(layer) = &record.layer {
             if !self.store.has_blob(&layer.digest) {
                 return None;
             }
         }
+        // The record's mtime is its last use: `prune` drops the least recently used first.
+        let _ = file.set_modified(std::time::SystemTime::now());
         Some(record)
+    }
+
+    fn step_path(&self, location: &Digest) -> PathBuf {
+        self.dir
+            .join("steps")
+            .join(format!("{}.json", location.hex()))
+    }
+
+    /// What the step at `location` (a Dockerfile position in a context) was last built from.
+    pub fn previous_step(&self, location: &Digest) -> Option<StepMaterial> {
+        let bytes = fs::read(self.step_path(location)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Remembers what the step at `location` was built from, for explaining a later miss.
+    pub fn remember_step(
+        &self,
+        location: &Digest,
+        material: &StepMaterial,
+    ) -> Result<(), CacheError> {
+        let path = self.step_path(location);
+        let dir = self.dir.join("steps");
+        let io = |op: &'static str, p: &Path| {
+            let p = p.to_path_buf();
+            move |source| CacheError::Io {
+                op,
+                path: p,
+                source,
+            }
+        };
+        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let bytes = serde_json::to_vec(material).unwrap_or_default();
+        if fs::read(&path).is_ok_and(|old| old == bytes) {
+            return Ok(());
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io("create in", &dir))?;
+        tmp.write_all(&bytes).map_err(io("write", tmp.path()))?;
+        tmp.persist(&path)
+            .map_err(|e| io("rename into", &path)(e.error))?;
+        Ok(())
     }
 
     pub fn put(&self, key: &Digest, record: &CacheRecord) -> Result<(), CacheError> {

@@ -54,6 +54,7 @@ fn open_builder(
         sandbox,
         reporter,
         state_root: root,
+        context_hashes: Default::default(),
     })
 }
 
@@ -188,6 +189,8 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         },
         secrets,
         no_cache: args.no_cache,
+        no_cache_filter: args.no_cache_filter.clone(),
+        explain_cache: args.explain_cache,
         pull: args.pull,
         layer: LayerSettings {
             compression,

@@ -39,6 +39,12 @@ pub struct BuildArgs {
     /// Do not use the build cache
     #[arg(long)]
     pub no_cache: bool,
+    /// Do not use the build cache for these stages (name or index; repeatable, comma-separated)
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
+    /// Under each step that missed the cache, list what changed (up to 20 paths, not 3)
+    #[arg(long)]
+    pub explain_cache: bool,
     /// Always pull base images, even when the store has them
     #[arg(long)]
     pub pull: bool,

@@ -61,6 +61,12 @@ impl Reporter for PlainRenderer {
             Event::Warning { message } => writeln!(err, "warning: {message}"),
             Event::StepStarted { id, name } => writeln!(err, "#{id} {name}"),
             Event::StepOutput { id, line } => writeln!(err, "#{id} {line}"),
+            Event::CacheMiss { id, reasons } => {
+                for reason in reasons {
+                    let _ = writeln!(err, "#{id} cache miss: {reason}");
+                }
+                Ok(())
+            }
             Event::StepDone {
                 id,
                 cached,
@@ -166,6 +172,17 @@ impl Reporter for TtyRenderer {
                 bar.set_prefix(name);
                 bar.enable_steady_tick(Duration::from_millis(120));
                 bars.insert(format!("step-{id}"), bar);
+            }
+            Event::CacheMiss { id, reasons } => {
+                let prefix = bars
+                    .get(&format!("step-{id}"))
+                    .map(|b| b.prefix())
+                    .unwrap_or_else(|| format!("#{id}"));
+                for reason in reasons {
+                    let _ = self
+                        .multi
+                        .println(format!("{prefix}: cache miss: {reason}"));
+                }
             }
             Event::StepOutput { id, line } => {
                 if let Some(bar) = bars.get(&format!("step-{id}")) {

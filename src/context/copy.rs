@@ -4,7 +4,7 @@
 //! there resolved with `openat2(RESOLVE_IN_ROOT)` so no symlink in the image can lead outside.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -662,56 +662,124 @@ fn write_entry(
     apply_meta(root, rel, meta, owner, chmod)
 }
 
-/// A digest of what the sources would copy: paths, types, modes, symlink targets and file
-/// contents (not times), for the step's cache key.
-pub fn hash_sources(req: &CopyRequest<'_>) -> Result<Digest, CopyError> {
+/// What a COPY's sources hash to: one digest for the cache key, and each selected path with
+/// the digest of what lands for it (to tell which paths changed when a key misses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceDigest {
+    pub digest: Digest,
+    pub entries: Vec<(String, String)>,
+}
+
+/// A digest of what the sources would copy: paths, types, modes, symlink targets, file contents,
+/// and owners where they land in the layer (`--from` copies keep them; context files become
+/// 0:0). Not times. File contents come from `cache` when their metadata is unchanged; the rest
+/// are read on all cores.
+pub fn hash_sources(
+    req: &CopyRequest<'_>,
+    cache: &super::hashcache::FileHashCache,
+) -> Result<SourceDigest, CopyError> {
     let selected = select(req)?;
     let excludes = if req.excludes.is_empty() {
         None
     } else {
         Some(PatternMatcher::new(&req.excludes).map_err(|e| CopyError::BadPattern(e.to_string()))?)
     };
-    let mut text = String::new();
-    let mut add = |rel: &str, path: &Path, m: &fs::Metadata| -> Result<(), CopyError> {
-        let content = if m.is_file() {
-            let mut f = fs::File::open(path).map_err(io_err("open", path))?;
-            let mut w = crate::oci::DigestingWriter::new(io::sink());
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = f.read(&mut buf).map_err(io_err("read", path))?;
-                if n == 0 {
-                    break;
-                }
-                w.write_all(&buf[..n]).map_err(io_err("hash", path))?;
-            }
-            w.finish().0.to_string()
-        } else if m.file_type().is_symlink() {
-            fs::read_link(path)
-                .map_err(io_err("read link", path))?
-                .to_string_lossy()
-                .to_string()
-        } else {
-            String::new()
-        };
-        text.push_str(&format!(
-            "{rel}\0{:o}\0{}:{}\0{content}\n",
-            m.permissions().mode(),
-            m.uid(),
-            m.gid()
-        ));
-        Ok(())
-    };
+    let mut found: Vec<(String, PathBuf, fs::Metadata)> = Vec::new();
     for sel in &selected {
         let path = req.source_root.join(&sel.rel);
         let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
-        add(&sel.rel, &path, &meta)?;
-        if meta.is_dir() {
+        let is_dir = meta.is_dir();
+        found.push((sel.rel.clone(), path, meta));
+        if is_dir {
             walk_source(req, excludes.as_ref(), &sel.rel, &mut |child, p, m| {
-                add(&format!("{}/{child}", sel.rel), p, m)
+                found.push((format!("{}/{child}", sel.rel), p.to_path_buf(), m.clone()));
+                Ok(())
             })?;
         }
     }
-    Ok(Digest::of(text.as_bytes()))
+    let contents = content_digests(&found, cache)?;
+    let mut text = String::new();
+    let mut entries = Vec::with_capacity(found.len());
+    for ((rel, _, m), content) in found.iter().zip(contents) {
+        let kind = if m.is_dir() {
+            'd'
+        } else if m.file_type().is_symlink() {
+            'l'
+        } else {
+            'f'
+        };
+        let owner = if req.preserve_owner {
+            format!("{}:{}", m.uid(), m.gid())
+        } else {
+            String::new()
+        };
+        let line = format!(
+            "{kind}{:o}\0{owner}\0{content}",
+            m.permissions().mode() & 0o7777
+        );
+        text.push_str(&format!("{rel}\0{line}\n"));
+        entries.push((rel.clone(), line));
+    }
+    Ok(SourceDigest {
+        digest: Digest::of(text.as_bytes()),
+        entries,
+    })
+}
+
+/// File digests (and symlink targets) of `found`, in order, hashed on all cores.
+fn content_digests(
+    found: &[(String, PathBuf, fs::Metadata)],
+    cache: &super::hashcache::FileHashCache,
+) -> Result<Vec<String>, CopyError> {
+    let one = |(rel, path, m): &(String, PathBuf, fs::Metadata)| -> Result<String, CopyError> {
+        if m.is_file() {
+            Ok(cache
+                .digest(rel, path, m)
+                .map_err(io_err("read", path))?
+                .to_string())
+        } else if m.file_type().is_symlink() {
+            Ok(fs::read_link(path)
+                .map_err(io_err("read link", path))?
+                .to_string_lossy()
+                .to_string())
+        } else {
+            Ok(String::new())
+        }
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if threads == 1 || found.len() < 64 {
+        return found.iter().map(one).collect();
+    }
+    // Interleaved slices balance big and small files without a work queue.
+    let results: Vec<Result<Vec<(usize, String)>, CopyError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (t..found.len())
+                        .step_by(threads)
+                        .map(|i| one(&found[i]).map(|d| (i, d)))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(CopyError::BadPattern("a hashing thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    let mut out = vec![String::new(); found.len()];
+    for part in results {
+        for (i, d) in part? {
+            out[i] = d;
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -812,8 +880,71 @@ mod tests {
         let mut r = req(&ctx, &root, &["b.txt"], "/i");
         r.ignore = Some(&ignore);
         assert!(matches!(copy_into_root(&r), Err(CopyError::NotFound(_))));
-        let h1 = hash_sources(&req(&ctx, &root, &["src"], "/")).unwrap();
+        let h1 = hash_sources(&req(&ctx, &root, &["src"], "/"), &mem()).unwrap();
         fs::write(ctx.join("src/main.py"), "print(1)").unwrap();
-        assert_ne!(h1, hash_sources(&req(&ctx, &root, &["src"], "/")).unwrap());
+        assert_ne!(
+            h1,
+            hash_sources(&req(&ctx, &root, &["src"], "/"), &mem()).unwrap()
+        );
+    }
+
+    fn mem() -> super::super::hashcache::FileHashCache {
+        super::super::hashcache::FileHashCache::in_memory()
+    }
+
+    #[test]
+    fn source_digest_sees_exactly_what_lands_in_the_layer() {
+        let (_d, ctx, root) = setup();
+        let digest = |srcs: &[&str]| hash_sources(&req(&ctx, &root, srcs, "/"), &mem()).unwrap();
+        let src = digest(&["src"]);
+        let a = digest(&["a.txt"]);
+        // A file the COPY does not select, and times, do not matter.
+        fs::write(ctx.join("b.txt"), "changed").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(ctx.join("src/main.py"))
+            .unwrap()
+            .set_modified(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap();
+        assert_eq!(digest(&["src"]), src);
+        assert_eq!(digest(&["a.txt"]), a);
+        // Mode, a new file under a copied directory, and a symlink target do.
+        fs::set_permissions(ctx.join("src/main.py"), fs::Permissions::from_mode(0o755)).unwrap();
+        let moded = digest(&["src"]);
+        assert_ne!(moded.digest, src.digest);
+        assert_eq!(
+            moded
+                .entries
+                .iter()
+                .filter(|(p, l)| !src.entries.contains(&(p.clone(), l.clone())))
+                .map(|(p, _)| p.as_str())
+                .collect::<Vec<_>>(),
+            ["src/main.py"]
+        );
+        fs::write(ctx.join("src/sub/new.py"), "n").unwrap();
+        assert_ne!(digest(&["src"]).digest, moded.digest);
+        let link = digest(&["link"]);
+        fs::remove_file(ctx.join("link")).unwrap();
+        std::os::unix::fs::symlink("/etc/group", ctx.join("link")).unwrap();
+        assert_ne!(digest(&["link"]).digest, link.digest);
+    }
+
+    #[test]
+    fn parallel_hashing_equals_one_file_at_a_time() {
+        let (_d, ctx, root) = setup();
+        for i in 0..300 {
+            fs::write(ctx.join(format!("src/f{i}.txt")), format!("{i}")).unwrap();
+        }
+        let all = hash_sources(&req(&ctx, &root, &["src"], "/"), &mem()).unwrap();
+        let mut text = String::new();
+        for (rel, line) in &all.entries {
+            text.push_str(&format!("{rel}\0{line}\n"));
+        }
+        assert_eq!(all.digest, Digest::of(text.as_bytes()));
+        assert_eq!(all.entries.len(), 304);
+        assert!(all
+            .entries
+            .iter()
+            .any(|(p, l)| p == "src/f7.txt" && l.ends_with(&Digest::of(b"7").to_string())));
     }
 }

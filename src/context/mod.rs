@@ -1,5 +1,6 @@
 //! The build context: walking it and `.dockerignore`.
 pub mod copy;
 mod gosyntax;
+pub mod hashcache;
 pub mod ignore;
 pub mod walk;

@@ -4,7 +4,7 @@
 use crate::export::LayerRef;
 use crate::layer::Compression;
 use crate::oci::manifest::ImageConfig;
-use crate::oci::{DiffId, Platform, Reference};
+use crate::oci::{DiffId, Digest, Platform, Reference};
 use crate::registry::pull::{PullOptions, Puller};
 use crate::snapshot::{ChainId, Snapshotter};
 use crate::store::Store;
@@ -24,6 +24,8 @@ pub struct LayerState {
 pub struct ImageState {
     pub config: ImageConfig,
     pub layers: Vec<LayerState>,
+    /// The image ID (config digest) of the pulled image this state starts from, if any.
+    pub base_id: Option<Digest>,
 }
 
 impl ImageState {
@@ -102,6 +104,7 @@ pub async fn resolve_image(
         });
         parent = Some(chain);
     }
+    let base_id = image.id().clone();
     let mut config = image.config;
     config.created = None;
     // BuildKit's image type keeps only the OCI fields plus Docker's Healthcheck, ArgsEscaped,
@@ -112,7 +115,14 @@ pub async fn resolve_image(
     if let Some(c) = config.config.as_mut() {
         c.extra.clear();
     }
-    Ok((reference, ImageState { config, layers }))
+    Ok((
+        reference,
+        ImageState {
+            config,
+            layers,
+            base_id: Some(base_id),
+        },
+    ))
 }
 
 /// Unpacks a stored layer blob on top of `parent`.

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::cache::key::{explain_miss, StepMaterial};
 use crate::cache::{Cache, CacheRecord, CachedLayer};
+use crate::context::hashcache::FileHashCache;
 use crate::context::ignore::PatternMatcher;
 use crate::dockerfile::{Command, Dockerfile, Instruction};
 use crate::export::{build_time, export_image, ExportOptions, LayerRef};
@@ -39,6 +41,8 @@ pub struct Builder {
     pub sandbox: Sandbox,
     pub reporter: Arc<dyn Reporter>,
     pub state_root: PathBuf,
+    /// Content digests of context files, per context directory, saved after each build.
+    pub context_hashes: std::sync::Mutex<BTreeMap<PathBuf, Arc<FileHashCache>>>,
 }
 
 pub struct BuildRequest {
@@ -53,6 +57,10 @@ pub struct BuildRequest {
     pub network: NetworkMode,
     pub secrets: BTreeMap<String, Secret>,
     pub no_cache: bool,
+    /// `--no-cache-filter`: stages (by name or index) built without the cache.
+    pub no_cache_filter: Vec<String>,
+    /// `--explain-cache`: list more of what changed under each missed step.
+    pub explain_cache: bool,
     pub pull: bool,
     pub layer: LayerSettings,
     pub oci_media_types: bool,
@@ -85,13 +93,21 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-fn key_of(parts: &[&str]) -> Digest {
-    let mut buf = String::from("kiln-step-v1");
-    for p in parts {
-        buf.push('\0');
-        buf.push_str(p);
+/// How many changed paths a miss explanation lists.
+fn explain_detail(req: &BuildRequest) -> usize {
+    if req.explain_cache {
+        20
+    } else {
+        3
     }
-    Digest::of(buf.as_bytes())
+}
+
+/// A step's place in the build (context, stage, position), to compare it with the same step
+/// of an earlier build when it misses.
+fn step_location(req: &BuildRequest, stage: usize, stage_label: &str, position: &str) -> Digest {
+    let context =
+        std::fs::canonicalize(&req.context_dir).unwrap_or_else(|_| req.context_dir.clone());
+    Digest::of(format!("{}\0{stage}\0{stage_label}\0{position}", context.display()).as_bytes())
 }
 
 impl Builder {
@@ -246,6 +262,16 @@ impl Builder {
         )?;
         let unused = StageScope::unused_build_args(&req.build_args, &used_args);
         let mut warnings = Vec::new();
+        for hashes in self
+            .context_hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            if let Err(e) = hashes.save() {
+                warnings.push(format!("cannot save the context hash cache: {e}"));
+            }
+        }
         if !unused.is_empty() {
             warnings.push(format!(
                 "[Warning] One or more build-args [{}] were not consumed",
@@ -307,9 +333,13 @@ impl Builder {
                     ImageState {
                         config,
                         layers: Vec::new(),
+                        base_id: None,
                     },
                     Vec::new(),
-                    key_of(&["scratch", &planned.platform.to_string()]),
+                    StepMaterial::new("FROM", None)
+                        .field("scratch", "")
+                        .field("platform", planned.platform.to_string())
+                        .key(),
                 )
             }
             Base::Stage(parent) => {
@@ -330,17 +360,28 @@ impl Builder {
                 )
                 .await
                 .map_err(|e| e.in_step(&stage.from.original, &stage.from.span))?;
-                let identity = image
-                    .layers
-                    .last()
-                    .map(|l| l.chain.to_string())
+                let id = image
+                    .base_id
+                    .as_ref()
+                    .map(|d| d.to_string())
                     .unwrap_or_default();
-                let k = key_of(&[
-                    "image",
-                    &resolved.to_string(),
-                    &identity,
-                    &serde_json::to_string(&image.config).unwrap_or_default(),
-                ]);
+                let mut material = StepMaterial::new("FROM", None)
+                    .field("id", id)
+                    .field("platform", planned.platform.to_string());
+                material.about.insert("image".into(), resolved.to_string());
+                let location = step_location(req, index, &stage_label, "FROM");
+                let previous = self.cache.previous_step(&location);
+                if previous
+                    .as_ref()
+                    .is_some_and(|p| p.fields != material.fields)
+                {
+                    self.reporter.report(Event::CacheMiss {
+                        id: from_id.clone(),
+                        reasons: explain_miss(previous.as_ref(), &material, explain_detail(req)),
+                    });
+                }
+                self.cache.remember_step(&location, &material)?;
+                let k = material.key();
                 (image, Vec::new(), k)
             }
         };
@@ -390,7 +431,8 @@ impl Builder {
         }
         instructions.extend(stage.instructions.iter().cloned());
 
-        for instr in &instructions {
+        for (position, instr) in instructions.iter().enumerate() {
+            let location = step_location(req, index, &stage_label, &position.to_string());
             let step_no = steps.fetch_add(1, Ordering::Relaxed) + 1;
             let step_id = step_no.to_string();
             let started = Instant::now();
@@ -415,6 +457,7 @@ impl Builder {
                     &mut meta,
                     &mut key,
                     &expanded,
+                    &location,
                     &step_id,
                     &name,
                     created,
@@ -448,6 +491,7 @@ impl Builder {
         meta: &mut StageMeta,
         key: &mut Digest,
         instr: &Instruction,
+        location: &Digest,
         step_id: &str,
         name: &str,
         created: &str,
@@ -499,16 +543,15 @@ impl Builder {
                     None => req.network,
                 };
                 let mount_desc: Vec<String> = run.mounts.iter().map(|m| m.raw.clone()).collect();
-                let step_key = key_of(&[
-                    &key.to_string(),
-                    "RUN",
-                    &serde_json::to_string(&args).unwrap_or_default(),
-                    &env.join("\n"),
-                    &workdir,
-                    &user,
-                    &format!("{network:?}"),
-                    &mount_desc.join("\n"),
-                ]);
+                let mut material = StepMaterial::new("RUN", Some(&*key))
+                    .field("cmd", serde_json::to_string(&args).unwrap_or_default())
+                    .env(&env)
+                    .field("workdir", workdir.clone())
+                    .field("user", user.clone())
+                    .field("network", format!("{network:?}"));
+                for (i, m) in mount_desc.iter().enumerate() {
+                    material = material.field(&format!("mount:{i}"), m.clone());
+                }
                 let image_env = image
                     .config
                     .config
@@ -516,7 +559,8 @@ impl Builder {
                     .and_then(|c| c.env.clone())
                     .unwrap_or_default();
                 let line = run_created_by(&args, &scope.run_arg_pairs(&image_env));
-                let cached = self.try_cache(req, &step_key, image)?;
+                let (step_key, cached) =
+                    self.check_cache(req, stage, &material, location, step_id, image)?;
                 if !cached {
                     let parent = image.top_chain().cloned();
                     let lowers = match &parent {
@@ -695,9 +739,13 @@ impl Builder {
                     settings,
                     escape: plan.escape,
                 };
-                let prepared = prepare_copy(&fctx, instr, &workdir)?;
-                let step_key = key_of(&[&key.to_string(), "COPY", &prepared.material]);
-                let cached = self.try_cache(req, &step_key, image)?;
+                let hashes = self.context_hashes(&req.context_dir);
+                let prepared = prepare_copy(&fctx, instr, &workdir, &hashes)?;
+                let mut material = StepMaterial::new("COPY", Some(&*key));
+                material.fields = prepared.material.clone();
+                material.files = prepared.files.clone();
+                let (step_key, cached) =
+                    self.check_cache(req, stage, &material, location, step_id, image)?;
                 if !cached {
                     let parent = image.top_chain().cloned();
                     let layer = execute_copy(&fctx, &prepared, &workdir, parent.as_ref())?;
@@ -722,10 +770,18 @@ impl Builder {
                     .and_then(|c| c.working_dir.clone())
                     .unwrap_or_else(|| "/".into());
                 let mut empty = true;
+                let mut step_cached = None;
                 if new_dir != "/" {
+                    self.reporter.report(Event::StepStarted {
+                        id: step_id.into(),
+                        name: name.into(),
+                    });
                     let fctx_store = &self.store;
-                    let step_key = key_of(&[&key.to_string(), "WORKDIR", &new_dir, &user]);
-                    let cached = self.try_cache(req, &step_key, image)?;
+                    let material = StepMaterial::new("WORKDIR", Some(&*key))
+                        .field("dir", new_dir.clone())
+                        .field("user", user.clone());
+                    let (step_key, cached) =
+                        self.check_cache(req, stage, &material, location, step_id, image)?;
                     if !cached {
                         let layer = workdir_step(
                             fctx_store,
@@ -743,9 +799,10 @@ impl Builder {
                     }
                     empty = self.cache.get(&step_key).and_then(|r| r.layer).is_none();
                     *key = step_key;
+                    step_cached = Some(cached);
                 }
                 history(image, format!("WORKDIR {new_dir}"), empty);
-                Ok(None)
+                Ok(step_cached)
             }
             Command::Arg { .. } => {
                 history(image, created_by(instr, None, &workdir), true);
@@ -772,26 +829,63 @@ impl Builder {
                     created_by(instr, cmd_args.as_deref(), &workdir),
                     true,
                 );
-                *key = key_of(&[
-                    &key.to_string(),
-                    "META",
-                    &serde_json::to_string(&image.config.config).unwrap_or_default(),
-                ]);
+                // Config-only: later steps see ENV/USER/WORKDIR/SHELL through their own key
+                // fields, so LABEL, EXPOSE, CMD, … never bust them (see cache::key).
                 Ok(None)
             }
         }
     }
 
-    /// On a cache hit, puts the cached layer (if any) on the image; `true` when hit.
-    fn try_cache(
+    /// The context-file digest cache for `dir`, loaded once per builder.
+    fn context_hashes(&self, dir: &Path) -> Arc<FileHashCache> {
+        let mut caches = self
+            .context_hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        caches
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| Arc::new(FileHashCache::load(&self.state_root, dir)))
+            .clone()
+    }
+
+    /// The step's key and whether it hit. On a miss, reports why (against what the same step
+    /// was built from last time); either way remembers what it is built from now.
+    fn check_cache(
         &self,
         req: &BuildRequest,
-        key: &Digest,
+        stage: usize,
+        material: &StepMaterial,
+        location: &Digest,
+        step_id: &str,
         image: &mut ImageState,
-    ) -> Result<bool, BuildError> {
-        if req.no_cache {
-            return Ok(false);
+    ) -> Result<(Digest, bool), BuildError> {
+        let key = material.key();
+        let stage_name = req.dockerfile.stages[stage].name.as_deref();
+        let filtered = req
+            .no_cache_filter
+            .iter()
+            .any(|f| Some(f.as_str()) == stage_name || *f == stage.to_string());
+        let hit = !(req.no_cache || filtered) && self.try_cache(&key, image)?;
+        if !hit {
+            let reasons = if req.no_cache {
+                vec!["--no-cache".to_string()]
+            } else if filtered {
+                vec!["--no-cache-filter names this stage".to_string()]
+            } else {
+                let previous = self.cache.previous_step(location);
+                explain_miss(previous.as_ref(), material, explain_detail(req))
+            };
+            self.reporter.report(Event::CacheMiss {
+                id: step_id.to_string(),
+                reasons,
+            });
         }
+        self.cache.remember_step(location, material)?;
+        Ok((key, hit))
+    }
+
+    /// On a cache hit, puts the cached layer (if any) on the image; `true` when hit.
+    fn try_cache(&self, key: &Digest, image: &mut ImageState) -> Result<bool, BuildError> {
         let Some(record) = self.cache.get(key) else {
             return Ok(false);
         };

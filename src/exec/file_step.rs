@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::context::copy::{copy_into_root, hash_sources, ChmodSpec, CopyRequest};
+use crate::context::hashcache::FileHashCache;
 use crate::context::ignore::PatternMatcher;
 use crate::dockerfile::{Command, Dockerfile, Instruction};
 use crate::sandbox::{resolve_user_from, Root};
@@ -104,7 +105,10 @@ pub async fn download_urls(
 
 /// A COPY/ADD ready to run: its cache material and what it needs.
 pub struct PreparedCopy {
-    pub material: String,
+    /// The step's cache-key fields (see `cache::key`).
+    pub material: BTreeMap<String, String>,
+    /// Each selected context path and what lands for it, to explain a miss.
+    pub files: Vec<(String, String)>,
     sources: Vec<String>,
     heredocs: Vec<(String, String)>,
     dest: String,
@@ -130,6 +134,7 @@ pub fn prepare_copy(
     ctx: &FileStepContext<'_>,
     instr: &Instruction,
     workdir: &str,
+    hashes: &FileHashCache,
 ) -> Result<PreparedCopy, BuildError> {
     let (files, from, chown, chmod, parents, excludes, is_add) = match &instr.command {
         Command::Copy(c) => (
@@ -189,45 +194,64 @@ pub fn prepare_copy(
         .iter()
         .map(|c| (c.path.clone(), c.data.clone()))
         .collect();
+    let mut files_seen = Vec::new();
     let content = if local_sources.is_empty() {
         crate::oci::Digest::of(b"")
     } else {
         match &from_root {
-            None => hash_sources(&CopyRequest {
-                source_root: ctx.context_dir,
-                ignore: ctx.ignore,
-                sources: local_sources.clone(),
-                dest: files.dest.clone(),
-                workdir: workdir.to_string(),
-                dest_root: ctx.context_dir,
-                chown: None,
-                chmod: None,
-                parents,
-                excludes: excludes.clone(),
-                source_date_epoch: ctx.settings.source_date_epoch,
-                preserve_owner: false,
+            None => hash_sources(
+                &CopyRequest {
+                    source_root: ctx.context_dir,
+                    ignore: ctx.ignore,
+                    sources: local_sources.clone(),
+                    dest: files.dest.clone(),
+                    workdir: workdir.to_string(),
+                    dest_root: ctx.context_dir,
+                    chown: None,
+                    chmod: None,
+                    parents,
+                    excludes: excludes.clone(),
+                    source_date_epoch: ctx.settings.source_date_epoch,
+                    preserve_owner: false,
+                },
+                hashes,
+            )
+            .map(|d| {
+                files_seen = d.entries;
+                d.digest
             })
             .map_err(|e| BuildError::Invalid(e.to_string()))?,
             // A stage's content is identified by its snapshot chain.
             Some(chain) => crate::oci::Digest::of(format!("{chain:?}").as_bytes()),
         }
     };
-    let material = serde_json::json!({
-        "instruction": instr.original,
-        "sources": files.sources,
-        "heredocs": heredocs,
-        "dest": files.dest,
-        "workdir": workdir,
-        "chown": chown,
-        "chmod": chmod,
-        "parents": parents,
-        "excludes": excludes,
-        "content": content.to_string(),
-        "urls": ctx.url_files.iter().map(|u| u.digest.to_string()).collect::<Vec<_>>(),
-    })
-    .to_string();
+    let json = |v: serde_json::Value| v.to_string();
+    let material: BTreeMap<String, String> = [
+        ("add", is_add.to_string()),
+        ("sources", json(serde_json::json!(files.sources))),
+        ("heredocs", json(serde_json::json!(heredocs))),
+        ("dest", files.dest.clone()),
+        ("workdir", workdir.to_string()),
+        ("chown", chown.clone().unwrap_or_default()),
+        ("chmod", chmod.clone().unwrap_or_default()),
+        ("parents", parents.to_string()),
+        ("excludes", json(serde_json::json!(excludes))),
+        ("content", content.to_string()),
+        (
+            "urls",
+            json(serde_json::json!(ctx
+                .url_files
+                .iter()
+                .map(|u| u.digest.to_string())
+                .collect::<Vec<_>>())),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     Ok(PreparedCopy {
         material,
+        files: files_seen,
         sources: local_sources,
         heredocs,
         dest: files.dest.clone(),

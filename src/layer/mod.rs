@@ -2,6 +2,7 @@
 //! directory ([`extract_layer`]).
 
 pub mod extract;
+pub mod pargzip;
 pub mod write;
 
 pub use extract::{extract_layer, ExtractOptions, ExtractStats, LayerError, WhiteoutMode};

