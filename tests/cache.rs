@@ -231,3 +231,81 @@ fn two_builds_sharing_a_state_root_both_succeed() {
     let images = ok(&kiln(p.root.path(), &p.reg, &["images"]));
     assert!(images.contains("one") && images.contains("two"), "{images}");
 }
+
+/// Copies a directory tree (new inodes, new mtimes: like a fresh clone on another machine).
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_fresh_state_root_builds_from_an_exported_local_cache() {
+    let a = Project::new();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let dest = format!("type=local,dest={},mode=max", cache_dir.path().display());
+    a.expect_from("machine A's build", &["--cache-to", &dest], Some(0));
+    let id_a = ok(&kiln(a.root.path(), &a.reg, &["inspect", "app"]));
+    assert!(cache_dir.path().join("index.json").is_file());
+
+    // Machine B: an empty state root and a fresh checkout of the same commit.
+    let b = Project {
+        reg: a.reg,
+        root: tempfile::tempdir().unwrap(),
+        ctx: tempfile::tempdir().unwrap(),
+    };
+    copy_tree(a.ctx.path(), b.ctx.path());
+    let src = format!("type=local,src={}", cache_dir.path().display());
+    let err = b.expect_from("machine B with the cache", &["--cache-from", &src], None);
+    assert!(err.contains("importing cache from"), "{err}");
+    let id_b = ok(&kiln(b.root.path(), &b.reg, &["inspect", "app"]));
+    let config = |inspect: &str| {
+        let v: serde_json::Value = serde_json::from_str(inspect).unwrap();
+        v["config"]["rootfs"].clone()
+    };
+    assert_eq!(config(&id_a), config(&id_b), "same layers on both machines");
+    // The image works from B's store.
+    let out = ok(&kiln(
+        b.root.path(),
+        &b.reg,
+        &["run", "app", "cat", "/one", "/two", "/three"],
+    ));
+    assert_eq!(out, "a1\n1");
+
+    // A one-file change on B: only the steps after the changed COPY run.
+    fs::write(b.path("dir/x"), "changed on B").unwrap();
+    let b2 = Project {
+        reg: b.reg,
+        root: tempfile::tempdir().unwrap(),
+        ctx: b.ctx,
+    };
+    b2.expect_from(
+        "a one-file change on a fresh machine",
+        &["--cache-from", &src],
+        Some(3),
+    );
+
+    // A cache that cannot be read is a warning, not a failure.
+    let missing = "type=local,src=/nonexistent/kiln-cache";
+    let err = b2.expect_from("an unreadable cache", &["--cache-from", missing], None);
+    assert!(
+        err.contains("warning: cannot import cache from /nonexistent/kiln-cache"),
+        "{err}"
+    );
+    let err = b2.expect_from(
+        "an unreachable registry cache",
+        &["--cache-from", "type=registry,ref=127.0.0.1:9/none/cache:x"],
+        None,
+    );
+    assert!(
+        err.contains("warning: cannot import cache from 127.0.0.1:9/none/cache:x"),
+        "{err}"
+    );
+}

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub mod key;
+pub mod transfer;
 
 use crate::oci::{DiffId, Digest};
 use crate::store::Store;
@@ -40,6 +41,19 @@ pub struct CachedLayer {
 pub struct CacheRecord {
     /// `None`: the step ran and changed nothing.
     pub layer: Option<CachedLayer>,
+    /// Imported with `--cache-from`: where the layer blob is fetched from when a build first
+    /// needs it (until then it need not be in the store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<RecordSource>,
+}
+
+/// Where an imported record's layer lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordSource {
+    /// An OCI layout written by `--cache-to type=local`.
+    Directory(PathBuf),
+    /// A repository (`registry/name`) a `--cache-to type=registry` pushed to.
+    Registry(String),
 }
 
 #[derive(Debug, Clone)]
@@ -69,7 +83,7 @@ impl Cache {
         let file = fs::File::open(&path).ok()?;
         let record: CacheRecord = serde_json::from_reader(std::io::BufReader::new(&file)).ok()?;
         if let Some(layer) = &record.layer {
-            if !self.store.has_blob(&layer.digest) {
+            if record.source.is_none() && !self.store.has_blob(&layer.digest) {
                 return None;
             }
         }
@@ -164,8 +178,22 @@ mod tests {
         let cache = Cache::open(&dir.path().join("root"), store.clone()).unwrap();
         let key = Digest::of(b"step");
         assert_eq!(cache.get(&key), None);
-        cache.put(&key, &CacheRecord { layer: None }).unwrap();
-        assert_eq!(cache.get(&key), Some(CacheRecord { layer: None }));
+        cache
+            .put(
+                &key,
+                &CacheRecord {
+                    layer: None,
+                    source: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            cache.get(&key),
+            Some(CacheRecord {
+                layer: None,
+                source: None
+            })
+        );
         let blob = store.write_blob(b"layer bytes").unwrap();
         let layer = CachedLayer {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
@@ -179,6 +207,7 @@ mod tests {
                 &key2,
                 &CacheRecord {
                     layer: Some(layer.clone()),
+                    source: None,
                 },
             )
             .unwrap();
@@ -195,6 +224,7 @@ mod tests {
                         digest: missing,
                         ..cache.get(&key2).unwrap().layer.unwrap()
                     }),
+                    source: None,
                 },
             )
             .unwrap();

@@ -55,6 +55,7 @@ fn open_builder(
         reporter,
         state_root: root,
         context_hashes: Default::default(),
+        step_keys: Default::default(),
     })
 }
 
@@ -171,6 +172,16 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     for t in &args.tags {
         tags.push(crate::oci::Reference::parse(t)?.to_string());
     }
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|s| super::cache_opts::parse_cache_spec(s, false))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|s| super::cache_opts::parse_cache_spec(s, true))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let store = args.store.open()?;
     let builder = open_builder(store, &args.registry, rep, args.runtime.as_deref())?;
     let request = BuildRequest {
@@ -214,6 +225,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             signal_children(rustix::process::Signal::KILL);
         }
     });
+    rt.block_on(super::cache_opts::import_caches(&builder, &cache_from));
     let outcome = match rt.block_on(builder.build(request)) {
         Ok(o) => o,
         Err(_) if interrupted.load(std::sync::atomic::Ordering::SeqCst) => {
@@ -228,6 +240,9 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     for w in &outcome.warnings {
         eprintln!("{w}");
     }
+    rt.block_on(super::cache_opts::export_caches(
+        &builder, &cache_to, &outcome,
+    ))?;
     if let Some(path) = &args.iidfile {
         std::fs::write(path, outcome.id.to_string())
             .with_context(|| format!("writing {}", path.display()))?;

@@ -42,6 +42,12 @@ pub struct BuildArgs {
     /// Do not use the build cache for these stages (name or index; repeatable, comma-separated)
     #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
     pub no_cache_filter: Vec<String>,
+    /// Import build cache: `type=registry,ref=REF` or `type=local,src=DIR` (repeatable)
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
+    /// Export build cache: `type=registry,ref=REF[,mode=min|max]` or `type=local,dest=DIR[,mode=..]`
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
     /// Under each step that missed the cache, list what changed (up to 20 paths, not 3)
     #[arg(long)]
     pub explain_cache: bool,

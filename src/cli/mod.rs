@@ -3,12 +3,14 @@
 
 mod build;
 mod build_args;
+mod cache_opts;
 mod check;
 mod check_ignore;
 mod images;
 mod login;
 mod parse;
 mod pull;
+mod push_cache;
 mod registry_opts;
 pub mod render;
 
@@ -30,7 +32,7 @@ enum Commands {
     /// Run BuildKit's build checks (linter) on a Dockerfile
     Check(check::CheckArgs),
     /// Build an image from a Dockerfile
-    Build(build_args::BuildArgs),
+    Build(Box<build_args::BuildArgs>),
     /// Run a command in an image from the store
     Run(build::RunArgs),
     /// Pull an image from a registry into the local store
@@ -66,7 +68,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Parse(args) => parse::run(args),
         Commands::Check(args) => check::run(args),
-        Commands::Build(args) => build::build(args),
+        Commands::Build(args) => build::build(*args),
         Commands::Run(args) => build::run(args),
         Commands::Pull(args) => pull::run(args),
         Commands::Images(args) => images::images(args),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cache::key::{explain_miss, StepMaterial};
-use crate::cache::{Cache, CacheRecord, CachedLayer};
+use crate::cache::{Cache, CacheRecord, CachedLayer, RecordSource};
 use crate::context::hashcache::FileHashCache;
 use crate::context::ignore::PatternMatcher;
 use crate::dockerfile::{Command, Dockerfile, Instruction};
@@ -43,6 +43,8 @@ pub struct Builder {
     pub state_root: PathBuf,
     /// Content digests of context files, per context directory, saved after each build.
     pub context_hashes: std::sync::Mutex<BTreeMap<PathBuf, Arc<FileHashCache>>>,
+    /// Every step key this builder looked up, with its stage, for `--cache-to`.
+    pub step_keys: std::sync::Mutex<Vec<(usize, Digest)>>,
 }
 
 pub struct BuildRequest {
@@ -72,6 +74,10 @@ pub struct BuildOutcome {
     pub manifest_digest: Digest,
     pub tags: Vec<String>,
     pub warnings: Vec<String>,
+    /// Keys of the steps the final image is made of (`--cache-to mode=min`).
+    pub cache_keys_min: Vec<Digest>,
+    /// Keys of every step of every stage built (`mode=max`).
+    pub cache_keys_max: Vec<Digest>,
 }
 
 /// A finished stage: its image, and its ARGs for stages built on it.
@@ -278,11 +284,29 @@ impl Builder {
                 unused.join(" ")
             ));
         }
+        // The target and the stages it is built FROM make the final image.
+        let mut final_stages = BTreeSet::from([plan.target]);
+        let mut at = plan.target;
+        while let Base::Stage(parent) = &plan.stages[at].base {
+            final_stages.insert(*parent);
+            at = *parent;
+        }
+        let keys = self
+            .step_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Ok(BuildOutcome {
             id: exported.id,
             manifest_digest: exported.manifest.digest,
             tags: req.tags,
             warnings,
+            cache_keys_min: keys
+                .iter()
+                .filter(|(s, _)| final_stages.contains(s))
+                .map(|(_, k)| k.clone())
+                .collect(),
+            cache_keys_max: keys.into_iter().map(|(_, k)| k).collect(),
         })
     }
 
@@ -559,8 +583,9 @@ impl Builder {
                     .and_then(|c| c.env.clone())
                     .unwrap_or_default();
                 let line = run_created_by(&args, &scope.run_arg_pairs(&image_env));
-                let (step_key, cached) =
-                    self.check_cache(req, stage, &material, location, step_id, image)?;
+                let (step_key, cached) = self
+                    .check_cache(req, stage, &material, location, step_id, image)
+                    .await?;
                 if !cached {
                     let parent = image.top_chain().cloned();
                     let lowers = match &parent {
@@ -744,8 +769,9 @@ impl Builder {
                 let mut material = StepMaterial::new("COPY", Some(&*key));
                 material.fields = prepared.material.clone();
                 material.files = prepared.files.clone();
-                let (step_key, cached) =
-                    self.check_cache(req, stage, &material, location, step_id, image)?;
+                let (step_key, cached) = self
+                    .check_cache(req, stage, &material, location, step_id, image)
+                    .await?;
                 if !cached {
                     let parent = image.top_chain().cloned();
                     let layer = execute_copy(&fctx, &prepared, &workdir, parent.as_ref())?;
@@ -780,8 +806,9 @@ impl Builder {
                     let material = StepMaterial::new("WORKDIR", Some(&*key))
                         .field("dir", new_dir.clone())
                         .field("user", user.clone());
-                    let (step_key, cached) =
-                        self.check_cache(req, stage, &material, location, step_id, image)?;
+                    let (step_key, cached) = self
+                        .check_cache(req, stage, &material, location, step_id, image)
+                        .await?;
                     if !cached {
                         let layer = workdir_step(
                             fctx_store,
@@ -850,7 +877,7 @@ impl Builder {
 
     /// The step's key and whether it hit. On a miss, reports why (against what the same step
     /// was built from last time); either way remembers what it is built from now.
-    fn check_cache(
+    async fn check_cache(
         &self,
         req: &BuildRequest,
         stage: usize,
@@ -865,7 +892,7 @@ impl Builder {
             .no_cache_filter
             .iter()
             .any(|f| Some(f.as_str()) == stage_name || *f == stage.to_string());
-        let hit = !(req.no_cache || filtered) && self.try_cache(&key, image)?;
+        let hit = !(req.no_cache || filtered) && self.try_cache(&key, image).await?;
         if !hit {
             let reasons = if req.no_cache {
                 vec!["--no-cache".to_string()]
@@ -881,11 +908,15 @@ impl Builder {
             });
         }
         self.cache.remember_step(location, material)?;
+        self.step_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((stage, key.clone()));
         Ok((key, hit))
     }
 
     /// On a cache hit, puts the cached layer (if any) on the image; `true` when hit.
-    fn try_cache(&self, key: &Digest, image: &mut ImageState) -> Result<bool, BuildError> {
+    async fn try_cache(&self, key: &Digest, image: &mut ImageState) -> Result<bool, BuildError> {
         let Some(record) = self.cache.get(key) else {
             return Ok(false);
         };
@@ -893,6 +924,20 @@ impl Builder {
             let parent = image.top_chain().cloned();
             let chain = ChainId::of(parent.as_ref(), &layer.diff_id);
             if !self.snapshots.exists(&chain) {
+                if !self.store.has_blob(&layer.digest) {
+                    if let Err(e) = self
+                        .fetch_imported_layer(&layer, record.source.as_ref())
+                        .await
+                    {
+                        self.reporter.report(Event::Warning {
+                            message: format!(
+                                "cannot fetch cached layer {}: {e}; running the step instead",
+                                layer.digest
+                            ),
+                        });
+                        return Ok(false);
+                    }
+                }
                 unpack_blob(
                     &self.store,
                     &self.snapshots,
@@ -915,6 +960,35 @@ impl Builder {
         Ok(true)
     }
 
+    /// Brings an imported (`--cache-from`) record's layer into the store.
+    async fn fetch_imported_layer(
+        &self,
+        layer: &CachedLayer,
+        source: Option<&RecordSource>,
+    ) -> Result<(), String> {
+        match source {
+            None => Err("the blob is not in the store".into()),
+            Some(RecordSource::Directory(dir)) => {
+                crate::cache::transfer::fetch_from_dir(&self.store, dir, layer)
+                    .map_err(|e| e.to_string())
+            }
+            Some(RecordSource::Registry(repo)) => {
+                let reference = crate::oci::Reference::parse(repo).map_err(|e| e.to_string())?;
+                self.puller
+                    .fetch_blob(
+                        &reference,
+                        &layer.media_type,
+                        &layer.digest,
+                        layer.size,
+                        "cached layer",
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
     fn record(&self, key: &Digest, layer: Option<&LayerState>) -> Result<(), BuildError> {
         let record = CacheRecord {
             layer: layer.map(|l| CachedLayer {
@@ -923,6 +997,7 @@ impl Builder {
                 size: l.layer.size,
                 diff_id: l.diff_id.clone(),
             }),
+            source: None,
         };
         Ok(self.cache.put(key, &record)?)
     }

@@ -168,6 +168,76 @@ impl Puller {
         }))
     }
 
+    /// The manifest `reference` names, from the first endpoint (mirrors first) that has it.
+    pub async fn fetch_manifest(
+        &self,
+        reference: &Reference,
+    ) -> Result<super::client::FetchedManifest, PullError> {
+        let endpoints = self
+            .config
+            .endpoints(reference.registry(), &self.credentials)?;
+        let mut last = None;
+        for endpoint in endpoints {
+            let client = RegistryClient::new(endpoint)?;
+            match client
+                .get_manifest(reference.repository(), &reference.manifest_reference())
+                .await
+            {
+                Ok(m) => return Ok(m),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => e.into(),
+            None => PullError::Task {
+                what: reference.to_string(),
+                message: "no registry endpoint to fetch from".into(),
+            },
+        })
+    }
+
+    /// Downloads one blob of `reference`'s repository into the store (digest and size
+    /// checked), from the first endpoint that serves it; bytes moved (0 if already present).
+    pub async fn fetch_blob(
+        &self,
+        reference: &Reference,
+        media_type: &str,
+        digest: &Digest,
+        size: u64,
+        label: &str,
+    ) -> Result<u64, PullError> {
+        let desc = WireDescriptor {
+            media_type: media_type.to_string(),
+            digest: digest.clone(),
+            size,
+            platform: None,
+        };
+        let endpoints = self
+            .config
+            .endpoints(reference.registry(), &self.credentials)?;
+        let mut last = None;
+        for endpoint in endpoints {
+            let client = RegistryClient::new(endpoint)?;
+            match fetch_one(
+                &client,
+                &self.store,
+                &*self.reporter,
+                reference.repository(),
+                &desc,
+                label,
+            )
+            .await
+            {
+                Ok(n) => return Ok(n),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| PullError::Task {
+            what: reference.to_string(),
+            message: "no registry endpoint to fetch from".into(),
+        }))
+    }
+
     async fn pull_from(
         &self,
         client: &Arc<RegistryClient>,
