@@ -309,3 +309,64 @@ fn a_fresh_state_root_builds_from_an_exported_local_cache() {
         "{err}"
     );
 }
+
+#[test]
+fn prune_drops_cache_but_never_what_a_tagged_image_needs() {
+    let p = Project::new();
+    p.expect_from("the first build", &[], Some(0));
+    p.expect_from("a variant", &["--build-arg", "V=2"], Some(4));
+    let records = || {
+        fs::read_dir(p.root.path().join("cache-v1"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "json")
+            })
+            .count()
+    };
+    assert!(records() >= 6, "{}", records());
+
+    // Fresh cache survives an age filter.
+    let out = kiln(p.root.path(), &p.reg, &["prune", "--filter", "until=1h"]);
+    ok(&out);
+    p.expect_from("prune --filter until=1h", &[], None);
+
+    // A size budget of one byte drops all cache; the tagged image still works.
+    let out = kiln(p.root.path(), &p.reg, &["prune", "--keep-storage", "1"]);
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Total reclaimed space"), "{err}");
+    assert_eq!(records(), 0, "{err}");
+    let run = ok(&kiln(
+        p.root.path(),
+        &p.reg,
+        &["run", "app", "cat", "/one", "/three"],
+    ));
+    assert_eq!(run, "a1");
+    support::busybox::unpack(
+        p.root.path(),
+        "docker.io/library/app:latest",
+        &p.root.path().join("check"),
+    );
+
+    p.expect_from("a build after pruning", &[], Some(0));
+    ok(&kiln(p.root.path(), &p.reg, &["prune", "--all"]));
+    assert_eq!(records(), 0);
+    assert!(
+        kiln(p.root.path(), &p.reg, &["prune", "--filter", "since=1h"])
+            .status
+            .code()
+            == Some(1)
+    );
+
+    // A budget in the config file prunes after each build.
+    let config = p.root.path().join("config.toml");
+    fs::write(&config, "[gc]\nkeep-storage = \"1\"\n").unwrap();
+    let cfg = config.to_string_lossy().to_string();
+    let (_, err) = p.build(&["--config", &cfg]);
+    assert!(err.contains("auto-prune: freed"), "{err}");
+    assert_eq!(records(), 0);
+}

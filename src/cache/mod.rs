@@ -153,6 +153,41 @@ impl Cache {
         Ok(())
     }
 
+    /// Every record with its last use (the record file's mtime), least recently used first.
+    pub fn records(&self) -> Vec<(Digest, CacheRecord, std::time::SystemTime)> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let key: Digest = format!("sha256:{}", name.strip_suffix(".json")?)
+                    .parse()
+                    .ok()?;
+                let used = e.metadata().ok()?.modified().ok()?;
+                let record = serde_json::from_slice(&fs::read(e.path()).ok()?).ok()?;
+                Some((key, record, used))
+            })
+            .collect();
+        out.sort_by_key(|(_, _, used)| *used);
+        out
+    }
+
+    /// Drops the record for `key` (a missing record is fine).
+    pub fn remove(&self, key: &Digest) -> Result<(), CacheError> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CacheError::Io {
+                op: "remove",
+                path,
+                source,
+            }),
+        }
+    }
+
     /// Layer digests the cache refers to, to keep them through `prune`.
     pub fn referenced_blobs(&self) -> Vec<Digest> {
         let Ok(entries) = fs::read_dir(&self.dir) else {

@@ -243,6 +243,23 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(super::cache_opts::export_caches(
         &builder, &cache_to, &outcome,
     ))?;
+    if let Some(budget) = &builder.puller.config.gc.keep_storage {
+        let keep = crate::exec::prune::parse_size(budget).with_context(|| {
+            format!("invalid [gc] keep-storage {budget:?} in the config: use e.g. 20GB")
+        })?;
+        let options = crate::exec::prune::PruneOptions {
+            keep_storage: Some(keep),
+            ..Default::default()
+        };
+        // Skipped (not waited for) while other builds run.
+        let report = super::images::prune_store(&builder.store, &options, false)?;
+        if report.records_removed + report.snapshots_removed > 0 && mode.is_some() {
+            eprintln!(
+                "auto-prune: freed {} of build cache to stay under keep-storage {budget}",
+                super::render::human_bytes(report.bytes_freed)
+            );
+        }
+    }
     if let Some(path) = &args.iidfile {
         std::fs::write(path, outcome.id.to_string())
             .with_context(|| format!("writing {}", path.display()))?;

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use super::pull::StoreOpts;
 use super::render::human_bytes;
 use crate::oci::{Platform, Reference};
-use crate::store::{GcOptions, Store, StoredImage};
+use crate::store::{Store, StoredImage};
 
 #[derive(Debug, clap::Args)]
 pub struct ImagesArgs {
@@ -39,10 +39,19 @@ pub struct RmiArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct PruneArgs {
-    /// Keep unreferenced blobs younger than this many seconds (a concurrent pull or build may
-    /// not have tagged them yet)
-    #[arg(long, default_value_t = 300)]
-    grace_seconds: u64,
+    /// Remove all build cache (records and snapshots), not only what is stale
+    #[arg(short, long)]
+    all: bool,
+    /// Keep at most this much (e.g. 10GB, 512MiB), dropping least recently used cache first
+    #[arg(long, value_name = "SIZE")]
+    keep_storage: Option<String>,
+    /// `until=DURATION` (e.g. 48h, 7d): remove cache not used for that long (repeatable)
+    #[arg(long = "filter", value_name = "until=DURATION")]
+    filters: Vec<String>,
+    /// Keep unreferenced blobs younger than this many seconds (a concurrent pull may not have
+    /// tagged them yet)
+    #[arg(long)]
+    grace_seconds: Option<u64>,
     #[command(flatten)]
     store: StoreOpts,
 }
@@ -215,21 +224,69 @@ pub fn rmi(args: RmiArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
+    use crate::exec::prune::{parse_duration, parse_size, PruneOptions};
     let store = args.store.open()?;
-    let report = store.gc(&GcOptions {
-        grace: Duration::from_secs(args.grace_seconds),
-        ..GcOptions::default()
-    })?;
-    for d in &report.removed_blobs {
-        eprintln!("deleted: {d}");
+    let mut options = PruneOptions {
+        all: args.all,
+        grace: args.grace_seconds.map(Duration::from_secs),
+        ..PruneOptions::default()
+    };
+    if let Some(size) = &args.keep_storage {
+        options.keep_storage = Some(parse_size(size).with_context(|| {
+            format!("invalid --keep-storage {size:?}: use a size like 10GB or 512MiB")
+        })?);
     }
+    for filter in &args.filters {
+        match filter.split_once('=') {
+            Some(("until", d)) => {
+                options.until = Some(parse_duration(d).with_context(|| {
+                    format!("invalid duration in --filter {filter:?}: use e.g. 48h, 30m, 7d")
+                })?)
+            }
+            _ => anyhow::bail!("unsupported --filter {filter:?}: kiln knows until=DURATION"),
+        }
+    }
+    let report = prune_store(&store, &options, true)?;
     eprintln!(
-        "Total reclaimed space: {} ({} blobs; {} recent unreferenced blobs kept)",
-        human_bytes(report.removed_bytes),
-        report.removed_blobs.len(),
-        report.kept_recent
+        "Removed {} cache records, {} snapshots, {} blobs",
+        report.records_removed, report.snapshots_removed, report.blobs_removed
+    );
+    eprintln!(
+        "Total reclaimed space: {} ({} left)",
+        human_bytes(report.bytes_freed),
+        human_bytes(report.bytes_after)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prunes the state root of `store` under the builds lock; `None` when `wait` is false and a
+/// build is running.
+pub fn prune_store(
+    store: &Store,
+    options: &crate::exec::prune::PruneOptions,
+    wait: bool,
+) -> anyhow::Result<crate::exec::prune::PruneReport> {
+    use crate::exec::prune::BuildsLock;
+    let root = store.root().to_path_buf();
+    let Some(_lock) = BuildsLock::exclusive(&root, false)? else {
+        if !wait {
+            return Ok(Default::default());
+        }
+        eprintln!("waiting for running builds to finish…");
+        let _lock = BuildsLock::exclusive(&root, true)?;
+        return prune_locked(store, options, &root).map_err(Into::into);
+    };
+    prune_locked(store, options, &root).map_err(Into::into)
+}
+
+fn prune_locked(
+    store: &Store,
+    options: &crate::exec::prune::PruneOptions,
+    root: &std::path::Path,
+) -> Result<crate::exec::prune::PruneReport, crate::exec::error::BuildError> {
+    let cache = crate::cache::Cache::open(root, store.clone())?;
+    let snapshots = crate::snapshot::Snapshotter::new(root.join("snapshots"))?;
+    crate::exec::prune::prune(root, store, &cache, &snapshots, options)
 }
 
 #[cfg(test)]

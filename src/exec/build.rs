@@ -118,6 +118,8 @@ fn step_location(req: &BuildRequest, stage: usize, stage_label: &str, position: 
 
 impl Builder {
     pub async fn build(&self, req: BuildRequest) -> Result<BuildOutcome, BuildError> {
+        // Prune waits while builds run: snapshots a build mounts must not disappear.
+        let _builds_lock = super::prune::BuildsLock::shared(&self.state_root)?;
         let host = Platform::host();
         let plan = plan(
             &req.dockerfile,

@@ -4,6 +4,7 @@ pub mod base;
 pub mod error;
 pub mod metadata;
 pub mod mounts;
+pub mod prune;
 
 pub use error::BuildError;
 pub mod build;

@@ -23,6 +23,17 @@ use super::credentials::{CredentialError, CredentialSources};
 pub struct RegistryConfig {
     #[serde(default)]
     pub registry: BTreeMap<String, RegistryHostConfig>,
+    /// `[gc] keep-storage = "20GB"`: after each build, prune least recently used cache down to
+    /// this size.
+    #[serde(default)]
+    pub gc: GcConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    #[serde(default, rename = "keep-storage")]
+    pub keep_storage: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

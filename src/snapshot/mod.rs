@@ -195,6 +195,38 @@ impl Snapshotter {
         Ok(dir.join("fs"))
     }
 
+    /// Marks a snapshot as used now (its `meta.json` mtime), for least-recently-used pruning.
+    pub fn touch(&self, chain_id: &ChainId) {
+        if let Ok(f) = fs::File::open(self.snapshot_dir(chain_id).join("meta.json")) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// When the snapshot was last used (see [`Snapshotter::touch`]).
+    pub fn last_used(&self, chain_id: &ChainId) -> Option<std::time::SystemTime> {
+        fs::metadata(self.snapshot_dir(chain_id).join("meta.json"))
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
+    /// Bytes the snapshot's files take (the sum of their lengths).
+    pub fn disk_size(&self, chain_id: &ChainId) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path()),
+                    Ok(_) => e.metadata().map_or(0, |m| m.len()),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.fs_path(chain_id))
+    }
+
     pub fn exists(&self, chain_id: &ChainId) -> bool {
         self.snapshot_dir(chain_id).join("meta.json").is_file()
     }
@@ -306,6 +338,7 @@ impl Snapshotter {
                 return Err(SnapshotError::BadChain(chain_id.clone()));
             }
             let info = self.info(&id)?;
+            self.touch(&id);
             out.push(self.fs_path(&id));
             next = info.parent;
         }
