@@ -545,17 +545,31 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
             }
             drop(fd);
             stats.dirs += 1;
+            // Writing into a directory moves its mtime; like BuildKit, copied directories
+            // get their source times back once their contents are in.
+            let mut dirs = Vec::new();
             walk_source(req, excludes.as_ref(), &sel.rel, &mut |child, path, m| {
+                let rel = join_rel(&target, child);
                 write_entry(
                     &root,
-                    &join_rel(&target, child),
+                    &rel,
                     path,
                     m,
                     owner_of(m),
                     req.chmod.as_ref(),
                     &mut stats,
-                )
+                )?;
+                if m.is_dir() {
+                    dirs.push((rel, m.mtime(), m.mtime_nsec()));
+                }
+                Ok(())
             })?;
+            for (rel, secs, nanos) in dirs {
+                let (parent, name) = split_parent(&rel);
+                if let Ok(pfd) = root.resolve(parent, OFlags::PATH | OFlags::DIRECTORY) {
+                    set_times(&pfd, name, secs, nanos);
+                }
+            }
         } else {
             let (parent, _) = split_parent(&target);
             root.mkdir_all(parent, created_owner, None)?;

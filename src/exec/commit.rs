@@ -4,7 +4,11 @@
 
 use std::path::Path;
 
+use crate::layer::pargzip::ChunkIndex;
 use crate::layer::{write_overlay_diff, Compression, DiffOptions, LayerWriter};
+
+/// Where compressed gzip chunks of stored layers are indexed (see `layer::pargzip`).
+pub const GZIP_CHUNKS_DIR: &str = "gzip-chunks-v1";
 use crate::snapshot::{ChainId, Snapshotter};
 use crate::store::Store;
 
@@ -50,7 +54,12 @@ pub fn write_layer(
     settings: &LayerSettings,
 ) -> Result<Option<(LayerRef, crate::oci::DiffId)>, BuildError> {
     let ingest = store.ingest(None, None)?;
-    let mut writer = LayerWriter::new(ingest, settings.compression, settings.level)?;
+    let chunk_index = std::sync::Arc::new(ChunkIndex::new(
+        store.root().join(GZIP_CHUNKS_DIR),
+        store.blobs_dir(),
+    ));
+    let mut writer = LayerWriter::new(ingest, settings.compression, settings.level)?
+        .with_chunk_index(chunk_index.clone());
     let stats = write_overlay_diff(
         upper,
         &mut writer,
@@ -64,6 +73,11 @@ pub fn write_layer(
         return Ok(None);
     }
     let blob = ingest.commit()?;
+    chunk_index.record(
+        &blob.digest,
+        settings.level.unwrap_or(6).min(9),
+        &info.gzip_chunks,
+    );
     if blob.digest != info.digest {
         return Err(BuildError::Invalid(format!(
             "layer digest mismatch: wrote {} but the store computed {}",

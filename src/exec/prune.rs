@@ -158,6 +158,7 @@ pub fn prune(
         ..GcOptions::default()
     })?;
     report.blobs_removed = gc.removed_blobs.len();
+    drop_stale_chunk_entries(root, store);
 
     // Snapshots are unpacked copies of blobs: any not in a tagged image can go, leaves first.
     let mut candidates: Vec<(SystemTime, ChainId)> = snapshot_list
@@ -201,6 +202,24 @@ pub fn prune(
     report.bytes_after = blobs_size(store) + snapshot_sizes.values().sum::<u64>();
     report.bytes_freed = before.saturating_sub(report.bytes_after);
     Ok(report)
+}
+
+/// gzip chunk index entries whose blob is gone only cost a lookup; drop them with the blobs.
+fn drop_stale_chunk_entries(root: &Path, store: &Store) {
+    let dir = root.join(super::commit::GZIP_CHUNKS_DIR);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        let blob = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.split_whitespace().next().map(str::to_string));
+        let present = blob.is_some_and(|hex| store.blobs_dir().join(hex).is_file());
+        if !present {
+            let _ = fs::remove_file(&path);
+        }
+    }
 }
 
 /// Empties the build scratch directory (only called under the exclusive builds lock).

@@ -1,33 +1,136 @@
-//! Parallel gzip in the way of pigz: the input is cut into fixed 1 MiB chunks, each chunk is
-//! deflated on its own thread and ended with a sync flush, and the pieces are written in order
-//! between one gzip header and one trailer. The output is a single standard gzip member that
-//! any gunzip reads.
+//! Parallel gzip in the way of pigz: the input is cut into chunks, each chunk is deflated on
+//! its own thread and ended with a sync flush, and the pieces are written in order between one
+//! gzip header and one trailer. The output is a single standard gzip member any gunzip reads.
 //!
-//! The bytes depend only on the input and the level, never on the number of threads or on
-//! timing: chunk boundaries are fixed offsets and chunks share no dictionary. That keeps layer
-//! digests reproducible across machines.
+//! Chunk boundaries are content-defined (a gear rolling hash, 256 KiB to 4 MiB, about 1 MiB on
+//! average), so the bytes depend only on the input and the level, never on the number of
+//! threads, on timing or on how the input was split into writes: layer digests stay
+//! reproducible. Content-defined boundaries also re-synchronise after an insertion, so when a
+//! layer differs from an earlier one in a few files, most chunks are the same as before; a
+//! [`ChunkIndex`] remembers where each compressed chunk lives in a stored blob, and such chunks
+//! are copied instead of compressed again.
 
 use std::collections::VecDeque;
+use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// Input bytes per independently compressed chunk.
-const CHUNK: usize = 1 << 20;
+use crate::oci::Digest;
+
+const MIN_CHUNK: usize = 256 << 10;
+const MAX_CHUNK: usize = 4 << 20;
+/// 20 bits: a boundary every 1 MiB on average after the minimum.
+const BOUNDARY_MASK: u64 = (1 << 20) - 1;
+/// The gear hash only sees the last 64 bytes, so hashing starts 64 bytes before the minimum.
+const HASH_FROM: usize = MIN_CHUNK - 64;
 
 /// gzip header: deflate, no flags, mtime 0, no extra flags, OS "unknown" (what flate2 writes).
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
-type Pending = JoinHandle<io::Result<Vec<u8>>>;
+/// 256 fixed pseudo-random words for the gear hash (splitmix64 of the byte value).
+const GEAR: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut z = (i as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        table[i] = z ^ (z >> 31);
+        i += 1;
+    }
+    table
+};
+
+/// A compressed chunk as it was written: the sha256 of its input, and where its deflate bytes
+/// sit in the output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkPlacement {
+    pub input: Digest,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Where earlier compressed chunks can be found: `<dir>/<input sha256>-<level>` holds
+/// `<blob hex> <offset> <len>`, pointing into a content-addressed blob under `blobs_dir`.
+#[derive(Debug, Clone)]
+pub struct ChunkIndex {
+    dir: PathBuf,
+    blobs_dir: PathBuf,
+}
+
+impl ChunkIndex {
+    pub fn new(dir: impl Into<PathBuf>, blobs_dir: impl Into<PathBuf>) -> ChunkIndex {
+        ChunkIndex {
+            dir: dir.into(),
+            blobs_dir: blobs_dir.into(),
+        }
+    }
+
+    fn entry(&self, input: &Digest, level: u32) -> PathBuf {
+        self.dir.join(format!("{}-{level}", input.hex()))
+    }
+
+    /// The compressed bytes of a chunk seen before, if its blob is still there.
+    fn lookup(&self, input: &Digest, level: u32) -> Option<Vec<u8>> {
+        let text = fs::read_to_string(self.entry(input, level)).ok()?;
+        let mut parts = text.split_whitespace();
+        let (blob, offset, len) = (parts.next()?, parts.next()?, parts.next()?);
+        if blob.len() != 64 || !blob.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let (offset, len): (u64, usize) = (offset.parse().ok()?, len.parse().ok()?);
+        if len > 2 * MAX_CHUNK {
+            return None;
+        }
+        let file = fs::File::open(self.blobs_dir.join(blob)).ok()?;
+        let mut bytes = vec![0u8; len];
+        file.read_exact_at(&mut bytes, offset).ok()?;
+        Some(bytes)
+    }
+
+    /// Remembers where the chunks of the committed blob `blob` are. Best effort: a missing
+    /// entry only means compressing again.
+    pub fn record(&self, blob: &Digest, level: u32, chunks: &[ChunkPlacement]) {
+        if fs::create_dir_all(&self.dir).is_err() {
+            return;
+        }
+        for c in chunks {
+            let path = self.entry(&c.input, level);
+            if path.exists() {
+                continue;
+            }
+            let tmp = self
+                .dir
+                .join(format!(".{}.{}", c.input.hex(), std::process::id()));
+            let text = format!("{} {} {}\n", blob.hex(), c.offset, c.len);
+            if fs::write(&tmp, text).is_ok() && fs::rename(&tmp, &path).is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+        }
+    }
+}
+
+type Pending = JoinHandle<io::Result<(Vec<u8>, Digest)>>;
 
 pub struct ParallelGzip<W: Write> {
     out: W,
     level: u32,
     buf: Vec<u8>,
+    /// Rolling hash and length of the chunk being filled.
+    hash: u64,
     pending: VecDeque<Pending>,
     max_in_flight: usize,
     crc: crc32fast::Hasher,
     size: u64,
+    written: u64,
     header_written: bool,
+    index: Option<Arc<ChunkIndex>>,
+    placements: Vec<ChunkPlacement>,
 }
 
 impl<W: Write> ParallelGzip<W> {
@@ -36,24 +139,40 @@ impl<W: Write> ParallelGzip<W> {
         ParallelGzip {
             out,
             level: level.min(9),
-            buf: Vec::with_capacity(CHUNK),
+            buf: Vec::with_capacity(MIN_CHUNK * 2),
+            hash: 0,
             pending: VecDeque::new(),
-            // Two chunks per core keeps every core busy while bounding memory to a few MiB.
+            // Two chunks per core keeps every core busy while bounding memory.
             max_in_flight: threads.clamp(1, 16) * 2,
             crc: crc32fast::Hasher::new(),
             size: 0,
+            written: 0,
             header_written: false,
+            index: None,
+            placements: Vec::new(),
         }
+    }
+
+    /// Reuses compressed chunks found in `index` (the output bytes are the same either way).
+    pub fn with_index(mut self, index: Arc<ChunkIndex>) -> Self {
+        self.index = Some(index);
+        self
     }
 
     fn start_chunk(&mut self) -> io::Result<()> {
         if self.pending.len() >= self.max_in_flight {
             self.write_oldest()?;
         }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(MIN_CHUNK * 2));
         let level = self.level;
-        self.pending
-            .push_back(std::thread::spawn(move || deflate_chunk(&chunk, level)));
+        let index = self.index.clone();
+        self.pending.push_back(std::thread::spawn(move || {
+            let input = Digest::of(&chunk);
+            if let Some(bytes) = index.as_ref().and_then(|i| i.lookup(&input, level)) {
+                return Ok((bytes, input));
+            }
+            deflate_chunk(&chunk, level).map(|bytes| (bytes, input))
+        }));
         Ok(())
     }
 
@@ -61,23 +180,32 @@ impl<W: Write> ParallelGzip<W> {
         let Some(handle) = self.pending.pop_front() else {
             return Ok(());
         };
-        let bytes = handle
+        let (bytes, input) = handle
             .join()
             .map_err(|_| io::Error::other("a gzip worker thread panicked"))??;
         self.write_header()?;
-        self.out.write_all(&bytes)
+        self.out.write_all(&bytes)?;
+        self.placements.push(ChunkPlacement {
+            input,
+            offset: self.written,
+            len: bytes.len() as u64,
+        });
+        self.written += bytes.len() as u64;
+        Ok(())
     }
 
     fn write_header(&mut self) -> io::Result<()> {
         if !self.header_written {
             self.out.write_all(&HEADER)?;
             self.header_written = true;
+            self.written += HEADER.len() as u64;
         }
         Ok(())
     }
 
-    /// Compresses what is left, writes the final block and the trailer; returns the writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    /// Compresses what is left, writes the final block and the trailer; returns the writer and
+    /// where each chunk went (for [`ChunkIndex::record`] once the blob is stored).
+    pub fn finish(mut self) -> io::Result<(W, Vec<ChunkPlacement>)> {
         if !self.buf.is_empty() {
             self.start_chunk()?;
         }
@@ -91,7 +219,7 @@ impl<W: Write> ParallelGzip<W> {
             .write_all(&self.crc.clone().finalize().to_le_bytes())?;
         // ISIZE is the input length modulo 2^32 (RFC 1952).
         self.out.write_all(&(self.size as u32).to_le_bytes())?;
-        Ok(self.out)
+        Ok((self.out, self.placements))
     }
 }
 
@@ -99,15 +227,26 @@ impl<W: Write> Write for ParallelGzip<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.crc.update(data);
         self.size += data.len() as u64;
-        let mut rest = data;
-        while !rest.is_empty() {
-            let take = (CHUNK - self.buf.len()).min(rest.len());
-            self.buf.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            if self.buf.len() == CHUNK {
+        let mut start = 0;
+        let mut i = 0;
+        while i < data.len() {
+            let len = self.buf.len() + (i - start);
+            if len < HASH_FROM {
+                // Nothing before HASH_FROM can end a chunk or reach the hash.
+                i += (HASH_FROM - len).min(data.len() - i);
+                continue;
+            }
+            self.hash = (self.hash << 1).wrapping_add(GEAR[data[i] as usize]);
+            i += 1;
+            let len = len + 1;
+            if (len >= MIN_CHUNK && self.hash & BOUNDARY_MASK == 0) || len >= MAX_CHUNK {
+                self.buf.extend_from_slice(&data[start..i]);
+                start = i;
+                self.hash = 0;
                 self.start_chunk()?;
             }
         }
+        self.buf.extend_from_slice(&data[start..]);
         Ok(data.len())
     }
 
@@ -145,6 +284,13 @@ fn final_block(level: u32) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Whether `path` looks like a chunk index entry (for pruning).
+pub fn is_index_entry(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.len() > 65 && n.as_bytes()[64] == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,7 +302,7 @@ mod tests {
         for piece in data.chunks(77_777) {
             w.write_all(piece).unwrap();
         }
-        w.finish().unwrap()
+        w.finish().unwrap().0
     }
 
     fn gunzip(bytes: &[u8]) -> Vec<u8> {
@@ -183,7 +329,15 @@ mod tests {
 
     #[test]
     fn round_trips_empty_small_and_multi_chunk_inputs() {
-        for len in [0, 1, 100, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 12_345] {
+        for len in [
+            0,
+            1,
+            100,
+            MIN_CHUNK - 1,
+            MIN_CHUNK + 1,
+            MAX_CHUNK + 1,
+            5 * MAX_CHUNK + 12_345,
+        ] {
             let data = sample(len);
             let z = gz(&data, 6);
             assert_eq!(gunzip(&z), data, "length {len}");
@@ -193,7 +347,7 @@ mod tests {
 
     #[test]
     fn output_is_deterministic_and_compresses() {
-        let data = sample(3 * CHUNK + 5);
+        let data = sample(3 * MAX_CHUNK + 5);
         let a = gz(&data, 6);
         assert_eq!(a, gz(&data, 6));
         assert!(a.len() < data.len() / 2, "{} of {}", a.len(), data.len());
@@ -202,7 +356,7 @@ mod tests {
     #[test]
     fn incompressible_input_round_trips() {
         let mut x: u64 = 1;
-        let data: Vec<u8> = (0..2 * CHUNK + 3)
+        let data: Vec<u8> = (0..2 * MAX_CHUNK + 3)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -212,5 +366,51 @@ mod tests {
             .collect();
         assert_eq!(gunzip(&gz(&data, 9)), data);
         assert_eq!(gunzip(&gz(&data, 1)), data);
+    }
+
+    fn gz_with(
+        data: &[u8],
+        index: &Arc<ChunkIndex>,
+        write_size: usize,
+    ) -> (Vec<u8>, Vec<ChunkPlacement>) {
+        let mut w = ParallelGzip::new(Vec::new(), 6).with_index(index.clone());
+        for piece in data.chunks(write_size) {
+            w.write_all(piece).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn chunks_are_content_defined_and_reused_from_stored_blobs() {
+        let d = tempfile::tempdir().unwrap();
+        let blobs = d.path().join("blobs");
+        fs::create_dir_all(&blobs).unwrap();
+        let index = Arc::new(ChunkIndex::new(d.path().join("chunks"), &blobs));
+        let data = sample(12 * MAX_CHUNK);
+        let (first, placements) = gz_with(&data, &index, 65_536);
+        assert!(placements.len() > 8, "{}", placements.len());
+        // The same bytes whatever the write sizes.
+        assert_eq!(gz_with(&data, &index, 1_000_003).0, first);
+        let blob = Digest::of(&first);
+        fs::write(blobs.join(blob.hex()), &first).unwrap();
+        index.record(&blob, 6, &placements);
+
+        // Insert bytes near the start: boundaries re-synchronise after it, so most chunks
+        // are found in the index; the result is exactly a fresh compression.
+        let mut edited = data.clone();
+        edited.splice(1000..1000, b"inserted!".iter().copied());
+        let fresh = gz(&edited, 6);
+        let (reused, new_placements) = gz_with(&edited, &index, 65_536);
+        assert_eq!(reused, fresh);
+        assert_eq!(gunzip(&reused), edited);
+        let shared = new_placements
+            .iter()
+            .filter(|p| placements.iter().any(|q| q.input == p.input))
+            .count();
+        assert!(
+            shared + 2 >= new_placements.len(),
+            "{shared} of {}",
+            new_placements.len()
+        );
     }
 }

@@ -19,12 +19,16 @@ pub struct LayerInfo {
     pub size: u64,
     pub uncompressed_size: u64,
     pub media_type: &'static str,
+    /// gzip only: where each compressed chunk went, for [`super::pargzip::ChunkIndex::record`].
+    pub gzip_chunks: Vec<super::pargzip::ChunkPlacement>,
 }
 
 enum Encoder<W: Write> {
     None(W),
     Gzip(super::pargzip::ParallelGzip<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
+    /// Only while swapping encoders in `with_chunk_index`.
+    Taken,
 }
 
 /// tar bytes in → compressed blob out, with both digests computed on the way.
@@ -58,6 +62,14 @@ impl<W: Write> LayerWriter<W> {
         })
     }
 
+    /// gzip: reuse compressed chunks an earlier layer left in `index` (same output bytes).
+    pub fn with_chunk_index(mut self, index: std::sync::Arc<super::pargzip::ChunkIndex>) -> Self {
+        if let Encoder::Gzip(g) = std::mem::replace(self.tar.get_mut(), Encoder::Taken) {
+            *self.tar.get_mut() = Encoder::Gzip(g.with_index(index));
+        }
+        self
+    }
+
     pub fn finish(self) -> Result<(LayerInfo, W), LayerError> {
         let io_err = |source| LayerError::Io {
             op: "finish layer compression",
@@ -65,10 +77,16 @@ impl<W: Write> LayerWriter<W> {
             source,
         };
         let (diff_id, uncompressed_size, encoder) = self.tar.finish();
+        let mut gzip_chunks = Vec::new();
         let blob = match encoder {
             Encoder::None(w) => w,
-            Encoder::Gzip(g) => g.finish().map_err(io_err)?,
+            Encoder::Gzip(g) => {
+                let (w, placements) = g.finish().map_err(io_err)?;
+                gzip_chunks = placements;
+                w
+            }
             Encoder::Zstd(z) => z.finish().map_err(io_err)?,
+            Encoder::Taken => return Err(io_err(io::Error::other("layer encoder missing"))),
         };
         let (digest, size, out) = blob.finish();
         let media_type = match self.compression {
@@ -83,6 +101,7 @@ impl<W: Write> LayerWriter<W> {
                 size,
                 uncompressed_size,
                 media_type,
+                gzip_chunks,
             },
             out,
         ))
@@ -95,6 +114,7 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::None(w) => w.write(buf),
             Encoder::Gzip(w) => w.write(buf),
             Encoder::Zstd(w) => w.write(buf),
+            Encoder::Taken => Err(io::Error::other("layer encoder missing")),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -102,6 +122,7 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::None(w) => w.flush(),
             Encoder::Gzip(w) => w.flush(),
             Encoder::Zstd(w) => w.flush(),
+            Encoder::Taken => Ok(()),
         }
     }
 }
