@@ -1,0 +1,118 @@
+//! Layer and cache hot paths: parallel gzip of a 64 MiB tar-like stream (fresh, and with every
+//! chunk found in the chunk index, as after a one-file change), and hashing a 2,000-file context
+//! for COPY's cache key (cold, and with the metadata cache warm).
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use kiln::context::copy::{hash_sources, CopyRequest};
+use kiln::context::hashcache::FileHashCache;
+use kiln::layer::pargzip::{ChunkIndex, ParallelGzip};
+use kiln::oci::Digest;
+
+/// Source-like text: words from a small vocabulary, deterministic.
+fn text(len: usize, seed: u64) -> Vec<u8> {
+    let words = ["fn", "let", "self", "return", "import", "value", "config", "request", "the"];
+    let mut x = seed;
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(words[(x % words.len() as u64) as usize].as_bytes());
+        out.push(if x % 11 == 0 { b'\n' } else { b' ' });
+    }
+    out.truncate(len);
+    out
+}
+
+fn gzip(c: &mut Criterion) {
+    let data = text(64 << 20, 7);
+    let mut group = c.benchmark_group("pargzip");
+    group.throughput(Throughput::Bytes(data.len() as u64));
+    group.sample_size(10);
+    group.bench_function("fresh level 6", |b| {
+        b.iter(|| {
+            let mut w = ParallelGzip::new(std::io::sink(), 6);
+            w.write_all(&data).unwrap();
+            w.finish().unwrap();
+        })
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let index = Arc::new(ChunkIndex::new(dir.path().join("chunks"), &blobs));
+    let mut w = ParallelGzip::new(Vec::new(), 6);
+    w.write_all(&data).unwrap();
+    let (blob, placements) = w.finish().unwrap();
+    let digest = Digest::of(&blob);
+    std::fs::write(blobs.join(digest.hex()), &blob).unwrap();
+    index.record(&digest, 6, &placements);
+    group.bench_function("all chunks reused", |b| {
+        b.iter(|| {
+            let mut w = ParallelGzip::new(std::io::sink(), 6).with_index(index.clone());
+            w.write_all(&data).unwrap();
+            w.finish().unwrap();
+        })
+    });
+    group.finish();
+}
+
+fn context_hash(c: &mut Criterion) {
+    let ctx = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    for i in 0..2000 {
+        let d = ctx.path().join(format!("src/m{}", i % 40));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("f{i}.py")), text(12_000, i)).unwrap();
+    }
+    let req = CopyRequest {
+        source_root: ctx.path(),
+        ignore: None,
+        sources: vec![".".into()],
+        dest: ".".into(),
+        workdir: "/app".into(),
+        dest_root: ctx.path(),
+        chown: None,
+        chmod: None,
+        parents: false,
+        excludes: Vec::new(),
+        source_date_epoch: None,
+        preserve_owner: false,
+    };
+    let mut group = c.benchmark_group("context hash (2,000 files, 24 MB)");
+    group.sample_size(10);
+    group.bench_function("cold", |b| {
+        b.iter(|| hash_sources(&req, &FileHashCache::in_memory()).unwrap())
+    });
+    // Files written just now are "racy" and never remembered; age them first.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for entry in walk(ctx.path()) {
+        let f = std::fs::File::options().write(true).open(&entry).unwrap();
+        f.set_modified(old).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let warm = FileHashCache::load(state.path(), ctx.path());
+    hash_sources(&req, &warm).unwrap();
+    group.bench_function("warm metadata cache", |b| {
+        b.iter(|| hash_sources(&req, &warm).unwrap())
+    });
+    group.finish();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+criterion_group!(benches, gzip, context_hash);
+criterion_main!(benches);
