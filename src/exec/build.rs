@@ -120,6 +120,12 @@ impl Builder {
     pub async fn build(&self, req: BuildRequest) -> Result<BuildOutcome, BuildError> {
         // Prune waits while builds run: snapshots a build mounts must not disappear.
         let _builds_lock = super::prune::BuildsLock::shared(&self.state_root)?;
+        // Mounts, containers and scratch left by killed builds (never a live one's).
+        super::sweep::sweep_stale(
+            &self.state_root,
+            &self.snapshots,
+            Some(self.sandbox.runtime()),
+        );
         let host = Platform::host();
         let plan = plan(
             &req.dockerfile,

@@ -13,3 +13,4 @@ pub mod file_step;
 pub mod history;
 pub mod run_step;
 pub mod scope;
+pub mod sweep;

@@ -178,7 +178,8 @@ impl Runtime {
         self.kind
     }
 
-    fn command(&self) -> Command {
+    /// A command line for the runtime binary (with the hybrid-cgroup workaround where needed).
+    pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.path);
         if self.kind == RuntimeKind::Crun && crun_hybrid_workaround() {
             // crun (≤1.8) refuses cgroup "hybrid" hosts whose v2 hierarchy has controllers
