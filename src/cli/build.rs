@@ -56,6 +56,7 @@ fn open_builder(
         state_root: root,
         context_hashes: Default::default(),
         step_keys: Default::default(),
+        lazy_layers: Default::default(),
     })
 }
 
@@ -211,6 +212,8 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
                 .and_then(|v| v.parse().ok()),
         },
         oci_media_types: args.oci_mediatypes,
+        // Nothing pushes yet: every layer of the image is brought into the store.
+        remote_layers_ok: false,
     };
     let rt = runtime()?;
     // Ctrl-C: the running step's runtime is killed (the sandbox then deletes its container), the

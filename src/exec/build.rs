@@ -45,6 +45,18 @@ pub struct Builder {
     pub context_hashes: std::sync::Mutex<BTreeMap<PathBuf, Arc<FileHashCache>>>,
     /// Every step key this builder looked up, with its stage, for `--cache-to`.
     pub step_keys: std::sync::Mutex<Vec<(usize, Digest)>>,
+    /// Cache-hit layers not unpacked yet: a snapshot is made only when a later step that
+    /// runs needs the root filesystem (see `materialize`).
+    pub lazy_layers: std::sync::Mutex<BTreeMap<ChainId, LazyLayer>>,
+}
+
+/// A cached layer on an image whose snapshot does not exist yet, and where its blob comes from
+/// when it is not in the store (an imported `--cache-from` record).
+#[derive(Debug, Clone)]
+pub struct LazyLayer {
+    pub parent: Option<ChainId>,
+    pub layer: CachedLayer,
+    pub source: Option<RecordSource>,
 }
 
 pub struct BuildRequest {
@@ -66,6 +78,10 @@ pub struct BuildRequest {
     pub pull: bool,
     pub layer: LayerSettings,
     pub oci_media_types: bool,
+    /// The image goes only to a registry (`--push`): layers that an imported cache names but
+    /// the store lacks are left where they are (pushed by cross-repository mount) instead of
+    /// being downloaded, and the image is tagged in the store only when all its blobs are here.
+    pub remote_layers_ok: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +94,9 @@ pub struct BuildOutcome {
     pub cache_keys_min: Vec<Digest>,
     /// Keys of every step of every stage built (`mode=max`).
     pub cache_keys_max: Vec<Digest>,
+    /// Layers of the image that are not in the store, with where they live
+    /// (only with `remote_layers_ok`); when not empty the image was not tagged in the store.
+    pub remote_layers: Vec<(Digest, RecordSource)>,
 }
 
 /// A finished stage: its image, and its ARGs for stages built on it.
@@ -240,7 +259,7 @@ impl Builder {
         let target = results
             .remove(&plan.target)
             .ok_or_else(|| BuildError::Invalid("the target stage was not built".into()))?;
-        let mut config = target.image.config;
+        let mut config = target.image.config.clone();
         if !req.labels.is_empty() {
             let labels = config
                 .config
@@ -265,13 +284,21 @@ impl Builder {
             .iter()
             .map(|l| l.layer.clone())
             .collect();
+        let remote_layers = self
+            .remote_layers(&target.image, req.remote_layers_ok)
+            .await?;
         let exported = export_image(
             &self.store,
             &config,
             &layers,
             &ExportOptions {
                 oci_media_types: req.oci_media_types,
-                tags: req.tags.clone(),
+                // A tag must never point at blobs the store does not hold.
+                tags: if remote_layers.is_empty() {
+                    req.tags.clone()
+                } else {
+                    Vec::new()
+                },
             },
         )?;
         let unused = StageScope::unused_build_args(&req.build_args, &used_args);
@@ -315,7 +342,93 @@ impl Builder {
                 .map(|(_, k)| k.clone())
                 .collect(),
             cache_keys_max: keys.into_iter().map(|(_, k)| k).collect(),
+            remote_layers,
         })
+    }
+
+    /// The image's layers whose blobs are not in the store. Unless `keep_remote`, they are
+    /// downloaded now (not unpacked: nothing runs on them) and the list is empty.
+    async fn remote_layers(
+        &self,
+        image: &ImageState,
+        keep_remote: bool,
+    ) -> Result<Vec<(Digest, RecordSource)>, BuildError> {
+        let mut remote = Vec::new();
+        for layer in &image.layers {
+            if self.store.has_blob(&layer.layer.digest) {
+                continue;
+            }
+            let lazy = self.lazy(&layer.chain);
+            let source = lazy.as_ref().and_then(|l| l.source.clone());
+            match (keep_remote, source) {
+                (true, Some(source @ RecordSource::Registry(_))) => {
+                    remote.push((layer.layer.digest.clone(), source))
+                }
+                (_, source) => {
+                    let cached = CachedLayer {
+                        media_type: layer.layer.media_type.clone(),
+                        digest: layer.layer.digest.clone(),
+                        size: layer.layer.size,
+                        diff_id: layer.diff_id.clone(),
+                    };
+                    self.fetch_imported_layer(&cached, source.as_ref())
+                        .await
+                        .map_err(|e| {
+                            BuildError::Invalid(format!(
+                                "layer {} of the image is not in the store: {e}",
+                                layer.layer.digest
+                            ))
+                        })?;
+                }
+            }
+        }
+        Ok(remote)
+    }
+
+    fn lazy(&self, chain: &ChainId) -> Option<LazyLayer> {
+        self.lazy_layers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(chain)
+            .cloned()
+    }
+
+    /// Makes sure the snapshot `chain` exists, unpacking the cache-hit layers below it that
+    /// were left lazy (fetching their blobs first when an imported cache names them).
+    async fn materialize(&self, chain: Option<&ChainId>) -> Result<(), BuildError> {
+        let mut missing = Vec::new();
+        let mut at = chain.cloned();
+        while let Some(c) = at {
+            if self.snapshots.exists(&c) {
+                break;
+            }
+            let lazy = self.lazy(&c).ok_or_else(|| {
+                BuildError::Invalid(format!("the snapshot {c} is missing from the state root"))
+            })?;
+            at = lazy.parent.clone();
+            missing.push(lazy);
+        }
+        for lazy in missing.into_iter().rev() {
+            if !self.store.has_blob(&lazy.layer.digest) {
+                self.fetch_imported_layer(&lazy.layer, lazy.source.as_ref())
+                    .await
+                    .map_err(|e| {
+                        BuildError::Invalid(format!(
+                            "cannot fetch cached layer {}: {e}",
+                            lazy.layer.digest
+                        ))
+                    })?;
+            }
+            unpack_blob(
+                &self.store,
+                &self.snapshots,
+                lazy.parent.as_ref(),
+                &lazy.layer.diff_id,
+                &lazy.layer.digest,
+                &lazy.layer.media_type,
+            )?;
+        }
+        Ok(())
     }
 
     /// Builds one stage on top of the stages already in `results`.
@@ -596,6 +709,7 @@ impl Builder {
                     .await?;
                 if !cached {
                     let parent = image.top_chain().cloned();
+                    self.materialize(parent.as_ref()).await?;
                     let lowers = match &parent {
                         Some(p) => self.snapshots.lower_dirs(p)?,
                         None => Vec::new(),
@@ -638,6 +752,7 @@ impl Builder {
                             .top_chain()
                             .cloned(),
                         };
+                        self.materialize(chain.as_ref()).await?;
                         let target = step_dir.join(format!("from-{i}"));
                         match chain {
                             Some(c) => {
@@ -782,6 +897,10 @@ impl Builder {
                     .await?;
                 if !cached {
                     let parent = image.top_chain().cloned();
+                    self.materialize(parent.as_ref()).await?;
+                    if let Some(from) = &prepared.from {
+                        self.materialize(from.as_ref()).await?;
+                    }
                     let layer = execute_copy(&fctx, &prepared, &workdir, parent.as_ref())?;
                     self.record(&step_key, layer.as_ref())?;
                     if let Some(l) = layer {
@@ -818,6 +937,7 @@ impl Builder {
                         .check_cache(req, stage, &material, location, step_id, image)
                         .await?;
                     if !cached {
+                        self.materialize(image.top_chain()).await?;
                         let layer = workdir_step(
                             fctx_store,
                             &self.snapshots,
@@ -923,7 +1043,8 @@ impl Builder {
         Ok((key, hit))
     }
 
-    /// On a cache hit, puts the cached layer (if any) on the image; `true` when hit.
+    /// On a cache hit, puts the cached layer (if any) on the image; `true` when hit. The
+    /// layer's snapshot is made later, and only if a step that runs needs it.
     async fn try_cache(&self, key: &Digest, image: &mut ImageState) -> Result<bool, BuildError> {
         let Some(record) = self.cache.get(key) else {
             return Ok(false);
@@ -932,28 +1053,21 @@ impl Builder {
             let parent = image.top_chain().cloned();
             let chain = ChainId::of(parent.as_ref(), &layer.diff_id);
             if !self.snapshots.exists(&chain) {
-                if !self.store.has_blob(&layer.digest) {
-                    if let Err(e) = self
-                        .fetch_imported_layer(&layer, record.source.as_ref())
-                        .await
-                    {
-                        self.reporter.report(Event::Warning {
-                            message: format!(
-                                "cannot fetch cached layer {}: {e}; running the step instead",
-                                layer.digest
-                            ),
-                        });
-                        return Ok(false);
-                    }
+                if !self.store.has_blob(&layer.digest) && record.source.is_none() {
+                    // A local record whose blob was pruned: the step must run again.
+                    return Ok(false);
                 }
-                unpack_blob(
-                    &self.store,
-                    &self.snapshots,
-                    parent.as_ref(),
-                    &layer.diff_id,
-                    &layer.digest,
-                    &layer.media_type,
-                )?;
+                self.lazy_layers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        chain.clone(),
+                        LazyLayer {
+                            parent,
+                            layer: layer.clone(),
+                            source: record.source.clone(),
+                        },
+                    );
             }
             image.layers.push(LayerState {
                 layer: LayerRef {

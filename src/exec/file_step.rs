@@ -112,7 +112,7 @@ pub struct PreparedCopy {
     sources: Vec<String>,
     heredocs: Vec<(String, String)>,
     dest: String,
-    from: Option<Option<ChainId>>,
+    pub from: Option<Option<ChainId>>,
     chown: Option<String>,
     chmod: Option<String>,
     parents: bool,
