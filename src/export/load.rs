@@ -10,7 +10,7 @@
 //! must equal the descriptors, docker-archive layers must have the diffIDs of their config.
 //! Blobs of a refused archive stay unreferenced and go with the next `kiln prune`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Component, Path};
 
@@ -363,20 +363,25 @@ impl Loader<'_> {
 
     fn load_oci(&self, index_bytes: &[u8]) -> Result<Vec<LoadedImage>, LoadError> {
         let index: ImageIndex = parse_json("index.json", index_bytes)?;
-        // Entries naming the same manifest are one image with several names.
-        let mut images: BTreeMap<Digest, (Descriptor, Vec<String>)> = BTreeMap::new();
+        // Entries naming the same manifest are one image with several names; order is kept.
+        let mut images: Vec<(Descriptor, Vec<String>)> = Vec::new();
         for d in &index.manifests {
-            let entry = images
-                .entry(d.digest.clone())
-                .or_insert_with(|| (d.clone(), Vec::new()));
+            let pos = match images.iter().position(|(i, _)| i.digest == d.digest) {
+                Some(pos) => pos,
+                None => {
+                    images.push((d.clone(), Vec::new()));
+                    images.len() - 1
+                }
+            };
             if let Some(name) = oci_name(d) {
-                if !entry.1.contains(&name) {
-                    entry.1.push(name);
+                if !images[pos].1.contains(&name) {
+                    images[pos].1.push(name);
                 }
             }
         }
         let mut out = Vec::new();
-        for (digest, (d, names)) in images {
+        for (d, names) in images {
+            let digest = d.digest.clone();
             let id = self.check_manifest(&d, 0)?;
             let mut target = store::Descriptor::new(d.media_type.clone(), digest.clone(), d.size);
             if let Some(p) = &d.platform {
