@@ -159,7 +159,7 @@ fn read_entries(store: &Store, reader: impl Read) -> Result<Contents, LoadError>
                 } else {
                     target.clone()
                 };
-                let target = normalize(&joined).ok_or_else(|| LoadError::UnsafeEntry {
+                let target = resolve_dots(&joined).ok_or_else(|| LoadError::UnsafeEntry {
                     name: format!("{shown} -> {target}"),
                     reason: "a link that points outside the archive",
                 })?;
@@ -198,6 +198,23 @@ fn normalize(name: &str) -> Option<String> {
             Component::Normal(p) => parts.push(p.to_str()?),
             Component::CurDir => {}
             Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+/// A link target inside the archive: `a/../b` → `b`; `None` if it climbs above the root or is
+/// absolute.
+fn resolve_dots(name: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in Path::new(name).components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str()?),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
         }
     }
     (!parts.is_empty()).then(|| parts.join("/"))
@@ -594,6 +611,12 @@ mod tests {
         assert_eq!(normalize("blobs/../../x"), None);
         assert_eq!(normalize("/etc/passwd"), None);
         assert_eq!(normalize("."), None);
+        assert_eq!(
+            resolve_dots("b/../a/layer.tar").as_deref(),
+            Some("a/layer.tar")
+        );
+        assert_eq!(resolve_dots("b/../../etc/passwd"), None);
+        assert_eq!(resolve_dots("/etc/passwd"), None);
     }
 
     #[test]
