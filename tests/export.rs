@@ -695,3 +695,88 @@ fn load_reads_legacy_docker_archives_and_checks_diff_ids() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("has diffID"), "{}", stderr(&out));
 }
+
+#[test]
+fn local_and_tar_outputs_keep_owners_modes_and_xattrs() {
+    support::busybox::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    // A base image whose only layer has a file with an owner, a mode and a user xattr.
+    let mut layer = tar::Builder::new(Vec::new());
+    layer
+        .append_pax_extensions([("SCHILY.xattr.user.kiln", &b"kept"[..])])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(3);
+    h.set_mode(0o4751);
+    h.set_uid(5);
+    h.set_gid(6);
+    layer.append_data(&mut h, "f.txt", &b"x\n\n"[..]).unwrap();
+    let layer = layer.into_inner().unwrap();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha_hex(&layer))]},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": "c.json", "RepoTags": ["xattr-base:1"], "Layers": ["l/layer.tar"],
+    }]))
+    .unwrap();
+    ok(&load(
+        dir.path(),
+        &raw_tar(&[
+            ("l/layer.tar", tar::EntryType::Regular, &layer, ""),
+            ("c.json", tar::EntryType::Regular, &config, ""),
+            ("manifest.json", tar::EntryType::Regular, &manifest, ""),
+        ]),
+    ));
+    let ctx = dir.path().join("ctx");
+    fs::create_dir(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), "FROM xattr-base:1\nLABEL a=b\n").unwrap();
+    let build = |output: &str| {
+        ok(&Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["build", "--root"])
+            .arg(dir.path().join("state"))
+            .args(["-q", "-o", output])
+            .arg(&ctx)
+            .output()
+            .unwrap())
+    };
+
+    let out = dir.path().join("out");
+    build(out.to_str().unwrap());
+    let meta = fs::metadata(out.join("f.txt")).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o4751, 5, 6)
+    );
+    let mut value = [0u8; 16];
+    let n = rustix::fs::getxattr(out.join("f.txt"), "user.kiln", &mut value).unwrap();
+    assert_eq!(&value[..n], b"kept");
+
+    let tar_file = dir.path().join("rootfs.tar");
+    build(&format!("type=tar,dest={}", tar_file.display()));
+    let bytes = fs::read(&tar_file).unwrap();
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let mut entries = archive.entries().unwrap();
+    let mut entry = entries.next().unwrap().unwrap();
+    assert_eq!(entry.path().unwrap().to_str(), Some("f.txt"));
+    let h = entry.header();
+    assert_eq!(
+        (h.mode().unwrap(), h.uid().unwrap(), h.gid().unwrap()),
+        (0o4751, 5, 6)
+    );
+    let xattrs: Vec<(String, Vec<u8>)> = entry
+        .pax_extensions()
+        .unwrap()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.key().unwrap().to_string(), e.value_bytes().to_vec())
+        })
+        .collect();
+    assert!(
+        xattrs.contains(&("SCHILY.xattr.user.kiln".into(), b"kept".to_vec())),
+        "{xattrs:?}"
+    );
+}

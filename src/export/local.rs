@@ -99,6 +99,8 @@ fn append_tree<W: Write>(
         append_xattrs(tar, &path)?;
         let mut h = tar::Header::new_gnu();
         h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        // Permission bits only, as GNU tar and BuildKit write them (the type is the entry type).
+        h.set_mode(meta.mode() & 0o7777);
         let ft = meta.file_type();
         if ft.is_dir() {
             tar.append_data(&mut h, &rel, io::empty())
