@@ -108,6 +108,13 @@ fn context_from_stdin() -> anyhow::Result<tempfile::TempDir> {
 }
 
 pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    // Checked before anything is built, so a bad -o costs nothing.
+    let output = super::output::parse_outputs(&args.outputs, std::io::stdout().is_terminal())?;
+    if args.push || output.push {
+        // The seam for registry push: `push` on BuildArgs and on the output spec.
+        anyhow::bail!(super::output::PUSH_NOT_YET);
+    }
     let mut _stdin_context = None;
     let context_dir: PathBuf = if args.context == "-" {
         let dir = context_from_stdin()?;
@@ -169,10 +176,21 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         Some(m) => Arc::from(reporter(m)),
         None => Arc::new(NullReporter),
     };
-    let mut tags = Vec::new();
+    let mut names = Vec::new();
     for t in &args.tags {
-        tags.push(crate::oci::Reference::parse(t)?.to_string());
+        names.push(crate::oci::Reference::parse(t)?.to_string());
     }
+    for n in &output.names {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    // Only the image output tags the store (as buildx): archives and trees carry the names.
+    let tags = if output.tags_store() {
+        names.clone()
+    } else {
+        Vec::new()
+    };
     let cache_from = args
         .cache_from
         .iter()
@@ -246,6 +264,13 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(super::cache_opts::export_caches(
         &builder, &cache_to, &outcome,
     ))?;
+    // Before any auto-prune: an image the store does not tag is only safe until then.
+    super::output::export_build(
+        &builder.store,
+        &outcome.manifest_digest,
+        &output,
+        names.clone(),
+    )?;
     if let Some(budget) = &builder.puller.config.gc.keep_storage {
         let keep = crate::exec::prune::parse_size(budget).with_context(|| {
             format!("invalid [gc] keep-storage {budget:?} in the config: use e.g. 20GB")
@@ -271,7 +296,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         let doc = serde_json::json!({
             "containerimage.config.digest": outcome.id.to_string(),
             "containerimage.digest": outcome.manifest_digest.to_string(),
-            "image.name": outcome.tags.join(","),
+            "image.name": names.join(","),
         });
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -281,7 +306,12 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             eprintln!("naming to {t} done");
         }
     }
-    println!("{}", outcome.id);
+    if output.writes_stdout() {
+        // stdout carries the archive: nothing else may go there.
+        eprintln!("{}", outcome.id);
+    } else {
+        println!("{}", outcome.id);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -54,6 +54,14 @@ pub struct BuildArgs {
     /// Always pull base images, even when the store has them
     #[arg(long)]
     pub pull: bool,
+    /// Where the image goes (buildx syntax): `type=image[,name=..]` (the store, default),
+    /// `type=oci|docker,dest=FILE` (archive; `dest=-` is stdout), `type=local,dest=DIR` or
+    /// `type=tar,dest=FILE` (root filesystem), `type=registry` (push); `-o DIR` = type=local
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
+    /// Push the image to its registry after building (same as -o type=registry)
+    #[arg(long)]
+    pub push: bool,
     /// Write the image ID to this file
     #[arg(long)]
     pub iidfile: Option<PathBuf>,

@@ -38,6 +38,16 @@ pub struct RmiArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct TagArgs {
+    /// Image to tag: a reference, an image ID (prefix), or a manifest digest in the store
+    source: String,
+    /// The new name
+    target: String,
+    #[command(flatten)]
+    store: StoreOpts,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct PruneArgs {
     /// Remove all build cache (records and snapshots), not only what is stale
     #[arg(short, long)]
@@ -59,6 +69,30 @@ pub struct PruneArgs {
 /// The store tag for what the user typed: `python:3.12` → `docker.io/library/python:3.12`.
 fn tag_for(input: &str) -> anyhow::Result<String> {
     Ok(Reference::parse(input)?.to_string())
+}
+
+/// The image `input` names: a tag (`busybox`, `ghcr.io/o/app:1`), else an image ID or a unique
+/// prefix of one (`sha256:3f2c…`, `3f2c…`). The flag says whether it was found by its tag.
+pub fn find_image(store: &Store, input: &str) -> anyhow::Result<(StoredImage, bool)> {
+    if let Ok(reference) = Reference::parse(input) {
+        if let Some(image) = store.image(&reference.to_string(), &Platform::host())? {
+            return Ok((image, true));
+        }
+    }
+    let hex = input.strip_prefix("sha256:").unwrap_or(input);
+    if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut matches: Vec<StoredImage> = stored_images(store)?
+            .into_iter()
+            .filter(|i| i.id().hex().starts_with(hex))
+            .collect();
+        matches.dedup_by(|a, b| a.id() == b.id());
+        match matches.len() {
+            1 => return Ok((matches.remove(0), false)),
+            0 => {}
+            _ => anyhow::bail!("image ID prefix {input} is ambiguous: give more digits"),
+        }
+    }
+    anyhow::bail!("no such image: {input} (see `kiln images`)")
 }
 
 fn stored_images(store: &Store) -> anyhow::Result<Vec<StoredImage>> {
@@ -221,6 +255,43 @@ pub fn rmi(args: RmiArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(code)
+}
+
+pub fn tag(args: TagArgs) -> anyhow::Result<ExitCode> {
+    let store = args.store.open()?;
+    let target = tag_for(&args.target)?;
+    let descriptor = match manifest_in_store(&store, &args.source)? {
+        Some(d) => d,
+        None => find_image(&store, &args.source)?.0.target,
+    };
+    store
+        .tag(&target, &descriptor)
+        .with_context(|| format!("tagging {target}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sha256:<manifest digest>` of a manifest or index in the store (also an untagged one, as
+/// `kiln load` reports for archives that name nothing).
+fn manifest_in_store(
+    store: &Store,
+    input: &str,
+) -> anyhow::Result<Option<crate::store::Descriptor>> {
+    let Ok(digest) = input.parse::<crate::oci::Digest>() else {
+        return Ok(None);
+    };
+    if !store.has_blob(&digest) {
+        return Ok(None);
+    }
+    let bytes = store.read_blob(&digest)?;
+    match crate::oci::Manifest::parse(&bytes, None) {
+        Ok((kind, _)) => Ok(Some(crate::store::Descriptor::new(
+            kind.media_type(),
+            digest,
+            bytes.len() as u64,
+        ))),
+        // A config digest (image ID): found through the tags instead.
+        Err(_) => Ok(None),
+    }
 }
 
 pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {

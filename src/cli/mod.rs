@@ -8,11 +8,13 @@ mod check;
 mod check_ignore;
 mod images;
 mod login;
+mod output;
 mod parse;
 mod pull;
 mod push_cache;
 mod registry_opts;
 pub mod render;
+mod save;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -45,6 +47,12 @@ enum Commands {
     Rmi(images::RmiArgs),
     /// Delete blobs no tag reaches, and stale partial downloads
     Prune(images::PruneArgs),
+    /// Give an image in the store another name
+    Tag(images::TagArgs),
+    /// Write images to a docker-archive or OCI archive (docker save)
+    Save(save::SaveArgs),
+    /// Read images from a docker-archive or OCI archive into the store (docker load)
+    Load(save::LoadArgs),
     /// Log in to a registry: check the credentials and store them in Docker's config.json
     Login(login::LoginArgs),
     /// Remove stored credentials for a registry
@@ -75,6 +83,9 @@ pub fn main() -> ExitCode {
         Commands::Inspect(args) => images::inspect(args),
         Commands::Rmi(args) => images::rmi(args),
         Commands::Prune(args) => images::prune(args),
+        Commands::Tag(args) => images::tag(args),
+        Commands::Save(args) => save::save(args),
+        Commands::Load(args) => save::load(args),
         Commands::Login(args) => login::login(args),
         Commands::Logout(args) => login::logout(args),
     };

@@ -1,10 +1,22 @@
-//! The final image: config and manifest written into the store and tagged.
+//! The final image: config and manifest written into the store and tagged ([`export_image`]),
+//! and the ways out of the store: OCI and Docker archives ([`archive`]), the root filesystem as
+//! a directory or a tar ([`local`]), and archives read back in ([`load`]).
+
+pub mod archive;
+pub mod load;
+pub mod local;
+pub mod source;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::oci::manifest::ImageConfig;
 use crate::oci::{media, Digest};
 use crate::store::{Descriptor, Store, StoreError};
+
+pub use archive::{write_archive, ArchiveFormat};
+pub use load::{load_archive, LoadError, LoadedImage};
+pub use local::{write_rootfs_dir, write_rootfs_tar};
+pub use source::ExportSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -15,6 +27,41 @@ pub enum ExportError {
         what: &'static str,
         source: serde_json::Error,
     },
+    #[error("image {digest} cannot be exported: {reason}")]
+    InvalidImage { digest: Digest, reason: String },
+    #[error("blob {expected} changed while it was exported (read {actual}): the store is damaged")]
+    BlobChanged { expected: Digest, actual: Digest },
+    #[error("writing the archive: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unpacking layer {digest}: {source}")]
+    Layer {
+        digest: Digest,
+        #[source]
+        source: crate::layer::LayerError,
+    },
+    #[error("layer {digest} unpacked to diffID {actual}, but the config says {expected}")]
+    DiffIdMismatch {
+        digest: Digest,
+        expected: Digest,
+        actual: Digest,
+    },
+}
+
+impl ExportError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl AsRef<std::path::Path>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.as_ref().to_path_buf();
+        move |source| ExportError::Io { op, path, source }
+    }
 }
 
 /// A layer of the image being exported.
