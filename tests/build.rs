@@ -895,3 +895,62 @@ fn locked_cache_mounts_serialise_parallel_stages() {
         "interleaved: {log}"
     );
 }
+
+#[test]
+fn zstd_layers_build_and_run() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hello zstd\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nCOPY hello.txt /hello.txt\nRUN cp /hello.txt /copied.txt\n",
+    )
+    .unwrap();
+    let ctx_arg = ctx.to_str().unwrap();
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "--compression",
+            "zstd",
+            "-t",
+            "zst:1",
+            ctx_arg,
+        ],
+    ));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&ok(&kiln(&root, &reg, &["inspect", "zst:1"]))).unwrap();
+    let layers = manifest["manifest"]["layers"].as_array().unwrap();
+    let zstd = layers
+        .iter()
+        .filter(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd")
+        .count();
+    assert_eq!(zstd, 2, "{manifest}");
+    // The last layer decodes with the reference zstd decoder into a tar holding the RUN's file
+    // (umoci cannot read zstd layers), and the image runs.
+    let last = layers.last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = root
+        .join("oci/blobs/sha256")
+        .join(last.trim_start_matches("sha256:"));
+    let tar = zstd::decode_all(std::fs::File::open(blob).unwrap()).unwrap();
+    let names: Vec<String> = tar::Archive::new(&tar[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == "copied.txt"), "{names:?}");
+    let out = ok(&kiln(
+        &root,
+        &reg,
+        &["run", "--rm", "zst:1", "cat", "/copied.txt"],
+    ));
+    assert_eq!(out.trim_end(), "hello zstd");
+}

@@ -64,9 +64,11 @@ impl<W: Write> LayerWriter<W> {
 
     /// gzip: reuse compressed chunks an earlier layer left in `index` (same output bytes).
     pub fn with_chunk_index(mut self, index: std::sync::Arc<super::pargzip::ChunkIndex>) -> Self {
-        if let Encoder::Gzip(g) = std::mem::replace(self.tar.get_mut(), Encoder::Taken) {
-            *self.tar.get_mut() = Encoder::Gzip(g.with_index(index));
-        }
+        // Only gzip has chunks; any other encoder is put back untouched.
+        *self.tar.get_mut() = match std::mem::replace(self.tar.get_mut(), Encoder::Taken) {
+            Encoder::Gzip(g) => Encoder::Gzip(g.with_index(index)),
+            other => other,
+        };
         self
     }
 
@@ -305,6 +307,24 @@ fn walk<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_index_leaves_other_encoders_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = std::sync::Arc::new(super::super::pargzip::ChunkIndex::new(
+            dir.path().join("chunks"),
+            dir.path().join("blobs"),
+        ));
+        for compression in [Compression::None, Compression::Zstd] {
+            let mut w = LayerWriter::new(Vec::new(), compression, None)
+                .unwrap()
+                .with_chunk_index(index.clone());
+            w.write_all(b"some tar bytes").unwrap();
+            let (info, blob) = w.finish().unwrap();
+            assert_eq!(info.size, blob.len() as u64);
+            assert_eq!(info.uncompressed_size, 14);
+        }
+    }
 
     #[test]
     fn diff_ids_and_digests_and_empty_dirs() {
