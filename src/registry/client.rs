@@ -75,7 +75,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// Exponential backoff, or the registry's `Retry-After` (capped at a minute).
-    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         match retry_after {
             Some(d) => d.min(Duration::from_secs(60)),
             None => self
@@ -343,6 +343,20 @@ impl RegistryClient {
         }
     }
 
+    /// The base URL (`https://host` or `http://host`) once the scheme is settled.
+    pub async fn base(&self) -> Result<String, RegistryError> {
+        Ok(self.base_url(self.scheme().await?))
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.config.retry
+    }
+
+    /// Whether credentials are configured for this registry.
+    pub fn has_credential(&self) -> bool {
+        self.config.credential.is_some()
+    }
+
     /// Sends a request built by `build`, authenticating on a 401 and retrying transient failures.
     async fn send(
         &self,
@@ -350,7 +364,25 @@ impl RegistryClient {
         scope: &str,
         what: &str,
     ) -> Result<Response, RegistryError> {
-        let policy = self.config.retry;
+        self.send_with(build, scope, what, true).await
+    }
+
+    /// [`send`](Self::send) for callers that own the retry decision (uploads, whose bodies
+    /// may have been half-consumed): with `retry_transient` false, a connection error, 5xx or
+    /// 429 comes back at once; a 401 is still answered with authentication and one resend.
+    /// `scope` may hold several space-separated scopes (`repository:a:pull,push
+    /// repository:b:pull`).
+    pub async fn send_with(
+        &self,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+        scope: &str,
+        what: &str,
+        retry_transient: bool,
+    ) -> Result<Response, RegistryError> {
+        let mut policy = self.config.retry;
+        if !retry_transient {
+            policy.attempts = 1;
+        }
         let mut authenticated_after_401 = false;
         let mut attempt = 0u32;
         loop {
@@ -490,8 +522,9 @@ impl RegistryClient {
         if !service.is_empty() {
             query.push(("service", service));
         }
-        if !scope.is_empty() {
-            query.push(("scope", scope));
+        // Several scopes (a push with mount sources) are several `scope` parameters.
+        for one in scope.split_whitespace() {
+            query.push(("scope", one));
         }
         let req = match &self.config.credential {
             Some(Credential::IdentityToken { token, .. }) => {
@@ -550,7 +583,8 @@ impl RegistryClient {
         Ok((format!("Bearer {token}"), lifetime))
     }
 
-    async fn expect_success(&self, resp: Response, what: &str) -> Result<Response, RegistryError> {
+    /// The response if it succeeded, else an error naming the registry, `what` and the answer.
+    pub async fn expect_success(&self, resp: Response, what: &str) -> Result<Response, RegistryError> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -590,7 +624,7 @@ impl RegistryClient {
         })
     }
 
-    fn unreachable(&self, url: &str, e: &reqwest::Error) -> RegistryError {
+    pub fn unreachable(&self, url: &str, e: &reqwest::Error) -> RegistryError {
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
