@@ -182,6 +182,9 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|s| super::cache_opts::parse_cache_spec(s, true))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.push && tags.is_empty() {
+        anyhow::bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY[:TAG]");
+    }
     let store = args.store.open()?;
     let builder = open_builder(store, &args.registry, rep, args.runtime.as_deref())?;
     let request = BuildRequest {
@@ -240,6 +243,11 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     for w in &outcome.warnings {
         eprintln!("{w}");
     }
+    let pushed = if args.push {
+        Some(rt.block_on(super::push::push_tags(&builder.puller, &outcome.tags))?)
+    } else {
+        None
+    };
     rt.block_on(super::cache_opts::export_caches(
         &builder, &cache_to, &outcome,
     ))?;
@@ -265,9 +273,15 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.metadata_file {
+        // With --push, the digest the registry holds (the same manifest bytes, so the same
+        // digest as the store's), as buildx records it.
+        let digest = pushed
+            .as_ref()
+            .map(|p| p.digest.clone())
+            .unwrap_or_else(|| outcome.manifest_digest.clone());
         let doc = serde_json::json!({
             "containerimage.config.digest": outcome.id.to_string(),
-            "containerimage.digest": outcome.manifest_digest.to_string(),
+            "containerimage.digest": digest.to_string(),
             "image.name": outcome.tags.join(","),
         });
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)

@@ -54,6 +54,9 @@ pub struct BuildArgs {
     /// Always pull base images, even when the store has them
     #[arg(long)]
     pub pull: bool,
+    /// Push the image to every `-t` name after the build
+    #[arg(long)]
+    pub push: bool,
     /// Write the image ID to this file
     #[arg(long)]
     pub iidfile: Option<PathBuf>,

@@ -142,9 +142,7 @@ impl Reporter for PlainRenderer {
                 outcome,
                 elapsed,
             } => {
-                let (direction, moved) = transfers
-                    .remove(&id)
-                    .unwrap_or((Direction::Download, 0));
+                let (direction, moved) = transfers.remove(&id).unwrap_or((Direction::Download, 0));
                 let text = outcome_text(&outcome, direction, moved, elapsed);
                 writeln!(err, "{label}: {text}")
             }
@@ -240,6 +238,11 @@ impl Reporter for TtyRenderer {
                 offset,
                 direction: _,
             } => {
+                // A transfer started again (an upload restarted or resumed) keeps its bar.
+                if let Some(bar) = bars.get(&id) {
+                    bar.set_position(offset);
+                    return;
+                }
                 let bar = self.multi.add(match total {
                     Some(t) => ProgressBar::new(t),
                     None => ProgressBar::no_length(),

@@ -76,7 +76,9 @@ pub enum TransferOutcome {
     /// The registry already has the blob in the destination repository (a push skips it).
     ExistsRemotely,
     /// The registry linked the blob from another of its repositories (`from`).
-    Mounted { from: String },
+    Mounted {
+        from: String,
+    },
     Failed,
 }
 

@@ -584,7 +584,11 @@ impl RegistryClient {
     }
 
     /// The response if it succeeded, else an error naming the registry, `what` and the answer.
-    pub async fn expect_success(&self, resp: Response, what: &str) -> Result<Response, RegistryError> {
+    pub async fn expect_success(
+        &self,
+        resp: Response,
+        what: &str,
+    ) -> Result<Response, RegistryError> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);

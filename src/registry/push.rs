@@ -159,8 +159,7 @@ impl ManifestPush {
         for layer in doc["layers"].as_array().into_iter().flatten() {
             let blob = descriptor(layer)?;
             // Foreign layers stay where their URLs point, as Docker leaves them.
-            if blob.media_type.contains("nondistributable") || blob.media_type.contains("foreign")
-            {
+            if blob.media_type.contains("nondistributable") || blob.media_type.contains("foreign") {
                 continue;
             }
             if !blobs.iter().any(|b| b.digest == blob.digest) {
@@ -549,7 +548,10 @@ impl Target {
                 answer: body,
             },
             RegistryError::Token {
-                status, body, realm, ..
+                status,
+                body,
+                realm,
+                ..
             } if status == 401 || status == 403 => PushError::Denied {
                 registry: self.name().to_string(),
                 repository: self.repository.clone(),
@@ -713,9 +715,7 @@ impl Target {
         match resp.status() {
             StatusCode::CREATED => Ok(Mount::Mounted),
             StatusCode::ACCEPTED => Ok(Mount::Session(self.location(&resp, &what)?)),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Err(self.denied(resp, &what).await)
-            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(self.denied(resp, &what).await),
             _ => Ok(Mount::Refused),
         }
     }
@@ -777,19 +777,14 @@ impl Target {
         label: &str,
     ) -> Result<(), PushError> {
         let path = self.store.blob_path(&blob.digest);
-        let file = Arc::new(
-            std::fs::File::open(&path).map_err(|e| StoreError::Io {
-                op: "open blob",
-                path: path.clone(),
-                source: e,
-            })?,
-        );
+        let file = Arc::new(std::fs::File::open(&path).map_err(|e| StoreError::Io {
+            op: "open blob",
+            path: path.clone(),
+            source: e,
+        })?);
         let policy = self.client.retry_policy();
         let chunked = blob.size >= self.chunk_size;
-        let mut state = UploadState {
-            session,
-            offset: 0,
-        };
+        let mut state = UploadState { session, offset: 0 };
         let mut failures = 0u32;
         loop {
             let error = match self.upload_attempt(blob, &file, &mut state, id).await {
@@ -826,8 +821,18 @@ impl Target {
                     "starting it again".to_string()
                 }
             };
+            let error = error.to_string();
+            let first_line = error.lines().next().unwrap_or_default();
             self.reporter.report(Event::Warning {
-                message: format!("{label}: upload interrupted ({error}); {message}"),
+                message: format!("{label}: upload interrupted ({first_line}); {message}"),
+            });
+            // Progress starts again from what the registry holds.
+            self.reporter.report(Event::TransferStarted {
+                id: id.to_string(),
+                label: label.to_string(),
+                total: Some(blob.size),
+                offset: state.offset,
+                direction: Direction::Upload,
             });
         }
     }
@@ -916,7 +921,9 @@ impl Target {
             return None;
         }
         let held = held_bytes(&resp)?;
-        let location = self.location(&resp, what).unwrap_or_else(|_| session.clone());
+        let location = self
+            .location(&resp, what)
+            .unwrap_or_else(|_| session.clone());
         Some((location, held))
     }
 
@@ -1044,11 +1051,16 @@ mod tests {
         let with = with_digest(&u, &d);
         assert_eq!(
             with.as_str(),
-            format!("http://r:5000/v2/a/blobs/uploads/u1?_state=abc%3D&digest=sha256%3A{}", d.hex())
+            format!(
+                "http://r:5000/v2/a/blobs/uploads/u1?_state=abc%3D&digest=sha256%3A{}",
+                d.hex()
+            )
         );
         let base = Url::parse("http://r:5000/v2/a/blobs/uploads/").unwrap();
         assert_eq!(
-            base.join("/v2/a/blobs/uploads/u2?_state=x").unwrap().as_str(),
+            base.join("/v2/a/blobs/uploads/u2?_state=x")
+                .unwrap()
+                .as_str(),
             "http://r:5000/v2/a/blobs/uploads/u2?_state=x"
         );
         assert_eq!(
@@ -1069,7 +1081,10 @@ mod tests {
         assert_eq!(p.media_type, media::DOCKER_MANIFEST);
         assert_eq!(p.blobs.len(), 2);
         assert_eq!(p.blobs[1].size, 2);
-        let index = format!(r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[]}}"#, media::OCI_INDEX);
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[]}}"#,
+            media::OCI_INDEX
+        );
         assert!(ManifestPush::from_image_manifest(index.into_bytes(), "").is_err());
         assert!(ManifestPush::from_image_manifest(b"{}".to_vec(), "").is_err());
     }
@@ -1083,7 +1098,10 @@ mod tests {
             mount_from: from.iter().map(|s| s.to_string()).collect(),
         };
         assert_eq!(
-            push_scope("app", &[blob(&["library/busybox"]), blob(&["library/busybox", "b"])]),
+            push_scope(
+                "app",
+                &[blob(&["library/busybox"]), blob(&["library/busybox", "b"])]
+            ),
             "repository:app:pull,push repository:library/busybox:pull repository:b:pull"
         );
         assert_eq!(push_scope("app", &[]), "repository:app:pull,push");
