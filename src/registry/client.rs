@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use reqwest::header::{
-    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RANGE, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
@@ -386,16 +387,23 @@ impl RegistryClient {
         let mut authenticated_after_401 = false;
         let mut attempt = 0u32;
         loop {
-            let mut req = build(&self.http);
-            if let Some(header) = self.cached_authorization(scope) {
-                req = req.header(AUTHORIZATION, header);
+            let mut request = match build(&self.http).build() {
+                Ok(r) => r,
+                Err(e) => return Err(self.unreachable(&self.config.host, &e)),
+            };
+            let url_for_errors = request.url().to_string();
+            // Credentials go only to the registry's own host, never to a host an upload
+            // `Location` or a redirect names.
+            if self.is_own_host(request.url()) {
+                if let Some(mut value) = self
+                    .cached_authorization(scope)
+                    .and_then(|h| HeaderValue::from_str(&h).ok())
+                {
+                    value.set_sensitive(true);
+                    request.headers_mut().insert(AUTHORIZATION, value);
+                }
             }
-            let url_for_errors = req
-                .try_clone()
-                .and_then(|r| r.build().ok())
-                .map(|r| r.url().to_string())
-                .unwrap_or_else(|| self.config.host.clone());
-            match req.send().await {
+            match self.http.execute(request).await {
                 Err(e) => {
                     attempt += 1;
                     // A certificate the client does not trust will not become trusted by
@@ -430,6 +438,24 @@ impl RegistryClient {
                 Ok(resp) => return Ok(resp),
             }
         }
+    }
+
+    fn is_own_host(&self, url: &reqwest::Url) -> bool {
+        let own =
+            self.config
+                .host
+                .rsplit_once(':')
+                .map_or(self.config.host.as_str(), |(h, port)| {
+                    if port.chars().all(|c| c.is_ascii_digit()) {
+                        h
+                    } else {
+                        &self.config.host
+                    }
+                });
+        let own = own.trim_start_matches('[').trim_end_matches(']');
+        url.host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .is_some_and(|h| h.eq_ignore_ascii_case(own))
     }
 
     fn cached_authorization(&self, scope: &str) -> Option<String> {
@@ -697,4 +723,35 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(host: &str) -> RegistryClient {
+        RegistryClient::new(EndpointConfig {
+            name: host.to_string(),
+            host: host.to_string(),
+            plain_http: true,
+            allow_http_fallback: false,
+            ca_file: None,
+            credential: None,
+            retry: RetryPolicy::default(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn credentials_only_go_to_the_registry_host() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let c = client("127.0.0.1:5000");
+        assert!(c.is_own_host(&url("http://127.0.0.1:5000/v2/a/blobs/uploads/x?_state=1")));
+        assert!(!c.is_own_host(&url("https://storage.example.com/upload?sig=1")));
+        let hub = client("registry-1.docker.io");
+        assert!(hub.is_own_host(&url("https://registry-1.docker.io:443/v2/")));
+        assert!(!hub.is_own_host(&url("https://auth.docker.io/token")));
+        let v6 = client("[::1]:5000");
+        assert!(v6.is_own_host(&url("http://[::1]:5000/v2/")));
+    }
 }
