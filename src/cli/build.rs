@@ -1,5 +1,6 @@
 //! `kiln build` and `kiln run`.
 
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -107,14 +108,25 @@ fn context_from_stdin() -> anyhow::Result<tempfile::TempDir> {
     Ok(dir)
 }
 
+/// The one registry every name is pushed to, if they share one: imported cache layers that
+/// live there need not be downloaded for the push.
+fn push_registry(names: &[String]) -> Option<String> {
+    let registries: BTreeSet<String> = names
+        .iter()
+        .filter_map(|n| crate::oci::Reference::parse(n).ok())
+        .map(|r| r.registry().to_string())
+        .collect();
+    (registries.len() == 1)
+        .then(|| registries.into_iter().next())
+        .flatten()
+}
+
 pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal as _;
     // Checked before anything is built, so a bad -o costs nothing.
     let output = super::output::parse_outputs(&args.outputs, std::io::stdout().is_terminal())?;
-    if args.push || output.push {
-        // The seam for registry push: `push` on BuildArgs and on the output spec.
-        anyhow::bail!(super::output::PUSH_NOT_YET);
-    }
+    // `--push` is `-o type=registry` (or `type=image,push=true`) as in buildx.
+    let push = args.push || output.push;
     let mut _stdin_context = None;
     let context_dir: PathBuf = if args.context == "-" {
         let dir = context_from_stdin()?;
@@ -201,6 +213,9 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|s| super::cache_opts::parse_cache_spec(s, true))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if push && names.is_empty() {
+        anyhow::bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY[:TAG]");
+    }
     let store = args.store.open()?;
     let builder = open_builder(store, &args.registry, rep, args.runtime.as_deref())?;
     let request = BuildRequest {
@@ -230,8 +245,12 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
                 .and_then(|v| v.parse().ok()),
         },
         oci_media_types: args.oci_mediatypes,
-        // Nothing pushes yet: every layer of the image is brought into the store.
-        remote_layers_ok: false,
+        // A push-only build may leave layers an imported cache holds in the registry pushed to.
+        remote_layers_in: if push {
+            push_registry(&names)
+        } else {
+            None
+        },
     };
     let rt = runtime()?;
     // Ctrl-C: the running step's runtime is killed (the sandbox then deletes its container), the
@@ -261,6 +280,16 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     for w in &outcome.warnings {
         eprintln!("{w}");
     }
+    let pushed = if push {
+        Some(rt.block_on(super::push::push_built(
+            &builder.puller,
+            &outcome.manifest_digest,
+            &names,
+            &outcome.remote_layers,
+        ))?)
+    } else {
+        None
+    };
     rt.block_on(super::cache_opts::export_caches(
         &builder, &cache_to, &outcome,
     ))?;
@@ -293,9 +322,15 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.metadata_file {
+        // With --push, the digest the registry holds (the same manifest bytes, so the same
+        // digest as the store's), as buildx records it.
+        let digest = pushed
+            .as_ref()
+            .map(|p| p.digest.clone())
+            .unwrap_or_else(|| outcome.manifest_digest.clone());
         let doc = serde_json::json!({
             "containerimage.config.digest": outcome.id.to_string(),
-            "containerimage.digest": outcome.manifest_digest.to_string(),
+            "containerimage.digest": digest.to_string(),
             "image.name": names.join(","),
         });
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
@@ -304,6 +339,13 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     if mode.is_some() {
         for t in &outcome.tags {
             eprintln!("naming to {t} done");
+        }
+        if !outcome.remote_layers.is_empty() && output.tags_store() {
+            eprintln!(
+                "not tagged in the local store: {} layer(s) of the image were only pushed from \
+                 the registry cache, never downloaded (`kiln pull` fetches the image)",
+                outcome.remote_layers.len()
+            );
         }
     }
     if output.writes_stdout() {

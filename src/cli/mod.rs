@@ -11,6 +11,7 @@ mod login;
 mod output;
 mod parse;
 mod pull;
+mod push;
 mod push_cache;
 mod registry_opts;
 pub mod render;
@@ -39,6 +40,8 @@ enum Commands {
     Run(build::RunArgs),
     /// Pull an image from a registry into the local store
     Pull(pull::PullArgs),
+    /// Push an image from the local store to a registry
+    Push(push::PushArgs),
     /// List the images in the local store
     Images(images::ImagesArgs),
     /// Print an image's manifest and config as JSON
@@ -79,6 +82,7 @@ pub fn main() -> ExitCode {
         Commands::Build(args) => build::build(*args),
         Commands::Run(args) => build::run(args),
         Commands::Pull(args) => pull::run(args),
+        Commands::Push(args) => push::run(args),
         Commands::Images(args) => images::images(args),
         Commands::Inspect(args) => images::inspect(args),
         Commands::Rmi(args) => images::rmi(args),

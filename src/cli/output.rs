@@ -10,11 +10,6 @@ use anyhow::Context as _;
 use crate::export::{self, ArchiveFormat, ExportSource};
 use crate::store::Store;
 
-/// What `kiln build` says when asked to push; the push half of "Ship images" lands separately.
-pub const PUSH_NOT_YET: &str = "pushing is not available in this build of kiln yet \
-     (--push, -o type=registry, -o type=image,push=true); build with -o type=oci or \
-     type=docker and copy the archive with skopeo meanwhile";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputKind {
     /// The local store (the default).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::progress::{Event, Reporter, TransferOutcome};
+use crate::progress::{Direction, Event, Reporter, TransferOutcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressMode {
@@ -49,7 +49,37 @@ pub fn human_bytes(n: u64) -> String {
 /// One line per start and end of a transfer, with sizes, times and speeds.
 #[derive(Default)]
 pub struct PlainRenderer {
-    transfers: Mutex<HashMap<String, (String, u64)>>,
+    /// Running transfers: direction and bytes moved so far.
+    transfers: Mutex<HashMap<String, (Direction, u64)>>,
+}
+
+/// What a finished transfer says after its label (`Pushed`, `Layer already exists`, …);
+/// `moved` and `elapsed` only matter for `Transferred`.
+fn outcome_text(
+    outcome: &TransferOutcome,
+    direction: Direction,
+    moved: u64,
+    elapsed: Duration,
+) -> String {
+    match outcome {
+        TransferOutcome::AlreadyPresent => "already present".into(),
+        TransferOutcome::ExistsRemotely => "Layer already exists".into(),
+        TransferOutcome::Mounted { from } => format!("Mounted from {from}"),
+        TransferOutcome::Failed => "failed".into(),
+        TransferOutcome::Transferred => {
+            let secs = elapsed.as_secs_f64().max(0.001);
+            let verb = match direction {
+                Direction::Download => "done",
+                Direction::Upload => "Pushed",
+            };
+            format!(
+                "{verb} {} in {:.1}s ({}/s)",
+                human_bytes(moved),
+                secs,
+                human_bytes((moved as f64 / secs) as u64)
+            )
+        }
+    }
 }
 
 impl Reporter for PlainRenderer {
@@ -83,6 +113,7 @@ impl Reporter for PlainRenderer {
                 label,
                 total,
                 offset,
+                direction,
             } => {
                 let size = total
                     .map(human_bytes)
@@ -92,8 +123,12 @@ impl Reporter for PlainRenderer {
                 } else {
                     String::new()
                 };
-                transfers.insert(id, (label.clone(), 0));
-                writeln!(err, "{label}: downloading {size}{resumed}")
+                transfers.insert(id, (direction, 0));
+                let verb = match direction {
+                    Direction::Download => "downloading",
+                    Direction::Upload => "Pushing",
+                };
+                writeln!(err, "{label}: {verb} {size}{resumed}")
             }
             Event::TransferProgress { id, bytes } => {
                 if let Some(t) = transfers.get_mut(&id) {
@@ -103,24 +138,13 @@ impl Reporter for PlainRenderer {
             }
             Event::TransferDone {
                 id,
+                label,
                 outcome,
                 elapsed,
             } => {
-                let (label, moved) = transfers.remove(&id).unwrap_or((id, 0));
-                match outcome {
-                    TransferOutcome::AlreadyPresent => writeln!(err, "{label}: already present"),
-                    TransferOutcome::Failed => writeln!(err, "{label}: failed"),
-                    TransferOutcome::Transferred => {
-                        let secs = elapsed.as_secs_f64().max(0.001);
-                        writeln!(
-                            err,
-                            "{label}: done {} in {:.1}s ({}/s)",
-                            human_bytes(moved),
-                            secs,
-                            human_bytes((moved as f64 / secs) as u64)
-                        )
-                    }
-                }
+                let (direction, moved) = transfers.remove(&id).unwrap_or((Direction::Download, 0));
+                let text = outcome_text(&outcome, direction, moved, elapsed);
+                writeln!(err, "{label}: {text}")
             }
         };
     }
@@ -212,7 +236,13 @@ impl Reporter for TtyRenderer {
                 label,
                 total,
                 offset,
+                direction: _,
             } => {
+                // A transfer started again (an upload restarted or resumed) keeps its bar.
+                if let Some(bar) = bars.get(&id) {
+                    bar.set_position(offset);
+                    return;
+                }
                 let bar = self.multi.add(match total {
                     Some(t) => ProgressBar::new(t),
                     None => ProgressBar::no_length(),
@@ -230,18 +260,22 @@ impl Reporter for TtyRenderer {
             }
             Event::TransferDone {
                 id,
+                label,
                 outcome,
                 elapsed,
             } => {
-                if let Some(bar) = bars.remove(&id) {
-                    let msg = match outcome {
-                        TransferOutcome::Transferred => {
-                            format!("done in {:.1}s", elapsed.as_secs_f64())
-                        }
-                        TransferOutcome::AlreadyPresent => "already present".to_string(),
-                        TransferOutcome::Failed => "failed".to_string(),
-                    };
-                    bar.finish_with_message(msg);
+                let msg = match &outcome {
+                    TransferOutcome::Transferred => {
+                        format!("done in {:.1}s", elapsed.as_secs_f64())
+                    }
+                    other => outcome_text(other, Direction::Upload, 0, elapsed),
+                };
+                match bars.remove(&id) {
+                    Some(bar) => bar.finish_with_message(msg),
+                    // Nothing moved, so there was no bar: one line says why.
+                    None => {
+                        let _ = self.multi.println(format!("{label}: {msg}"));
+                    }
                 }
             }
         }

@@ -78,10 +78,10 @@ pub struct BuildRequest {
     pub pull: bool,
     pub layer: LayerSettings,
     pub oci_media_types: bool,
-    /// The image goes only to a registry (`--push`): layers that an imported cache names but
-    /// the store lacks are left where they are (pushed by cross-repository mount) instead of
+    /// The registry the image is pushed to (`--push`): layers that an imported cache in that
+    /// registry holds but the store lacks are left there (the push mounts them) instead of
     /// being downloaded, and the image is tagged in the store only when all its blobs are here.
-    pub remote_layers_ok: bool,
+    pub remote_layers_in: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,7 +95,7 @@ pub struct BuildOutcome {
     /// Keys of every step of every stage built (`mode=max`).
     pub cache_keys_max: Vec<Digest>,
     /// Layers of the image that are not in the store, with where they live
-    /// (only with `remote_layers_ok`); when not empty the image was not tagged in the store.
+    /// (only with `remote_layers_in`); when not empty the image was not tagged in the store.
     pub remote_layers: Vec<(Digest, RecordSource)>,
 }
 
@@ -285,7 +285,7 @@ impl Builder {
             .map(|l| l.layer.clone())
             .collect();
         let remote_layers = self
-            .remote_layers(&target.image, req.remote_layers_ok)
+            .remote_layers(&target.image, req.remote_layers_in.as_deref())
             .await?;
         let exported = export_image(
             &self.store,
@@ -346,12 +346,13 @@ impl Builder {
         })
     }
 
-    /// The image's layers whose blobs are not in the store. Unless `keep_remote`, they are
-    /// downloaded now (not unpacked: nothing runs on them) and the list is empty.
+    /// The image's layers whose blobs are not in the store and that an imported cache in
+    /// `keep_in` (a registry) holds; every other missing layer is downloaded now (not
+    /// unpacked: nothing runs on it).
     async fn remote_layers(
         &self,
         image: &ImageState,
-        keep_remote: bool,
+        keep_in: Option<&str>,
     ) -> Result<Vec<(Digest, RecordSource)>, BuildError> {
         let mut remote = Vec::new();
         for layer in &image.layers {
@@ -360,11 +361,17 @@ impl Builder {
             }
             let lazy = self.lazy(&layer.chain);
             let source = lazy.as_ref().and_then(|l| l.source.clone());
-            match (keep_remote, source) {
-                (true, Some(source @ RecordSource::Registry(_))) => {
+            let in_push_registry = match (&source, keep_in) {
+                (Some(RecordSource::Registry(r)), Some(registry)) => {
+                    crate::oci::Reference::parse(r).is_ok_and(|r| r.registry() == registry)
+                }
+                _ => false,
+            };
+            match source {
+                Some(source) if in_push_registry => {
                     remote.push((layer.layer.digest.clone(), source))
                 }
-                (_, source) => {
+                source => {
                     let cached = CachedLayer {
                         media_type: layer.layer.media_type.clone(),
                         digest: layer.layer.digest.clone(),

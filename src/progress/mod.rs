@@ -16,15 +16,19 @@ pub enum Event {
         id: String,
         label: String,
         total: Option<u64>,
-        /// Bytes already present (a resumed download).
+        /// Bytes already present (a resumed download or upload).
         offset: u64,
+        direction: Direction,
     },
     TransferProgress {
         id: String,
         bytes: u64,
     },
+    /// A blob transfer ends; also sent without a `TransferStarted` when nothing had to move
+    /// (the registry already has the blob, or mounted it).
     TransferDone {
         id: String,
+        label: String,
         outcome: TransferOutcome,
         elapsed: Duration,
     },
@@ -56,11 +60,25 @@ pub enum Event {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From a registry into the store.
+    Download,
+    /// From the store to a registry.
+    Upload,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferOutcome {
     /// Downloaded (or uploaded) now.
     Transferred,
-    /// Already present; nothing moved.
+    /// Already in the local store; nothing moved.
     AlreadyPresent,
+    /// The registry already has the blob in the destination repository (a push skips it).
+    ExistsRemotely,
+    /// The registry linked the blob from another of its repositories (`from`).
+    Mounted {
+        from: String,
+    },
     Failed,
 }
 

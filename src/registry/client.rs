@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use reqwest::header::{
-    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RANGE, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
@@ -75,7 +76,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// Exponential backoff, or the registry's `Retry-After` (capped at a minute).
-    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         match retry_after {
             Some(d) => d.min(Duration::from_secs(60)),
             None => self
@@ -343,6 +344,20 @@ impl RegistryClient {
         }
     }
 
+    /// The base URL (`https://host` or `http://host`) once the scheme is settled.
+    pub async fn base(&self) -> Result<String, RegistryError> {
+        Ok(self.base_url(self.scheme().await?))
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.config.retry
+    }
+
+    /// Whether credentials are configured for this registry.
+    pub fn has_credential(&self) -> bool {
+        self.config.credential.is_some()
+    }
+
     /// Sends a request built by `build`, authenticating on a 401 and retrying transient failures.
     async fn send(
         &self,
@@ -350,20 +365,45 @@ impl RegistryClient {
         scope: &str,
         what: &str,
     ) -> Result<Response, RegistryError> {
-        let policy = self.config.retry;
+        self.send_with(build, scope, what, true).await
+    }
+
+    /// [`send`](Self::send) for callers that own the retry decision (uploads, whose bodies
+    /// may have been half-consumed): with `retry_transient` false, a connection error, 5xx or
+    /// 429 comes back at once; a 401 is still answered with authentication and one resend.
+    /// `scope` may hold several space-separated scopes (`repository:a:pull,push
+    /// repository:b:pull`).
+    pub async fn send_with(
+        &self,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+        scope: &str,
+        what: &str,
+        retry_transient: bool,
+    ) -> Result<Response, RegistryError> {
+        let mut policy = self.config.retry;
+        if !retry_transient {
+            policy.attempts = 1;
+        }
         let mut authenticated_after_401 = false;
         let mut attempt = 0u32;
         loop {
-            let mut req = build(&self.http);
-            if let Some(header) = self.cached_authorization(scope) {
-                req = req.header(AUTHORIZATION, header);
+            let mut request = match build(&self.http).build() {
+                Ok(r) => r,
+                Err(e) => return Err(self.unreachable(&self.config.host, &e)),
+            };
+            let url_for_errors = request.url().to_string();
+            // Credentials go only to the registry's own host, never to a host an upload
+            // `Location` or a redirect names.
+            if self.is_own_host(request.url()) {
+                if let Some(mut value) = self
+                    .cached_authorization(scope)
+                    .and_then(|h| HeaderValue::from_str(&h).ok())
+                {
+                    value.set_sensitive(true);
+                    request.headers_mut().insert(AUTHORIZATION, value);
+                }
             }
-            let url_for_errors = req
-                .try_clone()
-                .and_then(|r| r.build().ok())
-                .map(|r| r.url().to_string())
-                .unwrap_or_else(|| self.config.host.clone());
-            match req.send().await {
+            match self.http.execute(request).await {
                 Err(e) => {
                     attempt += 1;
                     // A certificate the client does not trust will not become trusted by
@@ -398,6 +438,24 @@ impl RegistryClient {
                 Ok(resp) => return Ok(resp),
             }
         }
+    }
+
+    fn is_own_host(&self, url: &reqwest::Url) -> bool {
+        let own =
+            self.config
+                .host
+                .rsplit_once(':')
+                .map_or(self.config.host.as_str(), |(h, port)| {
+                    if port.chars().all(|c| c.is_ascii_digit()) {
+                        h
+                    } else {
+                        &self.config.host
+                    }
+                });
+        let own = own.trim_start_matches('[').trim_end_matches(']');
+        url.host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .is_some_and(|h| h.eq_ignore_ascii_case(own))
     }
 
     fn cached_authorization(&self, scope: &str) -> Option<String> {
@@ -490,8 +548,9 @@ impl RegistryClient {
         if !service.is_empty() {
             query.push(("service", service));
         }
-        if !scope.is_empty() {
-            query.push(("scope", scope));
+        // Several scopes (a push with mount sources) are several `scope` parameters.
+        for one in scope.split_whitespace() {
+            query.push(("scope", one));
         }
         let req = match &self.config.credential {
             Some(Credential::IdentityToken { token, .. }) => {
@@ -550,7 +609,12 @@ impl RegistryClient {
         Ok((format!("Bearer {token}"), lifetime))
     }
 
-    async fn expect_success(&self, resp: Response, what: &str) -> Result<Response, RegistryError> {
+    /// The response if it succeeded, else an error naming the registry, `what` and the answer.
+    pub async fn expect_success(
+        &self,
+        resp: Response,
+        what: &str,
+    ) -> Result<Response, RegistryError> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -590,7 +654,7 @@ impl RegistryClient {
         })
     }
 
-    fn unreachable(&self, url: &str, e: &reqwest::Error) -> RegistryError {
+    pub fn unreachable(&self, url: &str, e: &reqwest::Error) -> RegistryError {
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
@@ -659,4 +723,35 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(host: &str) -> RegistryClient {
+        RegistryClient::new(EndpointConfig {
+            name: host.to_string(),
+            host: host.to_string(),
+            plain_http: true,
+            allow_http_fallback: false,
+            ca_file: None,
+            credential: None,
+            retry: RetryPolicy::default(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn credentials_only_go_to_the_registry_host() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let c = client("127.0.0.1:5000");
+        assert!(c.is_own_host(&url("http://127.0.0.1:5000/v2/a/blobs/uploads/x?_state=1")));
+        assert!(!c.is_own_host(&url("https://storage.example.com/upload?sig=1")));
+        let hub = client("registry-1.docker.io");
+        assert!(hub.is_own_host(&url("https://registry-1.docker.io:443/v2/")));
+        assert!(!hub.is_own_host(&url("https://auth.docker.io/token")));
+        let v6 = client("[::1]:5000");
+        assert!(v6.is_own_host(&url("http://[::1]:5000/v2/")));
+    }
 }

@@ -123,6 +123,20 @@ impl RegistryConfig {
         Ok(out)
     }
 
+    /// The registry itself, without mirrors: where a push goes (mirrors only serve pulls).
+    pub fn registry_endpoint(
+        &self,
+        registry: &str,
+        credentials: &CredentialSources,
+    ) -> Result<EndpointConfig, CredentialError> {
+        let api_host = if registry == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
+        self.endpoint(registry, api_host, None, credentials)
+    }
+
     fn endpoint(
         &self,
         name: &str,

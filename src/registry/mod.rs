@@ -6,6 +6,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod pull;
+pub mod push;
 
 pub use client::{BlobSink, EndpointConfig, FetchedManifest, RegistryClient, RetryPolicy, Scheme};
 pub use credentials::{Credential, CredentialSources};

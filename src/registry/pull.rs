@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::oci::{Digest, Platform, Reference};
-use crate::progress::{Event, Reporter, TransferOutcome};
+use crate::progress::{Direction, Event, Reporter, TransferOutcome};
 use crate::store::{Descriptor, Ingest, Store, StoreError};
 
 use super::client::{BlobSink, FetchedManifest, RegistryClient};
@@ -531,7 +531,12 @@ async fn fetch_one(
     let id = desc.digest.to_string();
     let label = format!("{} {label}", &desc.digest.hex()[..12]);
     let started = Instant::now();
+    // Where the blob lives, for pushes that can mount it instead of uploading it.
+    let remember = || {
+        let _ = store.record_blob_source(&desc.digest, &format!("{}/{repo}", client.name()));
+    };
     if store.has_blob(&desc.digest) {
+        remember();
         reporter.report(Event::Status {
             message: format!("{label}: already present"),
         });
@@ -551,6 +556,7 @@ async fn fetch_one(
             label: label.clone(),
             total: Some(desc.size),
             offset,
+            direction: Direction::Download,
         });
         let mut sink = IngestSink {
             store: store.clone(),
@@ -574,6 +580,7 @@ async fn fetch_one(
         if let Err(e) = fetched {
             reporter.report(Event::TransferDone {
                 id,
+                label,
                 outcome: TransferOutcome::Failed,
                 elapsed: started.elapsed(),
             });
@@ -584,8 +591,10 @@ async fn fetch_one(
         };
         match ingest.commit() {
             Ok(info) => {
+                remember();
                 reporter.report(Event::TransferDone {
                     id,
+                    label,
                     outcome: TransferOutcome::Transferred,
                     elapsed: started.elapsed(),
                 });
@@ -601,6 +610,7 @@ async fn fetch_one(
             }) => {
                 reporter.report(Event::TransferDone {
                     id,
+                    label,
                     outcome: TransferOutcome::Failed,
                     elapsed: started.elapsed(),
                 });

@@ -116,6 +116,7 @@ impl Store {
             match fs::remove_file(&path) {
                 Ok(()) => {
                     report.removed_bytes += meta.len();
+                    self.forget_blob_sources(&digest);
                     report.removed_blobs.push(digest);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

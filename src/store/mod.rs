@@ -12,6 +12,7 @@
 //! <root>/oci/blobs/sha256/<hex>   committed content, never written in place
 //! <root>/ingest/<pid>-<n>-<t>.tmp one in-flight write, flock'ed by its writer
 //! <root>/ingest/<hex>.partial     a resumable download of a known digest, flock'ed while written
+//! <root>/blob-sources-v1/<hex>    registry repositories the blob is known to live in (mount hints)
 //! ```
 //!
 //! Crash safety: a blob only appears at its final path by `rename` of a complete, fsynced and
@@ -31,6 +32,7 @@ mod gc;
 mod image;
 mod index;
 mod ingest;
+mod sources;
 
 use std::fs::{self, File};
 use std::io::Read;

@@ -1,5 +1,6 @@
 //! A fault-injecting HTTP/1.1 proxy on 127.0.0.1 in front of a plain-HTTP registry. One request
-//! per connection (it answers `Connection: close`); every request is logged; rules fire in order.
+//! per connection (it answers `Connection: close`); request bodies (`Content-Length` or
+//! chunked) are forwarded; every request is logged; rules fire in order.
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -20,12 +21,17 @@ pub enum Action {
     CutAfter(usize),
     /// Pass the response with one body byte flipped (same length).
     Corrupt,
+    /// Forward the request head and only the first `n` bytes of its body to the registry,
+    /// then close both connections without answering: an upload cut in the middle.
+    CutRequestAfter(usize),
 }
 
 #[derive(Debug, Clone)]
 pub struct Rule {
     /// Applies to requests whose path contains this (empty: every request).
     pub path_contains: String,
+    /// Applies only to this method, if set.
+    pub method: Option<String>,
     /// How many more times it fires.
     pub times: usize,
     pub action: Action,
@@ -93,9 +99,25 @@ impl FaultProxy {
     pub fn add_rule(&self, path_contains: &str, times: usize, action: Action) {
         self.state.lock().unwrap().rules.push(Rule {
             path_contains: path_contains.to_string(),
+            method: None,
             times,
             action,
         });
+    }
+
+    /// A rule for requests with `method` only.
+    pub fn add_method_rule(&self, method: &str, path_contains: &str, times: usize, action: Action) {
+        self.state.lock().unwrap().rules.push(Rule {
+            path_contains: path_contains.to_string(),
+            method: Some(method.to_string()),
+            times,
+            action,
+        });
+    }
+
+    /// Forgets the requests seen so far.
+    pub fn clear_seen(&self) {
+        self.state.lock().unwrap().seen.clear();
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -112,6 +134,12 @@ impl Drop for FaultProxy {
 fn handle(mut client: TcpStream, upstream_port: u16, state: &Mutex<State>) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    // A TLS ClientHello (a client probing HTTPS first) is refused at once, so the client
+    // falls back to plain HTTP instead of waiting for a timeout.
+    let mut first = [0u8; 1];
+    if client.peek(&mut first)? == 0 || first[0] == 0x16 {
+        return Ok(());
+    }
     let head = read_head(&mut client)?;
     if head.is_empty() {
         return Ok(());
@@ -130,7 +158,11 @@ fn handle(mut client: TcpStream, upstream_port: u16, state: &Mutex<State>) -> st
         let action = st
             .rules
             .iter_mut()
-            .find(|r| r.times > 0 && path.contains(&r.path_contains))
+            .find(|r| {
+                r.times > 0
+                    && path.contains(&r.path_contains)
+                    && r.method.as_ref().is_none_or(|m| *m == method)
+            })
             .map(|r| {
                 r.times -= 1;
                 r.action.clone()
@@ -143,6 +175,7 @@ fn handle(mut client: TcpStream, upstream_port: u16, state: &Mutex<State>) -> st
         });
         action
     };
+    let body = read_body(&mut client, &headers)?;
     if let Some(Action::Respond { status, headers }) = &action {
         let body =
             format!("{{\"errors\":[{{\"code\":\"INJECTED\",\"message\":\"injected {status}\"}}]}}");
@@ -167,6 +200,16 @@ fn handle(mut client: TcpStream, upstream_port: u16, state: &Mutex<State>) -> st
     }
     req.push_str("connection: close\r\n\r\n");
     upstream.write_all(req.as_bytes())?;
+    if let Some(Action::CutRequestAfter(n)) = action {
+        upstream.write_all(&body[..n.min(body.len())])?;
+        upstream.flush()?;
+        // Give the registry the partial body before the connection goes away.
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = upstream.shutdown(std::net::Shutdown::Both);
+        let _ = client.shutdown(std::net::Shutdown::Both);
+        return Ok(());
+    }
+    upstream.write_all(&body)?;
     let mut response = Vec::new();
     upstream.read_to_end(&mut response)?;
     let split = response
@@ -198,4 +241,44 @@ fn handle(mut client: TcpStream, upstream_port: u16, state: &Mutex<State>) -> st
     client.flush()?;
     let _ = client.shutdown(std::net::Shutdown::Both);
     Ok(())
+}
+
+/// The request body as it came (`Content-Length` bytes, or chunked framing up to and including
+/// the last chunk); empty when there is none.
+fn read_body(client: &mut TcpStream, headers: &[(String, String)]) -> std::io::Result<Vec<u8>> {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        let mut body = vec![0u8; len];
+        client.read_exact(&mut body)?;
+        return Ok(body);
+    }
+    if !header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        return Ok(Vec::new());
+    }
+    let mut raw = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        while !line.ends_with(b"\r\n") {
+            let mut b = [0u8; 1];
+            if client.read(&mut b)? == 0 {
+                return Ok(raw);
+            }
+            line.push(b[0]);
+        }
+        raw.extend_from_slice(&line);
+        let text = String::from_utf8_lossy(&line);
+        let size_text = text.trim().split(';').next().unwrap_or("0").to_string();
+        let size = usize::from_str_radix(&size_text, 16).unwrap_or(0);
+        let mut chunk = vec![0u8; size + 2];
+        client.read_exact(&mut chunk)?;
+        raw.extend_from_slice(&chunk);
+        if size == 0 {
+            return Ok(raw);
+        }
+    }
 }

@@ -1,0 +1,112 @@
+//! `kiln push REF [DEST]`, and the push after `kiln build --push`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::pull::StoreOpts;
+use super::registry_opts::{runtime, RegistryOpts};
+use super::render::{reporter, ProgressMode};
+use crate::oci::Reference;
+use crate::progress::{Event, Reporter};
+use crate::registry::pull::Puller;
+use crate::cache::RecordSource;
+use crate::oci::Digest;
+use crate::registry::push::{ManifestPush, PushOptions, PushReport, Pusher};
+
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    /// Image in the store (`app:1`, `127.0.0.1:5000/team/app:1`)
+    reference: String,
+    /// Where to push it, if not to REF itself (`registry/repository[:tag]`)
+    destination: Option<String>,
+    /// Progress output
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+    /// Print nothing but the digest
+    #[arg(short, long)]
+    quiet: bool,
+    /// Registry options (`--registry-mirror` does not apply: pushes go to the registry itself)
+    #[command(flatten)]
+    registry: RegistryOpts,
+    #[command(flatten)]
+    store: StoreOpts,
+}
+
+pub fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let source = Reference::parse(&args.reference)?;
+    let destination = match &args.destination {
+        Some(d) => Reference::parse(d)?,
+        None => source.clone(),
+    };
+    let rep: Arc<dyn Reporter> = if args.quiet {
+        Arc::new(crate::progress::NullReporter)
+    } else {
+        Arc::from(reporter(args.progress))
+    };
+    let pusher = Pusher {
+        config: args.registry.load()?,
+        credentials: args.registry.credentials(),
+        store: args.store.open()?,
+        reporter: rep,
+    };
+    let report = runtime()?.block_on(pusher.push_image(
+        &source.to_string(),
+        std::slice::from_ref(&destination),
+        &PushOptions::default(),
+    ))?;
+    // The manifest digest is the one piece of data, so it goes to stdout.
+    println!("{}", report.digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Pushes the image a build made (its manifest in the store) to every name
+/// (`kiln build --push`). Layers in `remote` are not in the store: they live in an imported
+/// registry cache of the same registry, and are mounted from there.
+pub async fn push_built(
+    puller: &Puller,
+    manifest_digest: &Digest,
+    names: &[String],
+    remote: &[(Digest, RecordSource)],
+) -> anyhow::Result<PushReport> {
+    if names.is_empty() {
+        anyhow::bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY[:TAG]");
+    }
+    let destinations = names
+        .iter()
+        .map(|t| Reference::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pusher = Pusher {
+        config: puller.config.clone(),
+        credentials: puller.credentials.clone(),
+        store: puller.store.clone(),
+        reporter: puller.reporter.clone(),
+    };
+    let bytes = pusher.store.read_blob(manifest_digest)?;
+    let mut manifest = ManifestPush::from_image_manifest(bytes, crate::oci::media::OCI_MANIFEST)
+        .map_err(anyhow::Error::msg)?;
+    for blob in &mut manifest.blobs {
+        for (digest, source) in remote {
+            if let (true, RecordSource::Registry(r)) = (*digest == blob.digest, source) {
+                if let Ok(r) = Reference::parse(r) {
+                    blob.mount_from.push(r.repository().to_string());
+                }
+            }
+        }
+    }
+    let report = pusher
+        .push(&manifest, &destinations, &PushOptions::default())
+        .await?;
+    for r in &report.repositories {
+        for reference in &r.references {
+            let sep = if reference.starts_with("sha256:") {
+                "@"
+            } else {
+                ":"
+            };
+            pusher.reporter.report(Event::Status {
+                message: format!("pushed {}{sep}{reference} ({})", r.name, report.digest),
+            });
+        }
+    }
+    Ok(report)
+}
