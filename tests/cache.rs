@@ -10,6 +10,7 @@ use std::path::Path;
 use support::busybox::{
     kiln, move_busybox_tag, ok, registry_with_busybox, step_outcomes, Registry,
 };
+use support::proxy::FaultProxy;
 
 const DOCKERFILE: &str = "FROM busybox
 WORKDIR /app
@@ -65,8 +66,12 @@ impl Project {
 
     /// Builds and returns (the steps that ran, the whole stderr).
     fn build(&self, extra: &[&str]) -> (Vec<String>, String) {
+        self.build_tagged("app", extra)
+    }
+
+    fn build_tagged(&self, tag: &str, extra: &[&str]) -> (Vec<String>, String) {
         let ctx = self.ctx.path().to_string_lossy().to_string();
-        let mut args = vec!["build", "--progress", "plain", "-t", "app"];
+        let mut args = vec!["build", "--progress", "plain", "-t", tag];
         args.extend_from_slice(extra);
         args.push(&ctx);
         let out = kiln(self.root.path(), &self.reg, &args);
@@ -98,7 +103,11 @@ impl Project {
 
     /// Asserts that exactly the steps from index `first` on ran (none if `first` is None).
     fn expect_from(&self, what: &str, extra: &[&str], first: Option<usize>) -> String {
-        let (ran, stderr) = self.build(extra);
+        self.expect_tagged("app", what, extra, first)
+    }
+
+    fn expect_tagged(&self, tag: &str, what: &str, extra: &[&str], first: Option<usize>) -> String {
+        let (ran, stderr) = self.build_tagged(tag, extra);
         let want: Vec<String> = match first {
             Some(i) => STEPS[i..].iter().map(|s| s.to_string()).collect(),
             None => Vec::new(),
@@ -369,4 +378,109 @@ fn prune_drops_cache_but_never_what_a_tagged_image_needs() {
     let (_, err) = p.build(&["--config", &cfg]);
     assert!(err.contains("auto-prune: freed"), "{err}");
     assert_eq!(records(), 0);
+}
+
+fn skopeo(args: &[&str]) -> String {
+    let out = std::process::Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_ci_scenario_through_a_registry_cache() {
+    let a = Project::new();
+    // Cache and pushes go through a counting proxy in front of the registry; the base image
+    // is pulled from the registry directly (as a Docker Hub mirror).
+    let proxy = FaultProxy::start(a.reg.addr.rsplit(':').next().unwrap().parse().unwrap());
+    let host = proxy.host();
+    let cache_ref = format!("{host}/app/cache:main");
+    let to = format!("type=registry,ref={cache_ref},mode=max");
+    let err = a.expect_from("machine A's build", &["--cache-to", &to], Some(0));
+    assert!(err.contains("exported cache to"), "{err}");
+    let manifest: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{cache_ref}"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"], "application/vnd.kiln.cache.config.v1+json",
+        "{manifest}"
+    );
+    let cache_layers: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert!(cache_layers.len() >= 4, "{manifest}");
+    // A second export finds every blob in place and uploads nothing.
+    proxy.clear_seen();
+    let err = a.expect_from("an unchanged rebuild", &["--cache-to", &to], None);
+    assert!(err.contains("0 B uploaded"), "{err}");
+
+    // Machine B: an empty state root, the same commit, and a push. No step runs, and the
+    // layers it gets from the cache are never downloaded: the push mounts them.
+    let b = Project {
+        reg: a.reg,
+        root: tempfile::tempdir().unwrap(),
+        ctx: tempfile::tempdir().unwrap(),
+    };
+    copy_tree(a.ctx.path(), b.ctx.path());
+    let from = format!("type=registry,ref={cache_ref}");
+    let image = format!("{host}/app/image:1");
+    proxy.clear_seen();
+    let err = b.expect_tagged(
+        &image,
+        "machine B with the registry cache",
+        &["--cache-from", &from, "--push"],
+        None,
+    );
+    assert!(err.contains("importing cache from"), "{err}");
+    let seen = proxy.seen();
+    for layer in &cache_layers {
+        assert!(
+            !seen
+                .iter()
+                .any(|s| s.method == "GET" && s.path.ends_with(&format!("/blobs/{layer}"))),
+            "machine B downloaded the cached layer {layer}: {seen:#?}"
+        );
+        let hex = layer.trim_start_matches("sha256:");
+        assert!(!b.root.path().join("oci/blobs/sha256").join(hex).exists());
+    }
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "POST" && s.path.contains("from=app%2Fcache")),
+        "no layer was mounted from the cache repository: {seen:#?}"
+    );
+    // The pushed image is complete: skopeo copies it, every blob, into a fresh layout.
+    let copy = tempfile::tempdir().unwrap();
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{image}"),
+        &format!("oci:{}:img", copy.path().display()),
+    ]);
+
+    // A one-file change on another fresh machine: only the steps after the changed COPY run.
+    fs::write(b.path("dir/x"), "changed on B").unwrap();
+    let b2 = Project {
+        reg: b.reg,
+        root: tempfile::tempdir().unwrap(),
+        ctx: b.ctx,
+    };
+    b2.expect_from("a one-file change", &["--cache-from", &from], Some(3));
+    ok(&kiln(
+        b2.root.path(),
+        &b2.reg,
+        &["run", "app", "cat", "/one", "/dir/x"],
+    ));
 }

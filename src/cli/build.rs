@@ -246,11 +246,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         },
         oci_media_types: args.oci_mediatypes,
         // A push-only build may leave layers an imported cache holds in the registry pushed to.
-        remote_layers_in: if push {
-            push_registry(&names)
-        } else {
-            None
-        },
+        remote_layers_in: if push { push_registry(&names) } else { None },
     };
     let rt = runtime()?;
     // Ctrl-C: the running step's runtime is killed (the sandbox then deletes its container), the

@@ -133,6 +133,14 @@ async fn import_registry(
         )
         .await?;
     let config = builder.store.read_blob(&parsed.config.digest)?;
+    // A later push to this registry mounts these layers from the cache repository instead
+    // of downloading and uploading them.
+    let repository = format!("{}/{}", reference.registry(), reference.repository());
+    for layer in &parsed.layers {
+        builder
+            .store
+            .record_blob_source(&layer.digest, &repository)?;
+    }
     let source = RecordSource::Registry(reference.to_string());
     records_from(&manifest.bytes, &config, &source).map_err(anyhow::Error::msg)
 }

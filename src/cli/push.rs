@@ -6,11 +6,11 @@ use std::sync::Arc;
 use super::pull::StoreOpts;
 use super::registry_opts::{runtime, RegistryOpts};
 use super::render::{reporter, ProgressMode};
+use crate::cache::RecordSource;
+use crate::oci::Digest;
 use crate::oci::Reference;
 use crate::progress::{Event, Reporter};
 use crate::registry::pull::Puller;
-use crate::cache::RecordSource;
-use crate::oci::Digest;
 use crate::registry::push::{ManifestPush, PushOptions, PushReport, Pusher};
 
 #[derive(Debug, clap::Args)]

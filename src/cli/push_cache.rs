@@ -1,13 +1,66 @@
 //! `--cache-to type=registry`: the cache manifest and its layers pushed to a registry.
 
-use crate::cache::transfer::CacheExport;
-use crate::exec::build::Builder;
-use crate::oci::Reference;
+use anyhow::Context as _;
 
+use crate::cache::transfer::{CacheExport, CACHE_CONFIG_MEDIA_TYPE};
+use crate::exec::build::Builder;
+use crate::oci::{media, Reference};
+use crate::registry::push::{ManifestPush, PushBlob, PushOptions, Pusher};
+
+/// Pushes `export` as `reference`. Layers the registry has are skipped, layers another of its
+/// repositories holds (the base image's, an imported cache's) are mounted, and only the rest
+/// is uploaded; a layer that is neither in the store nor in the registry is an error.
 pub async fn push_cache(
-    _builder: &Builder,
-    _export: &CacheExport,
+    builder: &Builder,
+    export: &CacheExport,
     reference: &Reference,
 ) -> anyhow::Result<()> {
-    anyhow::bail!("exporting the cache to a registry ({reference}) needs registry push")
+    // The pusher uploads from the store: the config is the one blob only the export has.
+    builder
+        .store
+        .write_blob(&export.config)
+        .context("writing the cache config into the store")?;
+    let config = export.config_descriptor();
+    let mut blobs = vec![PushBlob {
+        media_type: CACHE_CONFIG_MEDIA_TYPE.to_string(),
+        digest: config.digest,
+        size: config.size,
+        mount_from: Vec::new(),
+    }];
+    for layer in &export.layers {
+        blobs.push(PushBlob {
+            media_type: layer.media_type.clone(),
+            digest: layer.digest.clone(),
+            size: layer.size,
+            mount_from: Vec::new(),
+        });
+    }
+    let manifest = ManifestPush {
+        bytes: export.manifest.clone(),
+        media_type: media::OCI_MANIFEST.to_string(),
+        blobs,
+    };
+    let pusher = Pusher {
+        config: builder.puller.config.clone(),
+        credentials: builder.puller.credentials.clone(),
+        store: builder.store.clone(),
+        reporter: builder.reporter.clone(),
+    };
+    let report = pusher
+        .push(
+            &manifest,
+            std::slice::from_ref(reference),
+            &PushOptions::default(),
+        )
+        .await
+        .with_context(|| format!("exporting the cache to {reference}"))?;
+    builder.reporter.report(crate::progress::Event::Status {
+        message: format!(
+            "exported cache to {reference} ({} layers, {} uploaded, {})",
+            export.layers.len(),
+            crate::cli::render::human_bytes(report.uploaded_bytes()),
+            report.digest
+        ),
+    });
+    Ok(())
 }
