@@ -13,7 +13,9 @@ use kiln::oci::Digest;
 
 /// Source-like text: words from a small vocabulary, deterministic.
 fn text(len: usize, seed: u64) -> Vec<u8> {
-    let words = ["fn", "let", "self", "return", "import", "value", "config", "request", "the"];
+    let words = [
+        "fn", "let", "self", "return", "import", "value", "config", "request", "the",
+    ];
     let mut x = seed;
     let mut out = Vec::with_capacity(len + 16);
     while out.len() < len {

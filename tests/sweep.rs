@@ -34,7 +34,14 @@ fn the_next_build_clears_what_a_killed_build_left() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["build", "--root"])
         .arg(root.path())
-        .args(["--registry-mirror", &reg.addr, "--progress", "plain", "-t", "slow"])
+        .args([
+            "--registry-mirror",
+            &reg.addr,
+            "--progress",
+            "plain",
+            "-t",
+            "slow",
+        ])
         .arg(ctx.path())
         .env("DOCKER_CONFIG", root.path().join("no-docker-config"))
         .stdout(Stdio::null())
@@ -50,13 +57,24 @@ fn the_next_build_clears_what_a_killed_build_left() {
     std::thread::sleep(Duration::from_millis(500));
     child.kill().unwrap(); // SIGKILL: no cleanup can run.
     child.wait().unwrap();
-    assert!(!mounts_under(root.path()).is_empty(), "expected leftovers after SIGKILL");
+    assert!(
+        !mounts_under(root.path()).is_empty(),
+        "expected leftovers after SIGKILL"
+    );
 
     // The store is valid, and the next build sweeps the leftovers.
     ok(&kiln(root.path(), &reg, &["images"]));
-    fs::write(ctx.path().join("Dockerfile"), "FROM busybox\nRUN echo quick > /q\n").unwrap();
+    fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN echo quick > /q\n",
+    )
+    .unwrap();
     let ctx_path = ctx.path().to_string_lossy().to_string();
-    ok(&kiln(root.path(), &reg, &["build", "--progress", "plain", "-t", "quick", &ctx_path]));
+    ok(&kiln(
+        root.path(),
+        &reg,
+        &["build", "--progress", "plain", "-t", "quick", &ctx_path],
+    ));
     assert_eq!(mounts_under(root.path()), Vec::<String>::new());
     let leftovers: Vec<_> = ["tmp", "bundles"]
         .iter()
@@ -66,6 +84,13 @@ fn the_next_build_clears_what_a_killed_build_left() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // No container process of the killed build is still running.
-    let sleeping = Command::new("pgrep").args(["-f", "sleep 60"]).output().unwrap();
-    assert!(sleeping.stdout.is_empty(), "{}", String::from_utf8_lossy(&sleeping.stdout));
+    let sleeping = Command::new("pgrep")
+        .args(["-f", "sleep 60"])
+        .output()
+        .unwrap();
+    assert!(
+        sleeping.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&sleeping.stdout)
+    );
 }

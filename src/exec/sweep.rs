@@ -121,7 +121,8 @@ pub fn sweep_stale(root: &Path, snapshots: &Snapshotter, runtime: Option<&Runtim
     for dir in [&scratch, &bundles] {
         if let Ok(entries) = fs::read_dir(dir) {
             for e in entries.flatten() {
-                if dead_owner(&e.file_name().to_string_lossy()) && fs::remove_dir_all(e.path()).is_ok()
+                if dead_owner(&e.file_name().to_string_lossy())
+                    && fs::remove_dir_all(e.path()).is_ok()
                 {
                     report.removed += 1;
                 }
@@ -161,6 +162,9 @@ mod tests {
             Path::new(&format!("/r/tmp/run-{me}-1/merged")),
             root
         ));
-        assert!(!under_dead_owner(Path::new("/elsewhere/run-2147483632-1"), root));
+        assert!(!under_dead_owner(
+            Path::new("/elsewhere/run-2147483632-1"),
+            root
+        ));
     }
 }
