@@ -452,47 +452,6 @@ fn failures_name_the_dockerfile_line() {
     );
 }
 
-/// The Python fixtures need ../shared/anchors/setup.sh (python:3.11-slim on 127.0.0.1:5000 and
-/// the wheel index): `cargo test --test build -- --ignored`.
-#[test]
-#[ignore = "needs the anchors from ../shared/anchors/setup.sh (python base image and wheel index)"]
-fn django_fixture_with_anchors() {
-    let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    let ctx = fixtures().join("django");
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "build",
-            "--progress=plain",
-            "--registry-mirror",
-            "127.0.0.1:5000",
-            "-t",
-            "django:1",
-        ])
-        .arg(&ctx)
-        .arg("--root")
-        .arg(&root)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["run", "--root"])
-        .arg(&root)
-        .args([
-            "django:1",
-            "python",
-            "-c",
-            "import django; print(django.get_version())",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "4.2.16");
-}
-
 #[test]
 fn add_unpacks_archives_and_copy_from_an_image() {
     let reg = registry_with_busybox();

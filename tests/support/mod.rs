@@ -10,6 +10,7 @@
 pub mod busybox;
 pub mod layout;
 pub mod proxy;
+pub mod python_base;
 pub mod registry;
 pub mod token;
 

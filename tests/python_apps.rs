@@ -1,0 +1,285 @@
+//! The Python fixtures (`fixtures/apps/django`, `fastapi`, `flask-debian`) built with `kiln build`
+//! on `python:3.11-slim` / `debian:bookworm-slim` made from Debian packages by the harness
+//! (tests/support/python_base.rs: debootstrap, cached per machine), pip reading a local wheel
+//! index. The results are read back with skopeo and umoci, independently of kiln, and run with
+//! `kiln run`. Needs root, debootstrap, the Debian mirror and (once) PyPI.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use support::python_base::PythonBases;
+use support::run;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/apps")
+}
+
+/// The bases, with a wheel index holding every Python fixture's requirements.
+fn bases() -> PythonBases {
+    PythonBases::start(&[
+        fixtures().join("django/requirements.txt"),
+        fixtures().join("fastapi/app/requirements.txt"),
+    ])
+}
+
+/// `kiln SUBCOMMAND --root ROOT [--registry-mirror M] ARGS...`; options go first because
+/// `kiln run IMAGE CMD...` takes everything after IMAGE.
+fn kiln(root: &Path, mirror: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.arg(args[0]).arg("--root").arg(root);
+    if args[0] == "build" {
+        cmd.args(["--registry-mirror", mirror, "--progress=plain"]);
+    }
+    cmd.args(&args[1..])
+        .env("DOCKER_CONFIG", root.join("no-docker-config"))
+        .env_remove("KILN_CONFIG")
+        .output()
+        .expect("run kiln")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "kiln failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The image config from the store, read by skopeo.
+fn image_config(root: &Path, tag: &str) -> Value {
+    let out = run(Command::new("skopeo")
+        .args(["--insecure-policy", "inspect", "--config"])
+        .arg(format!("oci:{}/oci:{tag}", root.display())));
+    serde_json::from_slice(&out.stdout).expect("image config is JSON")
+}
+
+/// The image's files, unpacked by umoci.
+fn unpack(root: &Path, tag: &str, into: &Path) -> PathBuf {
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}/oci:{tag}", root.display()))
+        .arg(into));
+    into.join("rootfs")
+}
+
+fn env_has(config: &Value, entry: &str) -> bool {
+    config["config"]["Env"]
+        .as_array()
+        .is_some_and(|env| env.iter().any(|e| e == entry))
+}
+
+/// The image's layers start with exactly the base's layers.
+fn assert_on_base(config: &Value, base: &[String]) {
+    let ids: Vec<&str> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .expect("diff_ids")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        ids.len() > base.len() && ids[..base.len()] == *base,
+        "the image's layers {ids:?} do not start with its base's {base:?}"
+    );
+}
+
+#[test]
+fn django_builds_installs_from_the_wheel_index_and_runs() {
+    let bases = bases();
+    let mirror = bases.mirror();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = fixtures().join("django");
+    let build = ["build", "-t", "django:1", ctx.to_str().unwrap()];
+    let id = ok(&kiln(&root, &mirror, &build));
+    assert!(id.starts_with("sha256:"), "{id}");
+
+    let cfg = image_config(&root, "docker.io/library/django:1");
+    assert_on_base(&cfg, &bases.python_diff_ids);
+    let c = &cfg["config"];
+    assert_eq!(c["WorkingDir"], "/app");
+    assert_eq!(
+        c["Cmd"],
+        serde_json::json!(["python", "manage.py", "runserver", "0.0.0.0:8000"])
+    );
+    assert!(c["ExposedPorts"]["8000/tcp"].is_object(), "{c}");
+    for env in [
+        "PYTHONDONTWRITEBYTECODE=1",
+        "PYTHONUNBUFFERED=1",
+        "LANG=C.UTF-8",
+        "PIP_NO_INDEX=1",
+    ] {
+        assert!(env_has(&cfg, env), "{env} missing from {c}");
+    }
+
+    let rootfs = unpack(&root, "docker.io/library/django:1", &work.path().join("b"));
+    assert_eq!(
+        std::fs::read(rootfs.join("app/manage.py")).unwrap(),
+        std::fs::read(ctx.join("manage.py")).unwrap()
+    );
+    assert!(rootfs.join("app/mysite/settings.py").is_file());
+    assert!(
+        rootfs
+            .join("usr/local/lib/python3.11/dist-packages/django/__init__.py")
+            .is_file(),
+        "pip did not install Django under /usr/local"
+    );
+    assert!(
+        !rootfs.join("etc/resolv.conf").exists(),
+        "the sandbox's resolv.conf leaked into the image"
+    );
+
+    let version = [
+        "run",
+        "django:1",
+        "python",
+        "-c",
+        "import django; print(django.get_version())",
+    ];
+    assert_eq!(ok(&kiln(&root, &mirror, &version)), "4.2.16");
+    let check = kiln(
+        &root,
+        &mirror,
+        &["run", "django:1", "python", "manage.py", "check"],
+    );
+    ok(&check);
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("System check identified no issues"),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    // A rebuild takes every step from the cache, pip install included.
+    let again = kiln(&root, &mirror, &build);
+    ok(&again);
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(!log.contains("cache miss"), "{log}");
+    let cfg2 = image_config(&root, "docker.io/library/django:1");
+    assert_eq!(cfg["rootfs"], cfg2["rootfs"]);
+}
+
+#[test]
+fn fastapi_with_the_dockerfile_in_a_subfolder() {
+    let bases = bases();
+    let mirror = bases.mirror();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = fixtures().join("fastapi");
+    let dockerfile = ctx.join("docker/Dockerfile");
+    ok(&kiln(
+        &root,
+        &mirror,
+        &[
+            "build",
+            "-f",
+            dockerfile.to_str().unwrap(),
+            "-t",
+            "fastapi:1",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+
+    let cfg = image_config(&root, "docker.io/library/fastapi:1");
+    assert_on_base(&cfg, &bases.python_diff_ids);
+    let c = &cfg["config"];
+    assert_eq!(c["User"], "nobody");
+    assert_eq!(c["WorkingDir"], "/srv");
+    assert!(c["ExposedPorts"]["8080/tcp"].is_object(), "{c}");
+    assert_eq!(
+        c["Cmd"],
+        serde_json::json!([
+            "uvicorn",
+            "app.main:app",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8080"
+        ])
+    );
+
+    let rootfs = unpack(&root, "docker.io/library/fastapi:1", &work.path().join("b"));
+    assert_eq!(
+        std::fs::read(rootfs.join("srv/app/main.py")).unwrap(),
+        std::fs::read(ctx.join("app/main.py")).unwrap()
+    );
+    assert!(rootfs.join("srv/requirements.txt").is_file());
+    assert!(
+        !rootfs.join("srv/docker").exists(),
+        "only app/ was copied, not the Dockerfile's folder"
+    );
+    assert!(
+        rootfs.join("usr/local/bin/uvicorn").is_file(),
+        "uvicorn's script"
+    );
+
+    assert_eq!(
+        ok(&kiln(&root, &mirror, &["run", "fastapi:1", "id", "-u"])),
+        "65534"
+    );
+    let call = [
+        "run",
+        "fastapi:1",
+        "python",
+        "-c",
+        "import uvicorn; from app.main import app, root; print(type(app).__name__, root())",
+    ];
+    assert_eq!(
+        ok(&kiln(&root, &mirror, &call)),
+        "FastAPI {'hello': 'fastapi'}"
+    );
+}
+
+/// apt-get inside a RUN step reaches the Debian mirror over the host's network.
+#[test]
+fn flask_from_debian_packages_on_bookworm_slim() {
+    let bases = bases();
+    let mirror = bases.mirror();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = fixtures().join("flask-debian");
+    let build = kiln(
+        &root,
+        &mirror,
+        &["build", "-t", "flask:1", ctx.to_str().unwrap()],
+    );
+    assert!(
+        build.status.success(),
+        "building flask-debian failed; its RUN apt-get needs the Debian mirror in the image's \
+         sources.list over the host's network:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+
+    let cfg = image_config(&root, "docker.io/library/flask:1");
+    assert_on_base(&cfg, &bases.debian_diff_ids);
+    let c = &cfg["config"];
+    assert!(env_has(&cfg, "FLASK_APP=app.py"), "{c}");
+    assert_eq!(c["WorkingDir"], "/opt/app");
+    assert!(c["ExposedPorts"]["5000/tcp"].is_object(), "{c}");
+
+    let rootfs = unpack(&root, "docker.io/library/flask:1", &work.path().join("b"));
+    assert!(rootfs.join("opt/app/app.py").is_file());
+    assert!(rootfs
+        .join("usr/lib/python3/dist-packages/flask/__init__.py")
+        .is_file());
+    let lists: Vec<_> = std::fs::read_dir(rootfs.join("var/lib/apt/lists"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(lists.is_empty(), "apt lists left in the image: {lists:?}");
+
+    let call = [
+        "run",
+        "flask:1",
+        "python3",
+        "-c",
+        "from app import app; print(app.test_client().get('/').data.decode(), end='')",
+    ];
+    assert_eq!(ok(&kiln(&root, &mirror, &call)), "hello from flask");
+}
