@@ -126,7 +126,11 @@ fn set_mode(path: &Path, mode: u32) {
 fn every_kind_of_change_busts_exactly_the_steps_it_must() {
     let p = Project::new();
     p.expect_from("the first build", &[], Some(0));
+    let first = ok(&kiln(p.root.path(), &p.reg, &["inspect", "app"]));
     p.expect_from("nothing", &[], None);
+    // A fully cached rebuild is the same image (BuildKit's history times: when each layer
+    // was first made), so the same image ID.
+    assert_eq!(first, ok(&kiln(p.root.path(), &p.reg, &["inspect", "app"])));
 
     fs::write(p.path("b.txt"), "changed, but no COPY selects it").unwrap();
     p.expect_from("a file no COPY selects", &[], None);
@@ -280,6 +284,16 @@ fn a_fresh_state_root_builds_from_an_exported_local_cache() {
         v["config"]["rootfs"].clone()
     };
     assert_eq!(config(&id_a), config(&id_b), "same layers on both machines");
+    // History times travel with the cache: B's image is A's, to the byte (the same image ID).
+    let whole = |inspect: &str| {
+        let v: serde_json::Value = serde_json::from_str(inspect).unwrap();
+        v["config"].clone()
+    };
+    assert_eq!(
+        whole(&id_a),
+        whole(&id_b),
+        "the same image config on both machines"
+    );
     // The image works from B's store.
     let out = ok(&kiln(
         b.root.path(),

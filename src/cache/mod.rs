@@ -45,6 +45,10 @@ pub struct CacheRecord {
     /// needs it (until then it need not be in the store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<RecordSource>,
+    /// When the step first ran (RFC 3339): the layer's history time in every image that
+    /// reuses it, so a fully cached rebuild gives the same image ID (as BuildKit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
 }
 
 /// Where an imported record's layer lives.
@@ -219,6 +223,7 @@ mod tests {
                 &CacheRecord {
                     layer: None,
                     source: None,
+                    created: None,
                 },
             )
             .unwrap();
@@ -226,7 +231,8 @@ mod tests {
             cache.get(&key),
             Some(CacheRecord {
                 layer: None,
-                source: None
+                source: None,
+                created: None,
             })
         );
         let blob = store.write_blob(b"layer bytes").unwrap();
@@ -243,6 +249,7 @@ mod tests {
                 &CacheRecord {
                     layer: Some(layer.clone()),
                     source: None,
+                    created: None,
                 },
             )
             .unwrap();
@@ -260,6 +267,7 @@ mod tests {
                         ..cache.get(&key2).unwrap().layer.unwrap()
                     }),
                     source: None,
+                    created: None,
                 },
             )
             .unwrap();

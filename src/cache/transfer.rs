@@ -33,6 +33,9 @@ pub struct ExportedRecord {
     /// Index into the manifest's layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer: Option<usize>,
+    /// When the step first ran, so both machines give the same image ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
 }
 
 /// A cache ready to write anywhere: config bytes, manifest bytes, and the layers to ship.
@@ -82,6 +85,7 @@ pub fn build_export(cache: &Cache, keys: &[Digest]) -> CacheExport {
         records.push(ExportedRecord {
             key: key.clone(),
             layer,
+            created: record.created.clone(),
         });
     }
     let config = serde_json::to_vec(&CacheConfig {
@@ -155,6 +159,7 @@ pub fn records_from(
             CacheRecord {
                 layer,
                 source: Some(source.clone()),
+                created: r.created,
             },
         ));
     }
@@ -318,6 +323,7 @@ mod tests {
                 &CacheRecord {
                     layer: Some(layer.clone()),
                     source: None,
+                    created: None,
                 },
             )
             .unwrap();
@@ -327,6 +333,7 @@ mod tests {
                 &CacheRecord {
                     layer: None,
                     source: None,
+                    created: None,
                 },
             )
             .unwrap();

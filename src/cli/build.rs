@@ -58,6 +58,7 @@ fn open_builder(
         context_hashes: Default::default(),
         step_keys: Default::default(),
         lazy_layers: Default::default(),
+        layer_times: Default::default(),
     })
 }
 

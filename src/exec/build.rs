@@ -48,6 +48,8 @@ pub struct Builder {
     /// Cache-hit layers not unpacked yet: a snapshot is made only when a later step that
     /// runs needs the root filesystem (see `materialize`).
     pub lazy_layers: std::sync::Mutex<BTreeMap<ChainId, LazyLayer>>,
+    /// When each layer this build made or reused was first made (layer digest → RFC 3339).
+    pub layer_times: std::sync::Mutex<BTreeMap<Digest, String>>,
 }
 
 /// A cached layer on an image whose snapshot does not exist yet, and where its blob comes from
@@ -271,6 +273,9 @@ impl Builder {
             }
         }
         config.created = Some(created.clone());
+        if source_date_epoch.is_none() {
+            self.settle_history_times(&mut config, &target.image.layers, &created);
+        }
         config.rootfs.kind = "layers".into();
         config.rootfs.diff_ids = target
             .image
@@ -390,6 +395,72 @@ impl Builder {
             }
         }
         Ok(remote)
+    }
+
+    fn note_layer_time(&self, digest: &Digest, time: &str) {
+        self.layer_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(digest.clone())
+            .or_insert_with(|| time.to_string());
+    }
+
+    /// History times as BuildKit's exporter sets them: an entry of this build that made a layer
+    /// gets the time the layer was first made, a metadata entry the time of the layer before
+    /// it (or, before any new layer, the first new layer's), and the image the last of them. A
+    /// fully cached rebuild thus gives the same image ID.
+    fn settle_history_times(&self, config: &mut ImageConfig, layers: &[LayerState], build: &str) {
+        let times = self.layer_times.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(history) = config.history.as_mut() else {
+            return;
+        };
+        let mut layer_index = 0;
+        let mut layer_time: Vec<Option<String>> = Vec::new();
+        for h in history.iter() {
+            let time = if h.empty_layer {
+                None
+            } else {
+                let t = layers
+                    .get(layer_index)
+                    .and_then(|l| times.get(&l.layer.digest).cloned());
+                layer_index += 1;
+                t
+            };
+            layer_time.push(time);
+        }
+        let first_new = history
+            .iter()
+            .zip(&layer_time)
+            .find(|(h, t)| h.created.as_deref() == Some(build) && t.is_some())
+            .and_then(|(_, t)| t.clone())
+            // No new layer: the base image's last time, as BuildKit takes the last layer's.
+            .or_else(|| {
+                history
+                    .iter()
+                    .rev()
+                    .filter(|h| h.created.as_deref() != Some(build))
+                    .find_map(|h| h.created.clone())
+            });
+        let mut previous: Option<String> = None;
+        for (h, t) in history.iter_mut().zip(layer_time) {
+            let ours = h.created.as_deref() == Some(build);
+            if ours {
+                let settled = match (h.empty_layer, t) {
+                    (false, Some(t)) => Some(t),
+                    (true, _) => previous.clone().or_else(|| first_new.clone()),
+                    (false, None) => None,
+                };
+                if let Some(settled) = settled {
+                    h.created = Some(settled);
+                }
+            }
+            if !h.empty_layer && ours {
+                previous = h.created.clone();
+            }
+        }
+        if let Some(last) = history.iter().rev().find_map(|h| h.created.clone()) {
+            config.created = Some(last);
+        }
     }
 
     fn lazy(&self, chain: &ChainId) -> Option<LazyLayer> {
@@ -1057,6 +1128,9 @@ impl Builder {
             return Ok(false);
         };
         if let Some(layer) = record.layer {
+            if let Some(t) = &record.created {
+                self.note_layer_time(&layer.digest, t);
+            }
             let parent = image.top_chain().cloned();
             let chain = ChainId::of(parent.as_ref(), &layer.diff_id);
             if !self.snapshots.exists(&chain) {
@@ -1127,7 +1201,11 @@ impl Builder {
                 diff_id: l.diff_id.clone(),
             }),
             source: None,
+            created: Some(build_time(None)),
         };
+        if let (Some(l), Some(t)) = (&record.layer, &record.created) {
+            self.note_layer_time(&l.digest, t);
+        }
         Ok(self.cache.put(key, &record)?)
     }
 }
