@@ -30,7 +30,9 @@ if ((${#targets[@]} == 0)); then
 fi
 
 now() { date +%s.%N; }
-timed() { local t0; t0=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; echo "$(now) - $t0" | bc; }
+# Each timed build starts with the other tool's writes flushed, so neither pays for the other's
+# page-cache writeback (a 120 MB COPY leaves a lot of it).
+timed() { local t0; sync; sleep 0.5; t0=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; echo "$(now) - $t0" | bc; }
 ratio() { echo "scale=2; $2 / $1" | bc; }
 
 printf '%-14s %-9s %9s %9s %7s\n' context build docker kiln ratio
@@ -49,7 +51,13 @@ for t in "${targets[@]}"; do
   tag=kiln-cache-bench/$t:latest
   kroot=$WORK/kiln-root-$t
   # Base images pulled on both sides first; then empty build caches.
-  $DOCKER pull -q "$(awk 'toupper($1)=="FROM"{print $2; exit}' "$file")" >/dev/null 2>&1 || true
+  base=$(awk 'toupper($1)=="FROM"{print $2; exit}' "$file")
+  $DOCKER pull -q "$base" >/dev/null 2>&1 || true
+  # kiln: pulled and unpacked (a container started on it), as docker's pull leaves it.
+  if [ "$base" != scratch ]; then
+    $KILN pull --root "$kroot" --registry-mirror $REG "$base" >/dev/null 2>&1 || true
+    $KILN run --rm --root "$kroot" "docker.io/library/${base}" true >/dev/null 2>&1 || true
+  fi
   $DOCKER builder prune -af >/dev/null 2>&1 || true
   # shellcheck disable=SC2086
   dc=$(timed $DOCKER build --network=host $flags -t "$tag" -f "$file" "$ctx")
