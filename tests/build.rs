@@ -913,3 +913,42 @@ fn zstd_layers_build_and_run() {
     ));
     assert_eq!(out.trim_end(), "hello zstd");
 }
+
+#[test]
+fn a_stage_runs_its_own_steps_while_the_stage_it_copies_from_builds() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // The final stage needs the builder only at its COPY: its first RUN must not wait.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox AS builder\nRUN sleep 3 && date +%s > /finished\n\
+         FROM busybox\nRUN date +%s > /started\nCOPY --from=builder /finished /finished\n",
+    )
+    .unwrap();
+    let root = work.path().join("root");
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            "overlap:1",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let times = ok(&kiln(
+        &root,
+        &reg,
+        &["run", "overlap:1", "cat", "/started", "/finished"],
+    ));
+    let t: Vec<u64> = times.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert!(
+        t[0] + 2 <= t[1],
+        "the final stage's RUN waited for the builder (started {}, builder finished {})",
+        t[0],
+        t[1]
+    );
+}

@@ -31,6 +31,7 @@ use super::run_step::{
     prepare_mounts, read_from_lowers, run_args, run_in_snapshot, RunContext, Secret,
 };
 use super::scope::{plan, Base, PlanOptions, StageScope};
+use super::stages::StageBoard;
 
 /// Everything a build uses that outlives it.
 pub struct Builder {
@@ -171,95 +172,102 @@ impl Builder {
             .iter()
             .map(|i| req.dockerfile.stages[*i].instructions.len() + 1)
             .sum();
-        let mut results: BTreeMap<usize, StageResult> = BTreeMap::new();
         let mut used_args: BTreeSet<String> =
             plan.global_args.iter().map(|(k, _)| k.clone()).collect();
         let created = build_time(source_date_epoch);
         let scratch_dir = self.state_root.join("tmp");
         std::fs::create_dir_all(&scratch_dir).map_err(BuildError::io("create", &scratch_dir))?;
 
-        // Stages whose dependencies are built run side by side (one thread each, as many as
-        // the machine has cores): RUN blocks its thread while the container runs.
+        // Every stage on its own thread, as many at once as the machine has cores; a stage
+        // waits for another only where it needs it (see `stages`). RUN blocks its thread
+        // while the container runs.
         let steps = std::sync::atomic::AtomicUsize::new(0);
         let width = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
-        let mut remaining: Vec<usize> = plan.order.clone();
-        while !remaining.is_empty() {
-            let ready: Vec<usize> = remaining
-                .iter()
-                .copied()
-                .filter(|i| plan.stages[*i].deps.iter().all(|d| results.contains_key(d)))
-                .take(width)
-                .collect();
-            if ready.is_empty() {
-                return Err(BuildError::Invalid(
-                    "the stages depend on each other in a cycle".into(),
+        let board: StageBoard<StageResult> = StageBoard::new(width, &plan.order);
+        let used_by_stages = std::sync::Mutex::new(BTreeSet::new());
+        let handle = tokio::runtime::Handle::current();
+        let mut errors: Vec<(usize, BuildError)> = std::thread::scope(|scope| {
+            let mut threads = Vec::new();
+            for &index in &plan.order {
+                board.take_slot();
+                if board.any_failed() {
+                    // Not started: the build fails anyway.
+                    board.finish(index, None);
+                    break;
+                }
+                let handle = handle.clone();
+                let (req_ref, settings_ref, plan_ref, board_ref, steps_ref, created_ref) =
+                    (&req, &settings, &plan, &board, &steps, &created);
+                let (scratch_ref, used_ref) = (&scratch_dir, &used_by_stages);
+                threads.push((
+                    index,
+                    scope.spawn(move || {
+                        let outcome =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                handle.block_on(self.build_stage(
+                                    req_ref,
+                                    settings_ref,
+                                    plan_ref,
+                                    board_ref,
+                                    index,
+                                    steps_ref,
+                                    total_steps,
+                                    created_ref,
+                                    scratch_ref,
+                                ))
+                            }))
+                            .unwrap_or_else(|_| {
+                                Err(BuildError::Invalid(
+                                    "a stage's build thread panicked".into(),
+                                ))
+                            });
+                        match outcome {
+                            Ok((result, used)) => {
+                                used_ref
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .extend(used);
+                                board_ref.finish(index, Some(result));
+                                Ok(())
+                            }
+                            Err(e) => {
+                                board_ref.finish(index, None);
+                                Err(e)
+                            }
+                        }
+                    }),
                 ));
             }
-            remaining.retain(|i| !ready.contains(i));
-            let outcomes: Vec<Result<(StageResult, BTreeSet<String>), BuildError>> =
-                if ready.len() == 1 {
-                    vec![
-                        self.build_stage(
-                            &req,
-                            &settings,
-                            &plan,
-                            &results,
-                            ready[0],
-                            &steps,
-                            total_steps,
-                            &created,
-                            &scratch_dir,
-                        )
-                        .await,
-                    ]
-                } else {
-                    let handle = tokio::runtime::Handle::current();
-                    let results_ref = &results;
-                    let (req_ref, settings_ref, plan_ref, steps_ref, created_ref, scratch_ref) =
-                        (&req, &settings, &plan, &steps, &created, &scratch_dir);
-                    std::thread::scope(|scope| {
-                        let threads: Vec<_> = ready
-                            .iter()
-                            .map(|&index| {
-                                let handle = handle.clone();
-                                scope.spawn(move || {
-                                    handle.block_on(self.build_stage(
-                                        req_ref,
-                                        settings_ref,
-                                        plan_ref,
-                                        results_ref,
-                                        index,
-                                        steps_ref,
-                                        total_steps,
-                                        created_ref,
-                                        scratch_ref,
-                                    ))
-                                })
-                            })
-                            .collect();
-                        threads
-                            .into_iter()
-                            .map(|t| {
-                                t.join().unwrap_or_else(|_| {
-                                    Err(BuildError::Invalid(
-                                        "a stage's build thread panicked".into(),
-                                    ))
-                                })
-                            })
-                            .collect()
-                    })
-                };
-            for (index, outcome) in ready.iter().zip(outcomes) {
-                let (result, used) = outcome?;
-                used_args.extend(used);
-                results.insert(*index, result);
-            }
+            threads
+                .into_iter()
+                .filter_map(|(index, t)| match t.join() {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some((index, e)),
+                    Err(_) => Some((
+                        index,
+                        BuildError::Invalid("a stage's build thread panicked".into()),
+                    )),
+                })
+                .collect()
+        });
+        if !errors.is_empty() {
+            // The stage that failed by itself, not one that failed waiting for it.
+            let first = errors
+                .iter()
+                .position(|(i, _)| !board.failed_waiting(*i))
+                .unwrap_or(0);
+            return Err(errors.swap_remove(first).1);
         }
+        used_args.extend(
+            used_by_stages
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
 
-        let target = results
-            .remove(&plan.target)
+        let target = board
+            .take(plan.target)
             .ok_or_else(|| BuildError::Invalid("the target stage was not built".into()))?;
         let mut config = target.image.config.clone();
         if !req.labels.is_empty() {
@@ -509,14 +517,14 @@ impl Builder {
         Ok(())
     }
 
-    /// Builds one stage on top of the stages already in `results`.
+    /// Builds one stage, waiting on `board` for the stages it needs.
     #[allow(clippy::too_many_arguments)]
     async fn build_stage(
         &self,
         req: &BuildRequest,
         settings: &LayerSettings,
         plan: &super::scope::Plan,
-        results: &BTreeMap<usize, StageResult>,
+        board: &StageBoard<StageResult>,
         index: usize,
         steps: &std::sync::atomic::AtomicUsize,
         total_steps: usize,
@@ -566,12 +574,12 @@ impl Builder {
                 )
             }
             Base::Stage(parent) => {
-                let r = results.get(parent).ok_or_else(|| {
-                    BuildError::Invalid(format!(
-                        "stage {parent} was not built before stage {index}"
-                    ))
-                })?;
-                (r.image.clone(), r.args.clone(), r.key.clone())
+                let name = req.dockerfile.stages[*parent]
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| parent.to_string());
+                let r = board.wait(index, *parent, &name)?;
+                (r.image, r.args, r.key)
             }
             Base::Image(reference) => {
                 let (resolved, image) = resolve_image(
@@ -673,7 +681,7 @@ impl Builder {
                     req,
                     settings,
                     plan,
-                    results,
+                    board,
                     index,
                     &mut image,
                     &mut scope,
@@ -707,7 +715,7 @@ impl Builder {
         req: &BuildRequest,
         settings: &LayerSettings,
         plan: &super::scope::Plan,
-        results: &BTreeMap<usize, StageResult>,
+        board: &StageBoard<StageResult>,
         stage: usize,
         image: &mut ImageState,
         scope: &mut StageScope,
@@ -810,14 +818,7 @@ impl Builder {
                             continue;
                         }
                         let chain = match super::scope::stage_ref(&req.dockerfile, from) {
-                            Some(idx) => results
-                                .get(&idx)
-                                .ok_or_else(|| {
-                                    BuildError::Invalid(format!("stage {from} has not been built"))
-                                })?
-                                .image
-                                .top_chain()
-                                .cloned(),
+                            Some(idx) => board.wait(stage, idx, from)?.image.top_chain().cloned(),
                             None => resolve_image(
                                 &self.puller,
                                 &self.snapshots,
@@ -935,6 +936,16 @@ impl Builder {
                         }
                     }
                 }
+                // `COPY --from=<stage>`: waits here until that stage is built.
+                let mut stage_roots = BTreeMap::new();
+                if let Command::Copy(c) = &instr.command {
+                    if let Some(f) = &c.from {
+                        if let Some(i) = super::scope::stage_ref(&req.dockerfile, f) {
+                            let from = board.wait(stage, i, f)?;
+                            stage_roots.insert(i, from.image.top_chain().cloned());
+                        }
+                    }
+                }
                 let url_dir = scratch_dir.join(unique("add-url"));
                 let url_files = match &instr.command {
                     Command::Add(a)
@@ -957,10 +968,7 @@ impl Builder {
                     context_dir: &req.context_dir,
                     ignore: req.ignore.as_ref(),
                     dockerfile: &req.dockerfile,
-                    stage_roots: results
-                        .iter()
-                        .map(|(i, r)| (*i, r.image.top_chain().cloned()))
-                        .collect(),
+                    stage_roots,
                     scratch_dir,
                     settings,
                     escape: plan.escape,

@@ -13,4 +13,5 @@ pub mod file_step;
 pub mod history;
 pub mod run_step;
 pub mod scope;
+pub mod stages;
 pub mod sweep;
