@@ -663,6 +663,11 @@ impl Builder {
         instructions.extend(stage.instructions.iter().cloned());
 
         for (position, instr) in instructions.iter().enumerate() {
+            if board.cancelled(index) {
+                return Err(BuildError::Invalid(format!(
+                    "stage {stage_label} stopped: another stage failed"
+                )));
+            }
             let location = step_location(req, index, &stage_label, &position.to_string());
             let step_no = steps.fetch_add(1, Ordering::Relaxed) + 1;
             let step_id = step_no.to_string();

@@ -93,6 +93,17 @@ impl<T: Clone> StageBoard<T> {
         self.lock().done.values().any(Option::is_none)
     }
 
+    /// Whether stage `index` should stop before its next step because another stage failed
+    /// (then it counts as failed because of that one).
+    pub fn cancelled(&self, index: usize) -> bool {
+        let mut state = self.lock();
+        let failed = state.done.values().any(Option::is_none);
+        if failed {
+            state.failed_waiting.insert(index);
+        }
+        failed
+    }
+
     /// Whether `index` failed only because a stage it needed did.
     pub fn failed_waiting(&self, index: usize) -> bool {
         self.lock().failed_waiting.contains(&index)
@@ -142,5 +153,8 @@ mod tests {
         assert!(err.to_string().contains("stage zero failed"), "{err}");
         assert!(board.failed_waiting(1));
         assert!(!board.failed_waiting(0));
+        // A stage still running stops before its next step.
+        assert!(board.cancelled(2));
+        assert!(board.failed_waiting(2));
     }
 }
