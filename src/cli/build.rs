@@ -96,7 +96,7 @@ fn render_build_error(err: &BuildError, source: &SourceFile) -> String {
 fn context_from_stdin() -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir().context("creating a directory for the context")?;
     let stdin = std::io::stdin();
-    let mut reader = std::io::BufReader::new(stdin.lock());
+    let mut reader = std::io::BufReader::new(stdin);
     let prefix = std::io::BufRead::fill_buf(&mut reader)?.to_vec();
     let compression = Compression::sniff(&prefix);
     crate::layer::extract_layer(

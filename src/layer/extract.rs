@@ -120,7 +120,7 @@ pub enum LayerError {
 /// must be an existing directory. Streams: nothing is held in memory beyond one copy buffer and a
 /// set of the paths the layer wrote.
 pub fn extract_layer(
-    reader: impl Read,
+    reader: impl Read + Send,
     compression: Compression,
     target: &Path,
     opts: &ExtractOptions,
@@ -139,7 +139,6 @@ pub fn extract_layer(
         source,
     };
     let decoder = Decoder::new(reader, compression).map_err(read_err)?;
-    let mut archive = tar::Archive::new(DigestingReader::new(decoder));
     let mut ex = Extractor {
         root,
         target,
@@ -148,15 +147,31 @@ pub fn extract_layer(
         dirs: HashMap::new(),
         stats: Counts::default(),
     };
-    for entry in archive.entries().map_err(read_err)? {
-        let mut entry = entry.map_err(read_err)?;
-        ex.entry(&mut entry)?;
-    }
-    ex.finish_dirs()?;
-    // The tar reader stops at the first end-of-archive block; the DiffID covers the whole stream.
-    let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(read_err)?;
-    let (digest, size) = rest.finish();
+    // Inflating and hashing run on their own thread, ahead of the file creation here.
+    let (written, diff_id) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(super::readahead::DEPTH);
+        let producer =
+            scope.spawn(move || super::readahead::pump(DigestingReader::new(decoder), tx));
+        let written = (|| -> Result<(), LayerError> {
+            let mut archive = tar::Archive::new(super::readahead::ChannelReader::new(rx));
+            for entry in archive.entries().map_err(read_err)? {
+                let mut entry = entry.map_err(read_err)?;
+                ex.entry(&mut entry)?;
+            }
+            ex.finish_dirs()?;
+            // The tar reader stops at the first end-of-archive block; the DiffID covers the
+            // whole stream.
+            let mut rest = archive.into_inner();
+            io::copy(&mut rest, &mut io::sink()).map_err(read_err)?;
+            Ok(())
+        })();
+        // On an error the channel is gone by now, so the producer stops at its next chunk.
+        let digest = producer.join().map(DigestingReader::finish);
+        (written, digest)
+    });
+    written?;
+    let (digest, size) =
+        diff_id.map_err(|_| read_err(io::Error::other("the thread reading the layer panicked")))?;
     Ok(ExtractStats {
         diff_id: DiffId(digest),
         uncompressed_size: size,

@@ -3,6 +3,7 @@
 
 pub mod extract;
 pub mod pargzip;
+mod readahead;
 pub mod write;
 
 pub use extract::{extract_layer, ExtractOptions, ExtractStats, LayerError, WhiteoutMode};

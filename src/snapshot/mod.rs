@@ -271,7 +271,7 @@ impl Snapshotter {
         &self,
         parent: Option<&ChainId>,
         diff_id: &DiffId,
-        reader: impl Read,
+        reader: impl Read + Send,
         compression: Compression,
     ) -> Result<SnapshotInfo> {
         let chain_id = ChainId::of(parent, diff_id);
