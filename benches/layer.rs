@@ -82,6 +82,7 @@ fn context_hash(c: &mut Criterion) {
         excludes: Vec::new(),
         source_date_epoch: None,
         preserve_owner: false,
+        seeded: None,
     };
     let mut group = c.benchmark_group("context hash (2,000 files, 24 MB)");
     group.sample_size(10);

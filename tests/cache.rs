@@ -498,3 +498,61 @@ fn the_ci_scenario_through_a_registry_cache() {
         &["run", "app", "cat", "/one", "/dir/x"],
     ));
 }
+
+#[test]
+fn a_seeded_copy_makes_the_same_layer_as_a_fresh_one() {
+    // A rebuilt COPY starts from hard links to what it wrote last time; after a change, a
+    // deletion, a mode change and a removed directory its layer must be exactly the layer a
+    // state root that never built it makes.
+    let p = Project::new();
+    fs::write(p.path("dir/keep"), "kept").unwrap();
+    let epoch = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
+    p.expect_from("the first build", &epoch, Some(0));
+    fs::write(p.path("dir/x"), "x changed").unwrap();
+    fs::remove_dir_all(p.path("dir/sub")).unwrap();
+    fs::create_dir_all(p.path("dir/new")).unwrap();
+    fs::write(p.path("dir/new/z"), "z").unwrap();
+    set_mode(&p.path("dir/x"), 0o600);
+    p.expect_from("changes under dir/", &epoch, Some(3));
+    let fresh = Project {
+        reg: p.reg,
+        root: tempfile::tempdir().unwrap(),
+        ctx: p.ctx,
+    };
+    fresh.expect_from("a fresh state root", &epoch, Some(0));
+    let diff_ids = |root: &Path| {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(&kiln(root, &fresh.reg, &["inspect", "app"]))).unwrap();
+        v["config"]["rootfs"]["diff_ids"].clone()
+    };
+    assert_eq!(diff_ids(p.root.path()), diff_ids(fresh.root.path()));
+    assert!(
+        p.root
+            .path()
+            .join("copy-donors-v1")
+            .read_dir()
+            .unwrap()
+            .count()
+            >= 2,
+        "COPY steps remember their snapshots"
+    );
+    // The earlier snapshot the rebuild was seeded from is untouched: its dir/x is the old one.
+    let old_x = fs::read_dir(p.root.path().join("snapshots/snapshots"))
+        .unwrap()
+        .filter_map(|e| fs::read_to_string(e.unwrap().path().join("fs/dir/x")).ok())
+        .collect::<Vec<_>>();
+    assert!(old_x.contains(&"x".to_string()), "{old_x:?}");
+    assert!(old_x.contains(&"x changed".to_string()), "{old_x:?}");
+    // The unchanged file is one inode shared by both snapshots: it was seeded, not copied.
+    use std::os::unix::fs::MetadataExt;
+    let kept: Vec<u64> = fs::read_dir(p.root.path().join("snapshots/snapshots"))
+        .unwrap()
+        .filter_map(|e| fs::metadata(e.unwrap().path().join("fs/dir/keep")).ok())
+        .map(|m| m.ino())
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(
+        kept[0], kept[1],
+        "dir/keep was copied again instead of seeded"
+    );
+}

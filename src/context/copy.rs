@@ -133,6 +133,91 @@ pub struct CopyRequest<'a> {
     pub source_date_epoch: Option<i64>,
     /// Keep the sources' uid/gid (`--from` copies); context files become 0:0.
     pub preserve_owner: bool,
+    /// Files already in the destination as hard links to an earlier build of the same step
+    /// (see `exec::seed`): one identical to what would be written is kept as it is.
+    pub seeded: Option<&'a Seeded>,
+}
+
+/// The files a COPY's destination was seeded with, and every path the copy wrote or kept.
+#[derive(Debug, Default)]
+pub struct Seeded {
+    /// Inode numbers of the seeded (hard-linked) files.
+    pub inodes: std::collections::HashSet<u64>,
+    pub claimed: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Seeded {
+    fn claim(&self, rel: &str) {
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rel.to_string());
+    }
+}
+
+/// Whether the seeded file at `name` in `dir` is exactly what copying `src` would write: the
+/// same size, mtime, mode and owner, and the same bytes.
+fn seeded_copy_is_identical(
+    seeded: &Seeded,
+    dir: &impl AsFd,
+    name: &str,
+    src: &Path,
+    meta: &fs::Metadata,
+    mode: u32,
+    owner: (u32, u32),
+) -> bool {
+    let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+        return false;
+    };
+    let same_meta = seeded.inodes.contains(&{ st.st_ino })
+        && rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+        && st.st_size as u64 == meta.len()
+        && st.st_mtime == meta.mtime()
+        && st.st_mtime_nsec as i64 == meta.mtime_nsec()
+        && (st.st_mode & 0o7777) == mode
+        && (st.st_uid, st.st_gid) == owner;
+    if !same_meta {
+        return false;
+    }
+    let Ok(fd) = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let (Ok(mut a), mut b) = (fs::File::open(src), fs::File::from(fd)) else {
+        return false;
+    };
+    same_bytes(&mut a, &mut b).unwrap_or(false)
+}
+
+fn same_bytes(a: &mut impl io::Read, b: &mut impl io::Read) -> io::Result<bool> {
+    let (mut x, mut y) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = read_full(a, &mut x)?;
+        let m = read_full(b, &mut y)?;
+        if n != m || x[..n] != y[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -557,6 +642,7 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
                     m,
                     owner_of(m),
                     req.chmod.as_ref(),
+                    req.seeded,
                     &mut stats,
                 )?;
                 if m.is_dir() {
@@ -580,6 +666,7 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
                 &meta,
                 owner_of(&meta),
                 req.chmod.as_ref(),
+                req.seeded,
                 &mut stats,
             )?;
         }
@@ -621,6 +708,7 @@ fn apply_meta(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_entry(
     root: &DestRoot,
     rel: &str,
@@ -628,11 +716,21 @@ fn write_entry(
     meta: &fs::Metadata,
     owner: (u32, u32),
     chmod: Option<&ChmodSpec>,
+    seeded: Option<&Seeded>,
     stats: &mut CopyStats,
 ) -> Result<(), CopyError> {
     let (parent, name) = split_parent(rel);
     let pfd = root.mkdir_all(parent, owner, None)?;
     let ft = meta.file_type();
+    if let Some(seeded) = seeded {
+        seeded.claim(rel);
+        let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode()));
+        if ft.is_file() && seeded_copy_is_identical(seeded, &pfd, name, src, meta, mode, owner) {
+            stats.files += 1;
+            stats.bytes += meta.len();
+            return Ok(());
+        }
+    }
     if ft.is_dir() {
         match rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o755)) {
             Ok(()) => {}
@@ -814,6 +912,7 @@ mod tests {
             excludes: Vec::new(),
             source_date_epoch: None,
             preserve_owner: false,
+            seeded: None,
         }
     }
 

@@ -113,6 +113,10 @@ struct StageResult {
 
 static STEP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Where each COPY step's last snapshot is remembered (`seed`); the version changes with the
+/// format.
+const COPY_DONORS_DIR: &str = "copy-donors-v1";
+
 fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",
@@ -468,6 +472,36 @@ impl Builder {
         }
         if let Some(last) = history.iter().rev().find_map(|h| h.created.clone()) {
             config.created = Some(last);
+        }
+    }
+
+    /// The snapshot directory the previous build of this COPY (`location`) made on the same
+    /// parent, if it is still there: the new one is seeded from it (see `seed`).
+    fn copy_donor(&self, location: &Digest, parent: Option<&ChainId>) -> Option<PathBuf> {
+        let record = self.state_root.join(COPY_DONORS_DIR).join(location.hex());
+        let text = std::fs::read_to_string(record).ok()?;
+        let (chain, recorded_parent) = text.trim().split_once(' ')?;
+        let parent = parent.map_or_else(|| "-".to_string(), |p| p.0.to_string());
+        if recorded_parent != parent {
+            return None;
+        }
+        let chain = ChainId(chain.parse::<Digest>().ok()?);
+        self.snapshots
+            .exists(&chain)
+            .then(|| self.snapshots.fs_path(&chain))
+    }
+
+    /// Remembers the snapshot a COPY made, for the next build of it. Only a hint: failures
+    /// cost the next build its seeding, nothing else.
+    fn remember_copy_donor(&self, location: &Digest, chain: &ChainId, parent: Option<&ChainId>) {
+        let dir = self.state_root.join(COPY_DONORS_DIR);
+        let parent = parent.map_or_else(|| "-".to_string(), |p| p.0.to_string());
+        let tmp = dir.join(format!(".{}", unique("donor")));
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&tmp, format!("{} {parent}\n", chain.0)))
+            .and_then(|()| std::fs::rename(&tmp, dir.join(location.hex())));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
     }
 
@@ -977,6 +1011,7 @@ impl Builder {
                     scratch_dir,
                     settings,
                     escape: plan.escape,
+                    copy_donor: self.copy_donor(location, image.top_chain()),
                 };
                 let hashes = self.context_hashes(&req.context_dir);
                 let prepared = prepare_copy(&fctx, instr, &workdir, &hashes)?;
@@ -993,6 +1028,9 @@ impl Builder {
                         self.materialize(from.as_ref()).await?;
                     }
                     let layer = execute_copy(&fctx, &prepared, &workdir, parent.as_ref())?;
+                    if let Some(l) = &layer {
+                        self.remember_copy_donor(location, &l.chain, parent.as_ref());
+                    }
                     self.record(&step_key, layer.as_ref())?;
                     if let Some(l) = layer {
                         image.layers.push(l);

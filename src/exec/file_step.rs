@@ -32,6 +32,9 @@ pub struct FileStepContext<'a> {
     pub scratch_dir: &'a Path,
     pub settings: &'a LayerSettings,
     pub escape: char,
+    /// The files the previous build of this COPY wrote on the same parent (a snapshot's
+    /// directory), to seed the new one with (see `seed`).
+    pub copy_donor: Option<std::path::PathBuf>,
 }
 
 /// A file ADD downloaded: the directory holding it, its name, its digest.
@@ -213,6 +216,7 @@ pub fn prepare_copy(
                     excludes: excludes.clone(),
                     source_date_epoch: ctx.settings.source_date_epoch,
                     preserve_owner: false,
+                    seeded: None,
                 },
                 hashes,
             )
@@ -329,6 +333,20 @@ pub fn execute_copy(
     let mounts = ctx.snapshots.prepare(&key, parent)?;
     let work = unique_dir(ctx.scratch_dir, "copy");
     let merged = work.join("merged");
+    // Seeding only where every write goes through the one tracked copy below.
+    let seedable = !prepared.is_add && prepared.heredocs.is_empty() && ctx.url_files.is_empty();
+    let upper = ctx.snapshots.upper_dir(&key)?;
+    let seeding = match &ctx.copy_donor {
+        Some(donor) if seedable => match super::seed::seed(donor, &upper) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                // A half-seeded upper would leak into the layer: start from empty again.
+                empty_dir(&upper)?;
+                None
+            }
+        },
+        _ => None,
+    };
     let result = (|| -> Result<(), BuildError> {
         let guard = MountGuard::mount(&mounts, &merged)?;
         let chown = match &prepared.chown {
@@ -383,6 +401,7 @@ pub fn execute_copy(
                         excludes: Vec::new(),
                         source_date_epoch: ctx.settings.source_date_epoch,
                         preserve_owner: chown.is_none(),
+                        seeded: None,
                     })
                     .map_err(|e| BuildError::Invalid(e.to_string()))?;
                 } else {
@@ -409,6 +428,7 @@ pub fn execute_copy(
                 excludes: prepared.excludes.clone(),
                 source_date_epoch: ctx.settings.source_date_epoch,
                 preserve_owner: prepared.from.is_some(),
+                seeded: seeding.as_ref().map(|s| &s.seeded),
             })
             .map_err(|e| BuildError::Invalid(e.to_string()))?;
         }
@@ -426,6 +446,7 @@ pub fn execute_copy(
                 excludes: Vec::new(),
                 source_date_epoch: ctx.settings.source_date_epoch,
                 preserve_owner: false,
+                seeded: None,
             })
             .map_err(|e| BuildError::Invalid(e.to_string()))?;
         }
@@ -454,13 +475,18 @@ pub fn execute_copy(
                 excludes: Vec::new(),
                 source_date_epoch: ctx.settings.source_date_epoch,
                 preserve_owner: false,
+                seeded: None,
             })
             .map_err(|e| BuildError::Invalid(e.to_string()))?;
         }
         if let Some(g) = from_guard {
             g.unmount()?;
         }
-        guard.unmount()
+        guard.unmount()?;
+        if let Some(seeding) = &seeding {
+            super::seed::unseed(&upper, seeding).map_err(BuildError::io("unseed", &upper))?;
+        }
+        Ok(())
     })();
     let _ = std::fs::remove_dir_all(&work);
     if let Err(e) = result {
@@ -610,4 +636,18 @@ fn unpack_archive(path: &Path, into: &Path) -> Result<bool, BuildError> {
         &crate::layer::ExtractOptions::apply(),
     )?;
     Ok(true)
+}
+
+/// Removes everything inside `dir`, keeping `dir`.
+fn empty_dir(dir: &Path) -> Result<(), BuildError> {
+    for entry in std::fs::read_dir(dir).map_err(BuildError::io("list", dir))? {
+        let path = entry.map_err(BuildError::io("list", dir))?.path();
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(BuildError::io("remove", &path))?;
+    }
+    Ok(())
 }

@@ -13,5 +13,6 @@ pub mod file_step;
 pub mod history;
 pub mod run_step;
 pub mod scope;
+pub mod seed;
 pub mod stages;
 pub mod sweep;
