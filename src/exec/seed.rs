@@ -14,6 +14,8 @@ use std::path::Path;
 
 use crate::context::copy::Seeded;
 
+const OPAQUE: &str = "trusted.overlay.opaque";
+
 /// What was seeded, to undo what the copy did not claim.
 pub struct Seeding {
     pub seeded: Seeded,
@@ -48,6 +50,13 @@ fn walk(donor: &Path, upper: &Path, rel: &str, seeding: &mut Seeding) -> io::Res
             fs::create_dir(&dir)?;
             fs::set_permissions(&dir, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
             std::os::unix::fs::chown(&dir, Some(meta.uid()), Some(meta.gid()))?;
+            // A directory the copy made over a file of the parent is opaque; keep it so.
+            let mut flag = [0u8; 1];
+            if rustix::fs::lgetxattr(donor.join(&child), OPAQUE, &mut flag).is_ok_and(|n| n == 1)
+                && flag == *b"y"
+            {
+                rustix::fs::lsetxattr(&dir, OPAQUE, b"y", rustix::fs::XattrFlags::empty())?;
+            }
             seeding.dirs.push(child.clone());
             walk(donor, upper, &child, seeding)?;
         } else if ft.is_file() {
