@@ -2,10 +2,10 @@
 
 use anyhow::Context as _;
 
-use crate::cache::transfer::{CacheExport, CACHE_CONFIG_MEDIA_TYPE};
+use crate::cache::transfer::CacheExport;
 use crate::exec::build::Builder;
 use crate::oci::{media, Reference};
-use crate::registry::push::{ManifestPush, PushBlob, PushOptions, Pusher};
+use crate::registry::push::{ManifestPush, PushOptions, Pusher};
 
 /// Pushes `export` as `reference`. Layers the registry has are skipped, layers another of its
 /// repositories holds (the base image's, an imported cache's) are mounted, and only the rest
@@ -20,26 +20,9 @@ pub async fn push_cache(
         .store
         .write_blob(&export.config)
         .context("writing the cache config into the store")?;
-    let config = export.config_descriptor();
-    let mut blobs = vec![PushBlob {
-        media_type: CACHE_CONFIG_MEDIA_TYPE.to_string(),
-        digest: config.digest,
-        size: config.size,
-        mount_from: Vec::new(),
-    }];
-    for layer in &export.layers {
-        blobs.push(PushBlob {
-            media_type: layer.media_type.clone(),
-            digest: layer.digest.clone(),
-            size: layer.size,
-            mount_from: Vec::new(),
-        });
-    }
-    let manifest = ManifestPush {
-        bytes: export.manifest.clone(),
-        media_type: media::OCI_MANIFEST.to_string(),
-        blobs,
-    };
+    // Its config and layers are the blobs, as for any image manifest.
+    let manifest = ManifestPush::from_image_manifest(export.manifest.clone(), media::OCI_MANIFEST)
+        .map_err(anyhow::Error::msg)?;
     let pusher = Pusher {
         config: builder.puller.config.clone(),
         credentials: builder.puller.credentials.clone(),

@@ -453,31 +453,13 @@ impl Puller {
                 fetch_one(&client, &store, &*reporter, &repo, &desc, &label).await
             });
         }
-        let mut total = 0;
-        let mut first_error = None;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(n)) => total += n,
-                Ok(Err(e)) => {
-                    if first_error.is_none() {
-                        first_error = Some(e);
-                        // Stop the others; their partial files stay for a resumed pull.
-                        tasks.abort_all();
-                    }
-                }
-                Err(e) if e.is_cancelled() => {}
-                Err(e) => {
-                    first_error.get_or_insert(PullError::Task {
-                        what: "a blob".into(),
-                        message: e.to_string(),
-                    });
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(total),
-        }
+        // The others stop at the first failure; their partial files stay for a resumed pull.
+        let sizes = super::tasks::join_first_error(tasks, |message| PullError::Task {
+            what: "a blob".into(),
+            message,
+        })
+        .await?;
+        Ok(sizes.into_iter().sum())
     }
 }
 

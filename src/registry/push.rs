@@ -426,30 +426,11 @@ async fn push_blobs(
             outcome.map(|o| (blob.digest, o))
         });
     }
-    let mut out = Vec::new();
-    let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(done)) => out.push(done),
-            Ok(Err(e)) => {
-                if first_error.is_none() {
-                    first_error = Some(e);
-                    tasks.abort_all();
-                }
-            }
-            Err(e) if e.is_cancelled() => {}
-            Err(e) => {
-                first_error.get_or_insert(PushError::Task {
-                    what: "a blob".into(),
-                    message: e.to_string(),
-                });
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    super::tasks::join_first_error(tasks, |message| PushError::Task {
+        what: "a blob".into(),
+        message,
+    })
+    .await
 }
 
 /// How one upload request went.
