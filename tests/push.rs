@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::busybox::ok;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -96,17 +98,6 @@ fn pseudo_random(n: usize) -> Vec<u8> {
     }
     out.truncate(n);
     out
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "kiln failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn stderr(out: &Output) -> String {

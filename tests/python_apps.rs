@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::busybox::ok;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -38,17 +40,6 @@ fn kiln(root: &Path, mirror: &str, args: &[&str]) -> Output {
         .env_remove("KILN_CONFIG")
         .output()
         .expect("run kiln")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "kiln failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The image config from the store, read by skopeo.
