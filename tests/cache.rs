@@ -497,6 +497,38 @@ fn the_ci_scenario_through_a_registry_cache() {
         &b2.reg,
         &["run", "app", "cat", "/one", "/dir/x"],
     ));
+
+    // A fully cached push that also writes the cache to a directory needs every layer's
+    // bytes: they are fetched then, and the directory holds each layer its manifest lists.
+    let b3 = Project {
+        reg: b2.reg,
+        root: tempfile::tempdir().unwrap(),
+        ctx: tempfile::tempdir().unwrap(),
+    };
+    copy_tree(a.ctx.path(), b3.ctx.path());
+    let dir = tempfile::tempdir().unwrap();
+    let to_dir = format!("type=local,dest={}", dir.path().display());
+    let image3 = format!("{host}/app/image:3");
+    b3.expect_tagged(
+        &image3,
+        "a push with a directory cache",
+        &["--cache-from", &from, "--push", "--cache-to", &to_dir],
+        None,
+    );
+    let blob = |d: &str| {
+        dir.path()
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(manifest_digest)).unwrap()).unwrap();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let d = layer["digest"].as_str().unwrap();
+        assert!(blob(d).is_file(), "the directory cache lacks layer {d}");
+    }
 }
 
 #[test]

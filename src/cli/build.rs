@@ -214,6 +214,9 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|s| super::cache_opts::parse_cache_spec(s, true))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_to_dir = cache_to
+        .iter()
+        .any(|c| matches!(c.location, super::cache_opts::CacheLocation::Local(_)));
     if push && names.is_empty() {
         anyhow::bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY[:TAG]");
     }
@@ -246,8 +249,13 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
                 .and_then(|v| v.parse().ok()),
         },
         oci_media_types: args.oci_mediatypes,
-        // A push-only build may leave layers an imported cache holds in the registry pushed to.
-        remote_layers_in: if push { push_registry(&names) } else { None },
+        // A push-only build may leave layers an imported cache holds in the registry pushed to;
+        // not when a cache goes to a directory, which needs every layer's bytes here.
+        remote_layers_in: if push && !cache_to_dir {
+            push_registry(&names)
+        } else {
+            None
+        },
     };
     let rt = runtime()?;
     // Ctrl-C: the running step's runtime is killed (the sandbox then deletes its container), the
