@@ -2,6 +2,7 @@
 //! directory ([`extract_layer`]).
 
 pub mod extract;
+mod hashahead;
 pub mod pargzip;
 mod readahead;
 pub mod write;

@@ -227,32 +227,59 @@ impl<W: Write> Write for ParallelGzip<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.crc.update(data);
         self.size += data.len() as u64;
-        let mut start = 0;
-        let mut i = 0;
-        while i < data.len() {
-            let len = self.buf.len() + (i - start);
+        let mut rest = data;
+        while !rest.is_empty() {
+            let len = self.buf.len();
             if len < HASH_FROM {
                 // Nothing before HASH_FROM can end a chunk or reach the hash.
-                i += (HASH_FROM - len).min(data.len() - i);
+                let take = (HASH_FROM - len).min(rest.len());
+                self.buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
                 continue;
             }
-            self.hash = (self.hash << 1).wrapping_add(GEAR[data[i] as usize]);
-            i += 1;
-            let len = len + 1;
-            if (len >= MIN_CHUNK && self.hash & BOUNDARY_MASK == 0) || len >= MAX_CHUNK {
-                self.buf.extend_from_slice(&data[start..i]);
-                start = i;
-                self.hash = 0;
-                self.start_chunk()?;
+            match find_boundary(&mut self.hash, len, rest) {
+                Some(cut) => {
+                    self.buf.extend_from_slice(&rest[..cut]);
+                    rest = &rest[cut..];
+                    self.hash = 0;
+                    self.start_chunk()?;
+                }
+                None => {
+                    self.buf.extend_from_slice(rest);
+                    rest = &[];
+                }
             }
         }
-        self.buf.extend_from_slice(&data[start..]);
         Ok(data.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+/// Rolls the gear hash over `data`, which continues a chunk of `len` bytes (at least
+/// `HASH_FROM`), and returns how many of its bytes end that chunk, if it ends in `data`: at the
+/// first byte after `MIN_CHUNK` where the hash's low bits are zero, or at `MAX_CHUNK`. Two
+/// tight loops (before `MIN_CHUNK` the hash is only rolled) because this sees every byte of
+/// every layer.
+fn find_boundary(hash: &mut u64, len: usize, data: &[u8]) -> Option<usize> {
+    let mut h = *hash;
+    // Byte i makes the chunk len + i + 1 long; it may end there from MIN_CHUNK on.
+    let limit = (MAX_CHUNK - len).min(data.len());
+    let roll_only = MIN_CHUNK.saturating_sub(len + 1).min(limit);
+    for &b in &data[..roll_only] {
+        h = (h << 1).wrapping_add(GEAR[b as usize]);
+    }
+    for (i, &b) in data[roll_only..limit].iter().enumerate() {
+        h = (h << 1).wrapping_add(GEAR[b as usize]);
+        if h & BOUNDARY_MASK == 0 {
+            *hash = h;
+            return Some(roll_only + i + 1);
+        }
+    }
+    *hash = h;
+    (len + limit == MAX_CHUNK).then_some(limit)
 }
 
 /// Raw deflate of one chunk ending in a sync flush (byte-aligned, not final).
@@ -325,6 +352,51 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// The boundaries of the first, byte-at-a-time version, which every stored layer and chunk
+    /// index entry was made with: the fast loop must cut in exactly the same places.
+    fn reference_boundaries(data: &[u8]) -> Vec<usize> {
+        let (mut cuts, mut hash, mut len) = (Vec::new(), 0u64, 0usize);
+        for (i, &b) in data.iter().enumerate() {
+            if len >= HASH_FROM {
+                hash = (hash << 1).wrapping_add(GEAR[b as usize]);
+            }
+            len += 1;
+            if (len >= MIN_CHUNK && hash & BOUNDARY_MASK == 0) || len >= MAX_CHUNK {
+                cuts.push(i + 1);
+                hash = 0;
+                len = 0;
+            }
+        }
+        cuts
+    }
+
+    #[test]
+    fn boundaries_match_the_byte_at_a_time_definition() {
+        // Text-like data (boundaries by hash) and a run of one byte (boundaries by MAX_CHUNK).
+        let mut data = sample(9 * MAX_CHUNK);
+        data.extend(std::iter::repeat_n(b'x', 2 * MAX_CHUNK + 77));
+        data.extend(sample(3 * MAX_CHUNK + 5));
+        let expected = reference_boundaries(&data);
+        assert!(expected.len() > 10, "{}", expected.len());
+        for write_size in [1_000_003, 65_536, 4_999, MIN_CHUNK, MAX_CHUNK + 1] {
+            let mut w = ParallelGzip::new(Vec::new(), 1);
+            for piece in data.chunks(write_size) {
+                w.write_all(piece).unwrap();
+            }
+            let (_, placements) = w.finish().unwrap();
+            let mut want = expected.clone();
+            if want.last() != Some(&data.len()) {
+                want.push(data.len());
+            }
+            assert_eq!(placements.len(), want.len(), "write size {write_size}");
+            let mut at = 0;
+            for (p, &end) in placements.iter().zip(&want) {
+                assert_eq!(p.input, Digest::of(&data[at..end]), "chunk ending at {end}");
+                at = end;
+            }
+        }
     }
 
     #[test]

@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read as _, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use crate::oci::{DiffId, Digest, DigestingWriter};
+
+use super::hashahead::HashAhead;
 
 use super::{Compression, LayerError};
 
@@ -33,7 +35,7 @@ enum Encoder<W: Write> {
 
 /// tar bytes in → compressed blob out, with both digests computed on the way.
 pub struct LayerWriter<W: Write> {
-    tar: DigestingWriter<Encoder<DigestingWriter<W>>>,
+    tar: HashAhead<Encoder<DigestingWriter<W>>>,
     compression: Compression,
 }
 
@@ -57,7 +59,7 @@ impl<W: Write> LayerWriter<W> {
             ),
         };
         Ok(LayerWriter {
-            tar: DigestingWriter::new(encoder),
+            tar: HashAhead::new(encoder),
             compression,
         })
     }
@@ -78,7 +80,7 @@ impl<W: Write> LayerWriter<W> {
             path: Default::default(),
             source,
         };
-        let (diff_id, uncompressed_size, encoder) = self.tar.finish();
+        let (diff_id, uncompressed_size, encoder) = self.tar.finish().map_err(io_err)?;
         let mut gzip_chunks = Vec::new();
         let blob = match encoder {
             Encoder::None(w) => w,
@@ -180,12 +182,23 @@ pub fn write_overlay_diff(
 ) -> Result<DiffStats, LayerError> {
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
-    let mut stats = DiffStats::default();
-    let mut links: HashMap<(u64, u64), String> = HashMap::new();
-    walk(upper, upper, &mut builder, &mut stats, &mut links, opts)?;
+    let mut diff = DiffWalk {
+        upper,
+        tar: &mut builder,
+        stats: DiffStats::default(),
+        links: HashMap::new(),
+        opts,
+        file_buf: Vec::new(),
+    };
+    diff.walk(upper)?;
+    let stats = diff.stats;
     builder.finish().map_err(io_err("finish tar of", upper))?;
     Ok(stats)
 }
+
+/// Files up to this size are read whole into one reused buffer and handed to the tar writer
+/// in a single write (most files of a source tree); larger ones are streamed.
+const WHOLE_FILE: u64 = 1 << 20;
 
 fn clamp(mtime: i64, opts: &DiffOptions) -> u64 {
     let t = match opts.source_date_epoch {
@@ -216,92 +229,119 @@ fn append<W: Write>(
         .map_err(io_err("write tar entry for", at))
 }
 
-fn walk<W: Write>(
-    upper: &Path,
-    dir: &Path,
-    b: &mut tar::Builder<W>,
-    stats: &mut DiffStats,
-    links: &mut HashMap<(u64, u64), String>,
-    opts: &DiffOptions,
-) -> Result<(), LayerError> {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .map_err(io_err("list", dir))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .collect();
-    entries.sort();
-    for name in entries {
-        let path = dir.join(&name);
-        let rel = path
-            .strip_prefix(upper)
-            .map(|p| p.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
-        stats.entries += 1;
-        let ft = meta.file_type();
-        if is_whiteout(&meta) {
-            let wh = match rel.rsplit_once('/') {
-                Some((parent, base)) => format!("{parent}/.wh.{base}"),
-                None => format!(".wh.{rel}"),
-            };
+struct DiffWalk<'a, W: Write> {
+    upper: &'a Path,
+    tar: &'a mut tar::Builder<W>,
+    stats: DiffStats,
+    /// First path of each multiply-linked inode, for hardlink entries.
+    links: HashMap<(u64, u64), String>,
+    opts: &'a DiffOptions,
+    file_buf: Vec<u8>,
+}
+
+impl<W: Write> DiffWalk<'_, W> {
+    fn walk(&mut self, dir: &Path) -> Result<(), LayerError> {
+        let (upper, opts) = (self.upper, self.opts);
+        let mut entries: Vec<_> = fs::read_dir(dir)
+            .map_err(io_err("list", dir))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        entries.sort();
+        for name in entries {
+            let path = dir.join(&name);
+            let rel = path
+                .strip_prefix(upper)
+                .map(|p| p.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+            self.stats.entries += 1;
+            let ft = meta.file_type();
+            let b = &mut *self.tar;
+            if is_whiteout(&meta) {
+                let wh = match rel.rsplit_once('/') {
+                    Some((parent, base)) => format!("{parent}/.wh.{base}"),
+                    None => format!(".wh.{rel}"),
+                };
+                let mut h = header_for(&meta, opts);
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                append(b, &mut h, &wh, io::empty(), &path)?;
+                continue;
+            }
             let mut h = header_for(&meta, opts);
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(0o644);
-            append(b, &mut h, &wh, io::empty(), &path)?;
-            continue;
-        }
-        let mut h = header_for(&meta, opts);
-        if ft.is_dir() {
-            h.set_entry_type(tar::EntryType::Directory);
-            append(b, &mut h, &format!("{rel}/"), io::empty(), &path)?;
-            if xattr(&path, "trusted.overlay.opaque").as_deref() == Some(b"y") {
-                let mut o = header_for(&meta, opts);
-                o.set_entry_type(tar::EntryType::Regular);
-                o.set_mode(0o644);
-                append(
-                    b,
-                    &mut o,
-                    &format!("{rel}/.wh..wh..opq"),
-                    io::empty(),
-                    &path,
-                )?;
-            }
-            walk(upper, &path, b, stats, links, opts)?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&path).map_err(io_err("read link", &path))?;
-            h.set_entry_type(tar::EntryType::Symlink);
-            b.append_link(&mut h, &rel, &target)
-                .map_err(io_err("write tar entry for", &path))?;
-        } else if ft.is_file() {
-            if meta.nlink() > 1 {
-                if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
-                    h.set_entry_type(tar::EntryType::Link);
-                    b.append_link(&mut h, &rel, first)
-                        .map_err(io_err("write tar entry for", &path))?;
-                    continue;
+            if ft.is_dir() {
+                h.set_entry_type(tar::EntryType::Directory);
+                append(b, &mut h, &format!("{rel}/"), io::empty(), &path)?;
+                if xattr(&path, "trusted.overlay.opaque").as_deref() == Some(b"y") {
+                    let mut o = header_for(&meta, opts);
+                    o.set_entry_type(tar::EntryType::Regular);
+                    o.set_mode(0o644);
+                    append(
+                        b,
+                        &mut o,
+                        &format!("{rel}/.wh..wh..opq"),
+                        io::empty(),
+                        &path,
+                    )?;
                 }
-                links.insert((meta.dev(), meta.ino()), rel.clone());
+                self.walk(&path)?;
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&path).map_err(io_err("read link", &path))?;
+                h.set_entry_type(tar::EntryType::Symlink);
+                b.append_link(&mut h, &rel, &target)
+                    .map_err(io_err("write tar entry for", &path))?;
+            } else if ft.is_file() {
+                if meta.nlink() > 1 {
+                    if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
+                        h.set_entry_type(tar::EntryType::Link);
+                        b.append_link(&mut h, &rel, first)
+                            .map_err(io_err("write tar entry for", &path))?;
+                        continue;
+                    }
+                    self.links.insert((meta.dev(), meta.ino()), rel.clone());
+                }
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(meta.len());
+                let f = fs::File::open(&path).map_err(io_err("open", &path))?;
+                self.stats.bytes += meta.len();
+                if meta.len() <= WHOLE_FILE {
+                    let buf = &mut self.file_buf;
+                    buf.clear();
+                    io::Read::take(f, meta.len() + 1)
+                        .read_to_end(buf)
+                        .map_err(io_err("read", &path))?;
+                    if buf.len() as u64 != meta.len() {
+                        // The header already says how long it is: a tar that disagrees is corrupt.
+                        return Err(io_err("archive (it changed while being read)", &path)(
+                            io::Error::other(format!(
+                                "{} bytes instead of {}",
+                                buf.len(),
+                                meta.len()
+                            )),
+                        ));
+                    }
+                    append(b, &mut h, &rel, &buf[..], &path)?;
+                } else {
+                    let reader = io::BufReader::with_capacity(WHOLE_FILE as usize, f);
+                    append(b, &mut h, &rel, reader, &path)?;
+                }
+            } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+                h.set_entry_type(if ft.is_fifo() {
+                    tar::EntryType::Fifo
+                } else if ft.is_char_device() {
+                    tar::EntryType::Char
+                } else {
+                    tar::EntryType::Block
+                });
+                let rdev = meta.rdev();
+                let _ = h.set_device_major(rustix::fs::major(rdev));
+                let _ = h.set_device_minor(rustix::fs::minor(rdev));
+                append(b, &mut h, &rel, io::empty(), &path)?;
             }
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(meta.len());
-            let f = fs::File::open(&path).map_err(io_err("open", &path))?;
-            stats.bytes += meta.len();
-            append(b, &mut h, &rel, f, &path)?;
-        } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
-            h.set_entry_type(if ft.is_fifo() {
-                tar::EntryType::Fifo
-            } else if ft.is_char_device() {
-                tar::EntryType::Char
-            } else {
-                tar::EntryType::Block
-            });
-            let rdev = meta.rdev();
-            let _ = h.set_device_major(rustix::fs::major(rdev));
-            let _ = h.set_device_minor(rustix::fs::minor(rdev));
-            append(b, &mut h, &rel, io::empty(), &path)?;
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

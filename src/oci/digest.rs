@@ -31,7 +31,8 @@ impl Digest {
         Digest::from_hasher(Sha256::new_with_prefix(bytes))
     }
 
-    fn from_hasher(hasher: Sha256) -> Digest {
+    /// The digest a running sha256 has reached.
+    pub fn from_hasher(hasher: Sha256) -> Digest {
         Digest {
             hex: hex(&hasher.finalize()),
         }
