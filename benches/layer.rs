@@ -83,6 +83,7 @@ fn context_hash(c: &mut Criterion) {
         source_date_epoch: None,
         preserve_owner: false,
         seeded: None,
+        contents: None,
     };
     let mut group = c.benchmark_group("context hash (2,000 files, 24 MB)");
     group.sample_size(10);

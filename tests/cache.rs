@@ -538,8 +538,21 @@ fn a_seeded_copy_makes_the_same_layer_as_a_fresh_one() {
     // state root that never built it makes.
     let p = Project::new();
     fs::write(p.path("dir/keep"), "kept").unwrap();
+    fs::write(p.path("dir/same-size"), "aaaa").unwrap();
     let epoch = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
     p.expect_from("the first build", &epoch, Some(0));
+    // New bytes, but the size and mtime of the old ones: only the content digest tells.
+    let mtime = fs::metadata(p.path("dir/same-size"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    fs::write(p.path("dir/same-size"), "bbbb").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(p.path("dir/same-size"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
     fs::write(p.path("dir/x"), "x changed").unwrap();
     fs::remove_dir_all(p.path("dir/sub")).unwrap();
     fs::create_dir_all(p.path("dir/new")).unwrap();
@@ -558,15 +571,28 @@ fn a_seeded_copy_makes_the_same_layer_as_a_fresh_one() {
         v["config"]["rootfs"]["diff_ids"].clone()
     };
     assert_eq!(diff_ids(p.root.path()), diff_ids(fresh.root.path()));
-    assert!(
-        p.root
-            .path()
-            .join("copy-donors-v1")
-            .read_dir()
-            .unwrap()
-            .count()
-            >= 2,
-        "COPY steps remember their snapshots"
+    // COPY steps remember their snapshots and what each file in them holds, so the next build
+    // can keep an unchanged file by its digest without reading it.
+    let records: Vec<serde_json::Value> = p
+        .root
+        .path()
+        .join("copy-donors-v2")
+        .read_dir()
+        .unwrap()
+        .map(|e| serde_json::from_slice(&fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    assert!(records.len() >= 2, "{records:?}");
+    let dir_copy = records
+        .iter()
+        .find(|r| r["files"].get("dir/keep").is_some())
+        .unwrap_or_else(|| panic!("no record lists dir/keep: {records:?}"));
+    assert_eq!(
+        dir_copy["files"]["dir/keep"].as_str(),
+        Some(kiln::oci::Digest::of(b"kept").to_string().as_str())
+    );
+    assert_eq!(
+        dir_copy["files"]["dir/same-size"].as_str(),
+        Some(kiln::oci::Digest::of(b"bbbb").to_string().as_str())
     );
     // The earlier snapshot the rebuild was seeded from is untouched: its dir/x is the old one.
     let old_x = fs::read_dir(p.root.path().join("snapshots/snapshots"))

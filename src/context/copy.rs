@@ -136,6 +136,8 @@ pub struct CopyRequest<'a> {
     /// Files already in the destination as hard links to an earlier build of the same step
     /// (see `exec::seed`): one identical to what would be written is kept as it is.
     pub seeded: Option<&'a Seeded>,
+    /// Context copies: learns what each regular file written or kept holds (see [`ContentLog`]).
+    pub contents: Option<&'a ContentLog<'a>>,
 }
 
 /// The files a COPY's destination was seeded with, and every path the copy wrote or kept.
@@ -143,7 +145,40 @@ pub struct CopyRequest<'a> {
 pub struct Seeded {
     /// Inode numbers of the seeded (hard-linked) files.
     pub inodes: std::collections::HashSet<u64>,
+    /// What each seeded file holds, by destination path, as logged when it was written (a
+    /// [`ContentLog`] kept with the snapshot); a file missing here is compared byte for byte.
+    pub contents: std::collections::HashMap<String, Digest>,
     pub claimed: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// The content digest of every regular file a context copy wrote or kept, by destination path.
+/// Kept with the snapshot, it lets the next build of the step tell that a seeded file already
+/// holds what the source holds now without reading either. The digests come from the context
+/// hash cache, checked against the same stat the copy uses: the file's bytes are trusted to be
+/// what was hashed to the same degree as the step's cache key is.
+pub struct ContentLog<'a> {
+    pub hashes: &'a super::hashcache::FileHashCache,
+    pub written: std::sync::Mutex<std::collections::BTreeMap<String, Digest>>,
+}
+
+impl<'a> ContentLog<'a> {
+    pub fn new(hashes: &'a super::hashcache::FileHashCache) -> Self {
+        ContentLog {
+            hashes,
+            written: Default::default(),
+        }
+    }
+
+    fn record(&self, rel: &str, digest: Digest) {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rel.to_string(), digest);
+    }
+
+    pub fn into_written(self) -> std::collections::BTreeMap<String, Digest> {
+        self.written.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Seeded {
@@ -155,16 +190,21 @@ impl Seeded {
     }
 }
 
-/// Whether the seeded file at `name` in `dir` is exactly what copying `src` would write: the
-/// same size, mtime, mode and owner, and the same bytes.
+/// Whether the seeded file at `rel` (`name` in `dir`) is exactly what copying `src` would
+/// write: the same size, mtime, mode and owner, and the same bytes: the same content digest
+/// when both are known (`source_digest`, and the seeded file's in `seeded.contents`), else
+/// compared byte for byte.
+#[allow(clippy::too_many_arguments)]
 fn seeded_copy_is_identical(
     seeded: &Seeded,
     dir: &impl AsFd,
+    rel: &str,
     name: &str,
     src: &Path,
     meta: &fs::Metadata,
     mode: u32,
     owner: (u32, u32),
+    source_digest: Option<&Digest>,
 ) -> bool {
     let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
         return false;
@@ -178,6 +218,9 @@ fn seeded_copy_is_identical(
         && (st.st_uid, st.st_gid) == owner;
     if !same_meta {
         return false;
+    }
+    if let (Some(want), Some(have)) = (source_digest, seeded.contents.get(rel)) {
+        return want == have;
     }
     let Ok(fd) = rustix::fs::openat(
         dir,
@@ -431,6 +474,11 @@ fn walk_source(
 struct DestRoot {
     fd: OwnedFd,
     path: PathBuf,
+    /// The directory `mkdir_all` resolved last: the files of a source directory are copied one
+    /// after another into the same destination directory, and resolving its path component by
+    /// component for each of them was most of a large COPY's system calls. Forgotten whenever
+    /// the copy unlinks anything (a replaced symlink could change what a path resolves to).
+    last_dir: std::sync::Mutex<Option<(String, std::sync::Arc<OwnedFd>)>>,
 }
 
 impl DestRoot {
@@ -448,7 +496,12 @@ impl DestRoot {
         Ok(DestRoot {
             fd,
             path: path.to_path_buf(),
+            last_dir: Default::default(),
         })
+    }
+
+    fn forget_dirs(&self) {
+        *self.last_dir.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn resolve(&self, rel: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
@@ -472,8 +525,16 @@ impl DestRoot {
         rel: &str,
         owner: (u32, u32),
         mtime: Option<i64>,
-    ) -> Result<OwnedFd, CopyError> {
-        self.mkdir_all_depth(rel, owner, mtime, 0)
+    ) -> Result<std::sync::Arc<OwnedFd>, CopyError> {
+        let mut last = self.last_dir.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((dir, fd)) = last.as_ref() {
+            if dir == rel {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = std::sync::Arc::new(self.mkdir_all_depth(rel, owner, mtime, 0)?);
+        *last = Some((rel.to_string(), fd.clone()));
+        Ok(fd)
     }
 
     fn mkdir_all_depth(
@@ -637,12 +698,12 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
                 let rel = join_rel(&target, child);
                 write_entry(
                     &root,
+                    req,
                     &rel,
+                    &source_key(&sel.rel, child),
                     path,
                     m,
                     owner_of(m),
-                    req.chmod.as_ref(),
-                    req.seeded,
                     &mut stats,
                 )?;
                 if m.is_dir() {
@@ -661,17 +722,22 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
             root.mkdir_all(parent, created_owner, None)?;
             write_entry(
                 &root,
+                req,
                 &target,
+                &sel.rel,
                 &src_path,
                 &meta,
                 owner_of(&meta),
-                req.chmod.as_ref(),
-                req.seeded,
                 &mut stats,
             )?;
         }
     }
     Ok(stats)
+}
+
+/// How a file under a selected directory is named in the cache key and the context hash cache.
+fn source_key(selected: &str, child: &str) -> String {
+    format!("{selected}/{child}")
 }
 
 fn join_rel(a: &str, b: &str) -> String {
@@ -708,24 +774,46 @@ fn apply_meta(
     Ok(())
 }
 
+/// Writes one source entry at `rel` in the destination; `source_key` names `src` in the
+/// context hash cache (as [`hash_sources`] does).
 #[allow(clippy::too_many_arguments)]
 fn write_entry(
     root: &DestRoot,
+    req: &CopyRequest<'_>,
     rel: &str,
+    source_key: &str,
     src: &Path,
     meta: &fs::Metadata,
     owner: (u32, u32),
-    chmod: Option<&ChmodSpec>,
-    seeded: Option<&Seeded>,
     stats: &mut CopyStats,
 ) -> Result<(), CopyError> {
+    let chmod = req.chmod.as_ref();
     let (parent, name) = split_parent(rel);
     let pfd = root.mkdir_all(parent, owner, None)?;
     let ft = meta.file_type();
-    if let Some(seeded) = seeded {
+    let source_digest = match req.contents {
+        Some(log) if ft.is_file() => log.hashes.digest(source_key, src, meta).ok(),
+        _ => None,
+    };
+    if let Some(seeded) = req.seeded {
         seeded.claim(rel);
         let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode()));
-        if ft.is_file() && seeded_copy_is_identical(seeded, &pfd, name, src, meta, mode, owner) {
+        if ft.is_file()
+            && seeded_copy_is_identical(
+                seeded,
+                &pfd,
+                rel,
+                name,
+                src,
+                meta,
+                mode,
+                owner,
+                source_digest.as_ref(),
+            )
+        {
+            if let (Some(log), Some(d)) = (req.contents, source_digest) {
+                log.record(rel, d);
+            }
             stats.files += 1;
             stats.bytes += meta.len();
             return Ok(());
@@ -736,6 +824,7 @@ fn write_entry(
             Ok(()) => {}
             Err(rustix::io::Errno::EXIST) => {
                 if !root.is_dir(rel) {
+                    root.forget_dirs();
                     let _ = rustix::fs::unlinkat(&pfd, name, AtFlags::empty());
                     rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o755))
                         .map_err(errno("create directory", rel))?;
@@ -746,8 +835,12 @@ fn write_entry(
         stats.dirs += 1;
     } else {
         // Replace whatever is there (never write through an existing symlink).
-        if let Err(rustix::io::Errno::ISDIR) = rustix::fs::unlinkat(&pfd, name, AtFlags::empty()) {
-            return Err(CopyError::NotADirectory(format!("/{rel}")));
+        match rustix::fs::unlinkat(&pfd, name, AtFlags::empty()) {
+            Err(rustix::io::Errno::ISDIR) => {
+                return Err(CopyError::NotADirectory(format!("/{rel}")))
+            }
+            Ok(()) => root.forget_dirs(),
+            Err(_) => {}
         }
         if ft.is_symlink() {
             let target = fs::read_link(src).map_err(io_err("read link", src))?;
@@ -763,8 +856,16 @@ fn write_entry(
             .map_err(errno("create", rel))?;
             let mut out = fs::File::from(fd);
             let mut input = fs::File::open(src).map_err(io_err("open", src))?;
-            stats.bytes += io::copy(&mut input, &mut out).map_err(io_err("copy", src))?;
+            let copied = io::copy(&mut input, &mut out).map_err(io_err("copy", src))?;
             out.flush().map_err(io_err("write", root.path.join(rel)))?;
+            // A file that changed size since it was hashed is not logged (it is then compared
+            // byte for byte if it is ever seeded).
+            if let (Some(log), Some(d)) = (req.contents, source_digest) {
+                if copied == meta.len() {
+                    log.record(rel, d);
+                }
+            }
+            stats.bytes += copied;
             stats.files += 1;
         } else {
             // Devices, fifos and sockets in a context are skipped, as BuildKit's fsutil does.
@@ -804,7 +905,7 @@ pub fn hash_sources(
         found.push((sel.rel.clone(), path, meta));
         if is_dir {
             walk_source(req, excludes.as_ref(), &sel.rel, &mut |child, p, m| {
-                found.push((format!("{}/{child}", sel.rel), p.to_path_buf(), m.clone()));
+                found.push((source_key(&sel.rel, child), p.to_path_buf(), m.clone()));
                 Ok(())
             })?;
         }
@@ -913,6 +1014,7 @@ mod tests {
             source_date_epoch: None,
             preserve_owner: false,
             seeded: None,
+            contents: None,
         }
     }
 

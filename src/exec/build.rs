@@ -31,6 +31,7 @@ use super::run_step::{
     prepare_mounts, read_from_lowers, run_args, run_in_snapshot, RunContext, Secret,
 };
 use super::scope::{plan, Base, PlanOptions, StageScope};
+use super::seed::Donor;
 use super::stages::StageBoard;
 
 /// Everything a build uses that outlives it.
@@ -115,7 +116,16 @@ static STEP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Where each COPY step's last snapshot is remembered (`seed`); the version changes with the
 /// format.
-const COPY_DONORS_DIR: &str = "copy-donors-v1";
+const COPY_DONORS_DIR: &str = "copy-donors-v2";
+
+/// `<state root>/copy-donors-v2/<step location hex>`: the snapshot a COPY step made last, on
+/// which parent, and the content digest of each regular file in it by path.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DonorRecord {
+    chain: Digest,
+    parent: Option<Digest>,
+    files: BTreeMap<String, Digest>,
+}
 
 fn unique(prefix: &str) -> String {
     format!(
@@ -475,30 +485,39 @@ impl Builder {
         }
     }
 
-    /// The snapshot directory the previous build of this COPY (`location`) made on the same
-    /// parent, if it is still there: the new one is seeded from it (see `seed`).
-    fn copy_donor(&self, location: &Digest, parent: Option<&ChainId>) -> Option<PathBuf> {
+    /// The snapshot the previous build of this COPY (`location`) made on the same parent, if it
+    /// is still there, and what its files hold: the new one is seeded from it (see `seed`).
+    fn copy_donor(&self, location: &Digest, parent: Option<&ChainId>) -> Option<Donor> {
         let record = self.state_root.join(COPY_DONORS_DIR).join(location.hex());
-        let text = std::fs::read_to_string(record).ok()?;
-        let (chain, recorded_parent) = text.trim().split_once(' ')?;
-        let parent = parent.map_or_else(|| "-".to_string(), |p| p.0.to_string());
-        if recorded_parent != parent {
+        let record: DonorRecord = serde_json::from_slice(&std::fs::read(record).ok()?).ok()?;
+        if record.parent.as_ref() != parent.map(|p| &p.0) {
             return None;
         }
-        let chain = ChainId(chain.parse::<Digest>().ok()?);
-        self.snapshots
-            .exists(&chain)
-            .then(|| self.snapshots.fs_path(&chain))
+        let chain = ChainId(record.chain);
+        self.snapshots.exists(&chain).then(|| Donor {
+            dir: self.snapshots.fs_path(&chain),
+            contents: record.files.into_iter().collect(),
+        })
     }
 
-    /// Remembers the snapshot a COPY made, for the next build of it. Only a hint: failures
-    /// cost the next build its seeding, nothing else.
-    fn remember_copy_donor(&self, location: &Digest, chain: &ChainId, parent: Option<&ChainId>) {
+    /// Remembers the snapshot a COPY made and what its files hold, for the next build of it.
+    /// Only a hint: failures cost the next build its seeding, nothing else.
+    fn remember_copy_donor(
+        &self,
+        location: &Digest,
+        chain: &ChainId,
+        parent: Option<&ChainId>,
+        files: BTreeMap<String, Digest>,
+    ) {
         let dir = self.state_root.join(COPY_DONORS_DIR);
-        let parent = parent.map_or_else(|| "-".to_string(), |p| p.0.to_string());
+        let record = DonorRecord {
+            chain: chain.0.clone(),
+            parent: parent.map(|p| p.0.clone()),
+            files,
+        };
         let tmp = dir.join(format!(".{}", unique("donor")));
         let written = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&tmp, format!("{} {parent}\n", chain.0)))
+            .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(&record)?))
             .and_then(|()| std::fs::rename(&tmp, dir.join(location.hex())));
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -1027,9 +1046,11 @@ impl Builder {
                     if let Some(from) = &prepared.from {
                         self.materialize(from.as_ref()).await?;
                     }
-                    let layer = execute_copy(&fctx, &prepared, &workdir, parent.as_ref())?;
+                    let done = execute_copy(&fctx, &prepared, &workdir, parent.as_ref(), &hashes)?;
+                    let layer = done.layer;
                     if let Some(l) = &layer {
-                        self.remember_copy_donor(location, &l.chain, parent.as_ref());
+                        let files = done.contents.unwrap_or_default();
+                        self.remember_copy_donor(location, &l.chain, parent.as_ref(), files);
                     }
                     self.record(&step_key, layer.as_ref())?;
                     if let Some(l) = layer {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::context::copy::{copy_into_root, hash_sources, ChmodSpec, CopyRequest};
+use crate::context::copy::{copy_into_root, hash_sources, ChmodSpec, ContentLog, CopyRequest};
 use crate::context::hashcache::FileHashCache;
 use crate::context::ignore::PatternMatcher;
 use crate::dockerfile::{Command, Dockerfile, Instruction};
@@ -32,9 +32,9 @@ pub struct FileStepContext<'a> {
     pub scratch_dir: &'a Path,
     pub settings: &'a LayerSettings,
     pub escape: char,
-    /// The files the previous build of this COPY wrote on the same parent (a snapshot's
-    /// directory), to seed the new one with (see `seed`).
-    pub copy_donor: Option<std::path::PathBuf>,
+    /// The files the previous build of this COPY wrote on the same parent, to seed the new
+    /// one with (see `seed`).
+    pub copy_donor: Option<super::seed::Donor>,
 }
 
 /// A file ADD downloaded: the directory holding it, its name, its digest.
@@ -217,6 +217,7 @@ pub fn prepare_copy(
                     source_date_epoch: ctx.settings.source_date_epoch,
                     preserve_owner: false,
                     seeded: None,
+                    contents: None,
                 },
                 hashes,
             )
@@ -321,12 +322,20 @@ fn resolve_chown(root: &Path, chown: &str) -> Result<(u32, u32), BuildError> {
 }
 
 /// Runs a prepared COPY/ADD on top of `parent`.
+/// What a COPY made: its layer (none when it changed nothing) and, for a context copy that can
+/// seed the next build of the step, what each regular file in it holds.
+pub struct CopyDone {
+    pub layer: Option<LayerState>,
+    pub contents: Option<BTreeMap<String, crate::oci::Digest>>,
+}
+
 pub fn execute_copy(
     ctx: &FileStepContext<'_>,
     prepared: &PreparedCopy,
     workdir: &str,
     parent: Option<&ChainId>,
-) -> Result<Option<LayerState>, BuildError> {
+    hashes: &FileHashCache,
+) -> Result<CopyDone, BuildError> {
     let key = unique_dir(Path::new(""), "copy")
         .to_string_lossy()
         .to_string();
@@ -336,6 +345,7 @@ pub fn execute_copy(
     // Seeding only where every write goes through the one tracked copy below.
     let seedable = !prepared.is_add && prepared.heredocs.is_empty() && ctx.url_files.is_empty();
     let upper = ctx.snapshots.upper_dir(&key)?;
+    let contents = (seedable && prepared.from.is_none()).then(|| ContentLog::new(hashes));
     let seeding = match &ctx.copy_donor {
         Some(donor) if seedable => match super::seed::seed(donor, &upper) {
             Ok(s) => Some(s),
@@ -402,6 +412,7 @@ pub fn execute_copy(
                         source_date_epoch: ctx.settings.source_date_epoch,
                         preserve_owner: chown.is_none(),
                         seeded: None,
+                        contents: None,
                     })
                     .map_err(|e| BuildError::Invalid(e.to_string()))?;
                 } else {
@@ -429,6 +440,7 @@ pub fn execute_copy(
                 source_date_epoch: ctx.settings.source_date_epoch,
                 preserve_owner: prepared.from.is_some(),
                 seeded: seeding.as_ref().map(|s| &s.seeded),
+                contents: contents.as_ref(),
             })
             .map_err(|e| BuildError::Invalid(e.to_string()))?;
         }
@@ -447,6 +459,7 @@ pub fn execute_copy(
                 source_date_epoch: ctx.settings.source_date_epoch,
                 preserve_owner: false,
                 seeded: None,
+                contents: None,
             })
             .map_err(|e| BuildError::Invalid(e.to_string()))?;
         }
@@ -476,6 +489,7 @@ pub fn execute_copy(
                 source_date_epoch: ctx.settings.source_date_epoch,
                 preserve_owner: false,
                 seeded: None,
+                contents: None,
             })
             .map_err(|e| BuildError::Invalid(e.to_string()))?;
         }
@@ -493,7 +507,10 @@ pub fn execute_copy(
         let _ = ctx.snapshots.remove_active(&key);
         return Err(e);
     }
-    commit_active(ctx.store, ctx.snapshots, &key, parent, ctx.settings)
+    Ok(CopyDone {
+        layer: commit_active(ctx.store, ctx.snapshots, &key, parent, ctx.settings)?,
+        contents: contents.map(ContentLog::into_written),
+    })
 }
 
 /// WORKDIR: creates the directory (and missing parents) owned by the current user.

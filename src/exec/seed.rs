@@ -16,6 +16,14 @@ use crate::context::copy::Seeded;
 
 const OPAQUE: &str = "trusted.overlay.opaque";
 
+/// The snapshot the previous build of a COPY made on the same parent, and what each regular
+/// file in it holds by path (empty when unknown: then files are compared byte for byte).
+#[derive(Debug, Clone)]
+pub struct Donor {
+    pub dir: std::path::PathBuf,
+    pub contents: std::collections::HashMap<String, crate::oci::Digest>,
+}
+
 /// What was seeded, to undo what the copy did not claim.
 pub struct Seeding {
     pub seeded: Seeded,
@@ -24,13 +32,16 @@ pub struct Seeding {
 }
 
 /// Mirrors `donor`'s directories into `upper` and hard-links its regular files there.
-pub fn seed(donor: &Path, upper: &Path) -> io::Result<Seeding> {
+pub fn seed(donor: &Donor, upper: &Path) -> io::Result<Seeding> {
     let mut seeding = Seeding {
-        seeded: Seeded::default(),
+        seeded: Seeded {
+            contents: donor.contents.clone(),
+            ..Seeded::default()
+        },
         files: Vec::new(),
         dirs: Vec::new(),
     };
-    walk(donor, upper, "", &mut seeding)?;
+    walk(&donor.dir, upper, "", &mut seeding)?;
     Ok(seeding)
 }
 
