@@ -431,13 +431,13 @@ fn walk_source(
         visit: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
     ) -> Result<(), CopyError> {
         let dir = req.source_root.join(base_rel).join(sub);
-        let mut names: Vec<String> = fs::read_dir(&dir)
+        let mut entries: Vec<(String, fs::DirEntry)> = fs::read_dir(&dir)
             .map_err(io_err("list", &dir))?
             .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().to_string())
+            .map(|e| (e.file_name().to_string_lossy().to_string(), e))
             .collect();
-        names.sort();
-        for name in names {
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (name, entry) in entries {
             let child = if sub.is_empty() {
                 name.clone()
             } else {
@@ -449,7 +449,8 @@ fn walk_source(
                 format!("{base_rel}/{child}")
             };
             let path = req.source_root.join(&full_rel);
-            let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+            // Relative to the open directory: no walk of the whole path for each file.
+            let meta = entry.metadata().map_err(io_err("stat", &path))?;
             let skip_ignored = ignored(req.ignore, &full_rel);
             let skip_excluded = excludes.is_some_and(|m| m.matches(&child));
             let has_exceptions = req.ignore.is_some_and(|m| m.exclusions());

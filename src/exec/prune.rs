@@ -159,6 +159,10 @@ pub fn prune(
     })?;
     report.blobs_removed = gc.removed_blobs.len();
     drop_stale_chunk_entries(root, store);
+    // Hints in formats earlier versions of kiln wrote; nothing reads them any more.
+    for legacy in ["gzip-chunks-v1", "copy-donors-v1"] {
+        let _ = fs::remove_dir_all(root.join(legacy));
+    }
 
     // Snapshots are unpacked copies of blobs: any not in a tagged image can go, leaves first.
     let mut candidates: Vec<(SystemTime, ChainId)> = snapshot_list

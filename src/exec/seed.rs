@@ -9,8 +9,12 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::{Condvar, Mutex};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::context::copy::Seeded;
 
@@ -31,8 +35,27 @@ pub struct Seeding {
     dirs: Vec<String>,
 }
 
-/// Mirrors `donor`'s directories into `upper` and hard-links its regular files there.
+/// Mirrors `donor`'s directories into `upper` and hard-links its regular files there, a
+/// directory at a time on every core (it is all system calls, and they scale).
 pub fn seed(donor: &Donor, upper: &Path) -> io::Result<Seeding> {
+    let roots = DirRoots {
+        donor: open_dir(&donor.dir)?,
+        upper: open_dir(upper)?,
+    };
+    let queue = DirQueue::new(String::new());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let found: Vec<io::Result<Found>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| seed_dirs(&roots, &queue)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a seeding thread panicked")))
+            })
+            .collect()
+    });
     let mut seeding = Seeding {
         seeded: Seeded {
             contents: donor.contents.clone(),
@@ -41,39 +64,180 @@ pub fn seed(donor: &Donor, upper: &Path) -> io::Result<Seeding> {
         files: Vec::new(),
         dirs: Vec::new(),
     };
-    walk(&donor.dir, upper, "", &mut seeding)?;
+    for part in found {
+        let part = part?;
+        seeding.seeded.inodes.extend(part.inodes);
+        seeding.files.extend(part.files);
+        seeding.dirs.extend(part.dirs);
+    }
     Ok(seeding)
 }
 
-fn walk(donor: &Path, upper: &Path, rel: &str, seeding: &mut Seeding) -> io::Result<()> {
-    for entry in fs::read_dir(donor.join(rel))? {
+struct DirRoots {
+    donor: OwnedFd,
+    upper: OwnedFd,
+}
+
+/// What one seeding thread made.
+#[derive(Default)]
+struct Found {
+    inodes: Vec<u64>,
+    files: Vec<String>,
+    dirs: Vec<String>,
+}
+
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+fn open_subdir(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
+    let rel = if rel.is_empty() { "." } else { rel };
+    Ok(rustix::fs::openat(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Directories (relative paths) waiting to be seeded, shared by the seeding threads; a thread
+/// that finds it empty waits while others may still add to it. Paths, not open directories,
+/// wait here: a wide tree would otherwise hold thousands of descriptors.
+struct DirQueue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+struct QueueState {
+    waiting: Vec<String>,
+    busy: usize,
+    failed: bool,
+}
+
+impl DirQueue {
+    fn new(first: String) -> DirQueue {
+        DirQueue {
+            state: Mutex::new(QueueState {
+                waiting: vec![first],
+                busy: 0,
+                failed: false,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next directory to seed; `None` once all are done or one failed.
+    fn take(&self) -> Option<String> {
+        let mut state = self.lock();
+        loop {
+            if state.failed {
+                return None;
+            }
+            if let Some(rel) = state.waiting.pop() {
+                state.busy += 1;
+                return Some(rel);
+            }
+            if state.busy == 0 {
+                return None;
+            }
+            state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Ends a directory, queueing the subdirectories it found (or failing them all).
+    fn done(&self, subdirs: Vec<String>, ok: bool) {
+        let mut state = self.lock();
+        state.busy -= 1;
+        state.failed |= !ok;
+        state.waiting.extend(subdirs);
+        self.ready.notify_all();
+    }
+}
+
+fn seed_dirs(roots: &DirRoots, queue: &DirQueue) -> io::Result<Found> {
+    let mut found = Found::default();
+    while let Some(rel) = queue.take() {
+        let mut subdirs = Vec::new();
+        let result = seed_dir(roots, &rel, &mut found, &mut subdirs);
+        queue.done(subdirs, result.is_ok());
+        result?;
+    }
+    Ok(found)
+}
+
+/// Seeds the entries of one directory; its subdirectories are made here and queued.
+fn seed_dir(
+    roots: &DirRoots,
+    rel: &str,
+    found: &mut Found,
+    subdirs: &mut Vec<String>,
+) -> io::Result<()> {
+    let donor = open_subdir(&roots.donor, rel)?;
+    let upper = open_subdir(&roots.upper, rel)?;
+    for entry in rustix::fs::Dir::read_from(&donor)? {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        let child = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let Ok(name_str) = name.to_str() else {
+            // Names that are not UTF-8 are left to the copy.
+            continue;
         };
-        let meta = entry.metadata()?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            let dir = upper.join(&child);
-            fs::create_dir(&dir)?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-            std::os::unix::fs::chown(&dir, Some(meta.uid()), Some(meta.gid()))?;
+        let child = if rel.is_empty() {
+            name_str.to_string()
+        } else {
+            format!("{rel}/{name_str}")
+        };
+        let file_type = match entry.file_type() {
+            FileType::Unknown => FileType::from_raw_mode(
+                rustix::fs::statat(&donor, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode,
+            ),
+            t => t,
+        };
+        if file_type == FileType::Directory {
+            let st = rustix::fs::statat(&donor, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            rustix::fs::mkdirat(&upper, name, Mode::from_raw_mode(0o700))?;
+            let made = rustix::fs::openat(
+                &upper,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            // Owner first: a chown may clear set-id bits the mode then puts back.
+            rustix::fs::fchown(
+                &made,
+                Some(rustix::fs::Uid::from_raw(st.st_uid)),
+                Some(rustix::fs::Gid::from_raw(st.st_gid)),
+            )?;
+            rustix::fs::fchmod(&made, Mode::from_raw_mode(st.st_mode & 0o7777))?;
             // A directory the copy made over a file of the parent is opaque; keep it so.
+            let from = rustix::fs::openat(
+                &donor,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
             let mut flag = [0u8; 1];
-            if rustix::fs::lgetxattr(donor.join(&child), OPAQUE, &mut flag).is_ok_and(|n| n == 1)
+            if rustix::fs::fgetxattr(&from, OPAQUE, &mut flag).is_ok_and(|n| n == 1)
                 && flag == *b"y"
             {
-                rustix::fs::lsetxattr(&dir, OPAQUE, b"y", rustix::fs::XattrFlags::empty())?;
+                rustix::fs::fsetxattr(&made, OPAQUE, b"y", rustix::fs::XattrFlags::empty())?;
             }
-            seeding.dirs.push(child.clone());
-            walk(donor, upper, &child, seeding)?;
-        } else if ft.is_file() {
-            fs::hard_link(donor.join(&child), upper.join(&child))?;
-            seeding.seeded.inodes.insert(meta.ino());
-            seeding.files.push(child);
+            found.dirs.push(child.clone());
+            subdirs.push(child);
+        } else if file_type == FileType::RegularFile {
+            rustix::fs::linkat(&donor, name, &upper, name, AtFlags::empty())?;
+            found.inodes.push(entry.ino());
+            found.files.push(child);
         }
         // Symlinks and whiteouts are cheap or rare: the copy makes them as usual.
     }

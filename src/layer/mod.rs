@@ -2,7 +2,6 @@
 //! directory ([`extract_layer`]).
 
 pub mod extract;
-mod hashahead;
 pub mod pargzip;
 mod readahead;
 pub mod write;

@@ -2,12 +2,15 @@
 //! references, platforms, media types and hashing readers/writers.
 
 pub mod digest;
+mod hashahead;
 pub mod manifest;
 pub mod media;
+pub mod pipe;
 pub mod platform;
 pub mod reference;
 
 pub use digest::{DiffId, Digest, DigestError, DigestingReader, DigestingWriter};
+pub use hashahead::HashAhead;
 pub use manifest::{
     sniff_manifest, ContainerConfig, Descriptor, Healthcheck, History, ImageConfig, ImageIndex,
     ImageManifest, Manifest, ManifestError, ManifestKind, RootFs,

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::error::{Result, StoreError};
 use super::fsutil::{sync_dir, try_lock_file};
 use super::Store;
-use crate::oci::{Digest, DigestingWriter};
+use crate::oci::{Digest, HashAhead};
 
 const TMP_SUFFIX: &str = ".tmp";
 const PARTIAL_SUFFIX: &str = ".partial";
@@ -55,7 +55,7 @@ impl Write for Sink {
 pub struct Ingest {
     store: Store,
     path: PathBuf,
-    writer: Option<DigestingWriter<Sink>>,
+    writer: Option<HashAhead<Sink>>,
     expected: Option<Digest>,
     expected_size: Option<u64>,
     offset: u64,
@@ -106,7 +106,7 @@ impl Store {
         Ok(Ingest {
             store: self.clone(),
             path,
-            writer: Some(DigestingWriter::new(Sink {
+            writer: Some(HashAhead::new(Sink {
                 file: BufWriter::with_capacity(256 * 1024, file),
                 skip: 0,
             })),
@@ -164,7 +164,7 @@ impl Store {
         let mut reader = file
             .try_clone()
             .map_err(StoreError::io("duplicate handle of", &path))?;
-        let mut writer = DigestingWriter::new(Sink {
+        let mut writer = HashAhead::new(Sink {
             file: BufWriter::with_capacity(256 * 1024, file),
             skip: len,
         });
@@ -301,7 +301,13 @@ impl Ingest {
             unreachable!("an Ingest holds its writer until commit or drop");
         };
         let path = self.path.clone();
-        let (digest, size, sink) = writer.finish();
+        let (digest, size, sink) = match writer.finish() {
+            Ok(finished) => finished,
+            Err(e) => {
+                remove_quietly(&path);
+                return Err(StoreError::io("hash", &path)(e));
+            }
+        };
         let file = match sink.file.into_inner() {
             Ok(f) => f,
             Err(e) => {
