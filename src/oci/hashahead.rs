@@ -13,26 +13,36 @@ use super::Digest;
 
 pub struct HashAhead<W: Write> {
     inner: W,
-    /// Dropping the writer unfinished closes the pipe, which ends the hashing thread.
-    to_hasher: PipeWriter,
-    hasher: JoinHandle<Digest>,
+    hasher: Hasher,
     written: u64,
+}
+
+enum Hasher {
+    /// Dropping the writer unfinished closes the pipe, which ends the hashing thread.
+    Thread(PipeWriter, JoinHandle<Digest>),
+    /// When no thread could be started: hashed in line, as a plain digesting writer does.
+    Inline(Box<Sha256>),
 }
 
 impl<W: Write> HashAhead<W> {
     pub fn new(inner: W) -> Self {
         let (to_hasher, pieces) = pipe();
-        let hasher = std::thread::spawn(move || {
-            let mut sha = Sha256::new();
-            while let Some(piece) = pieces.next_piece() {
-                sha.update(&piece);
-                pieces.give_back(piece);
-            }
-            Digest::from_hasher(sha)
-        });
+        let spawned = std::thread::Builder::new()
+            .name("sha256".into())
+            .spawn(move || {
+                let mut sha = Sha256::new();
+                while let Some(piece) = pieces.next_piece() {
+                    sha.update(&piece);
+                    pieces.give_back(piece);
+                }
+                Digest::from_hasher(sha)
+            });
+        let hasher = match spawned {
+            Ok(thread) => Hasher::Thread(to_hasher, thread),
+            Err(_) => Hasher::Inline(Box::new(Sha256::new())),
+        };
         HashAhead {
             inner,
-            to_hasher,
             hasher,
             written: 0,
         }
@@ -52,11 +62,15 @@ impl<W: Write> HashAhead<W> {
 
     /// The sha256 and length of everything written, and the inner writer.
     pub fn finish(self) -> io::Result<(Digest, u64, W)> {
-        self.to_hasher.close()?;
-        let digest = self
-            .hasher
-            .join()
-            .map_err(|_| io::Error::other("the hashing thread panicked"))?;
+        let digest = match self.hasher {
+            Hasher::Thread(to_hasher, thread) => {
+                to_hasher.close()?;
+                thread
+                    .join()
+                    .map_err(|_| io::Error::other("the hashing thread panicked"))?
+            }
+            Hasher::Inline(sha) => Digest::from_hasher(*sha),
+        };
         Ok((digest, self.written, self.inner))
     }
 }
@@ -64,7 +78,10 @@ impl<W: Write> HashAhead<W> {
 impl<W: Write> Write for HashAhead<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(data)?;
-        self.to_hasher.write_all(&data[..n])?;
+        match &mut self.hasher {
+            Hasher::Thread(to_hasher, _) => to_hasher.write_all(&data[..n])?,
+            Hasher::Inline(sha) => sha.update(&data[..n]),
+        }
         self.written += n as u64;
         Ok(n)
     }
