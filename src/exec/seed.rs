@@ -95,10 +95,14 @@ fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 }
 
 fn open_subdir(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
-    let rel = if rel.is_empty() { "." } else { rel };
+    open_dir_at(root, if rel.is_empty() { "." } else { rel })
+}
+
+/// A directory below `dir`, never through a symlink.
+fn open_dir_at(dir: &OwnedFd, path: impl rustix::path::Arg) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(
-        root,
-        rel,
+        dir,
+        path,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
@@ -206,12 +210,7 @@ fn seed_dir(
         if file_type == FileType::Directory {
             let st = rustix::fs::statat(&donor, name, AtFlags::SYMLINK_NOFOLLOW)?;
             rustix::fs::mkdirat(&upper, name, Mode::from_raw_mode(0o700))?;
-            let made = rustix::fs::openat(
-                &upper,
-                name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
+            let made = open_dir_at(&upper, name)?;
             // Owner first: a chown may clear set-id bits the mode then puts back.
             rustix::fs::fchown(
                 &made,
@@ -220,12 +219,7 @@ fn seed_dir(
             )?;
             rustix::fs::fchmod(&made, Mode::from_raw_mode(st.st_mode & 0o7777))?;
             // A directory the copy made over a file of the parent is opaque; keep it so.
-            let from = rustix::fs::openat(
-                &donor,
-                name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
+            let from = open_dir_at(&donor, name)?;
             let mut flag = [0u8; 1];
             if rustix::fs::fgetxattr(&from, OPAQUE, &mut flag).is_ok_and(|n| n == 1)
                 && flag == *b"y"
