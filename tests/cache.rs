@@ -376,8 +376,19 @@ fn prune_drops_cache_but_never_what_a_tagged_image_needs() {
     );
 
     p.expect_from("a build after pruning", &[], Some(0));
+    // A COPY's seeding record whose snapshot is gone is dropped; live ones stay.
+    let donors = p.root.path().join("copy-donors-v2");
+    let live = fs::read_dir(&donors).unwrap().count();
+    assert!(live >= 2, "{live}");
+    let gone = format!(
+        "{{\"chain\":\"sha256:{}\",\"parent\":null,\"files\":{{}}}}",
+        "0".repeat(64)
+    );
+    fs::write(donors.join("1".repeat(64)), gone).unwrap();
     ok(&kiln(p.root.path(), &p.reg, &["prune", "--all"]));
     assert_eq!(records(), 0);
+    assert!(!donors.join("1".repeat(64)).exists());
+    assert_eq!(fs::read_dir(&donors).unwrap().count(), live);
     assert!(
         kiln(p.root.path(), &p.reg, &["prune", "--filter", "since=1h"])
             .status

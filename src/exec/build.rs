@@ -114,19 +114,6 @@ struct StageResult {
 
 static STEP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Where each COPY step's last snapshot is remembered (`seed`); the version changes with the
-/// format.
-const COPY_DONORS_DIR: &str = "copy-donors-v2";
-
-/// `<state root>/copy-donors-v2/<step location hex>`: the snapshot a COPY step made last, on
-/// which parent, and the content digest of each regular file in it by path.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct DonorRecord {
-    chain: Digest,
-    parent: Option<Digest>,
-    files: BTreeMap<String, Digest>,
-}
-
 fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",
@@ -482,45 +469,6 @@ impl Builder {
         }
         if let Some(last) = history.iter().rev().find_map(|h| h.created.clone()) {
             config.created = Some(last);
-        }
-    }
-
-    /// The snapshot the previous build of this COPY (`location`) made on the same parent, if it
-    /// is still there, and what its files hold: the new one is seeded from it (see `seed`).
-    fn copy_donor(&self, location: &Digest, parent: Option<&ChainId>) -> Option<Donor> {
-        let record = self.state_root.join(COPY_DONORS_DIR).join(location.hex());
-        let record: DonorRecord = serde_json::from_slice(&std::fs::read(record).ok()?).ok()?;
-        if record.parent.as_ref() != parent.map(|p| &p.0) {
-            return None;
-        }
-        let chain = ChainId(record.chain);
-        self.snapshots.exists(&chain).then(|| Donor {
-            dir: self.snapshots.fs_path(&chain),
-            contents: record.files.into_iter().collect(),
-        })
-    }
-
-    /// Remembers the snapshot a COPY made and what its files hold, for the next build of it.
-    /// Only a hint: failures cost the next build its seeding, nothing else.
-    fn remember_copy_donor(
-        &self,
-        location: &Digest,
-        chain: &ChainId,
-        parent: Option<&ChainId>,
-        files: BTreeMap<String, Digest>,
-    ) {
-        let dir = self.state_root.join(COPY_DONORS_DIR);
-        let record = DonorRecord {
-            chain: chain.0.clone(),
-            parent: parent.map(|p| p.0.clone()),
-            files,
-        };
-        let tmp = dir.join(format!(".{}", unique("donor")));
-        let written = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(&record)?))
-            .and_then(|()| std::fs::rename(&tmp, dir.join(location.hex())));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
         }
     }
 
@@ -1030,7 +978,12 @@ impl Builder {
                     scratch_dir,
                     settings,
                     escape: plan.escape,
-                    copy_donor: self.copy_donor(location, image.top_chain()),
+                    copy_donor: Donor::find(
+                        &self.state_root,
+                        &self.snapshots,
+                        location,
+                        image.top_chain(),
+                    ),
                 };
                 let hashes = self.context_hashes(&req.context_dir);
                 let prepared = prepare_copy(&fctx, instr, &workdir, &hashes)?;
@@ -1050,7 +1003,13 @@ impl Builder {
                     let layer = done.layer;
                     if let Some(l) = &layer {
                         let files = done.contents.unwrap_or_default();
-                        self.remember_copy_donor(location, &l.chain, parent.as_ref(), files);
+                        Donor::remember(
+                            &self.state_root,
+                            location,
+                            &l.chain,
+                            parent.as_ref(),
+                            files,
+                        );
                     }
                     self.record(&step_key, layer.as_ref())?;
                     if let Some(l) = layer {

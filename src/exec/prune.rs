@@ -202,6 +202,7 @@ pub fn prune(
         }
     }
     let _ = snapshots.cleanup_stale();
+    super::seed::Donor::drop_stale(root, snapshots);
     let _ = clear_dir(&root.join("tmp"));
     report.bytes_after = blobs_size(store) + snapshot_sizes.values().sum::<u64>();
     report.bytes_freed = before.saturating_sub(report.bytes_after);

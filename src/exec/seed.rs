@@ -16,6 +16,11 @@ use std::sync::{Condvar, Mutex};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
+use std::collections::{BTreeMap, HashMap};
+
+use crate::oci::Digest;
+use crate::snapshot::{ChainId, Snapshotter};
+
 use crate::context::copy::Seeded;
 
 const OPAQUE: &str = "trusted.overlay.opaque";
@@ -25,7 +30,86 @@ const OPAQUE: &str = "trusted.overlay.opaque";
 #[derive(Debug, Clone)]
 pub struct Donor {
     pub dir: std::path::PathBuf,
-    pub contents: std::collections::HashMap<String, crate::oci::Digest>,
+    pub contents: HashMap<String, Digest>,
+}
+
+/// Where each COPY step's last snapshot is remembered; the version changes with the format.
+const DONORS_DIR: &str = "copy-donors-v2";
+
+/// `<state root>/copy-donors-v2/<step location hex>`: the snapshot a COPY step made last, on
+/// which parent, and the content digest of each regular file in it by path.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DonorRecord {
+    chain: Digest,
+    parent: Option<Digest>,
+    files: BTreeMap<String, Digest>,
+}
+
+impl DonorRecord {
+    fn read(path: &Path) -> Option<DonorRecord> {
+        serde_json::from_slice(&fs::read(path).ok()?).ok()
+    }
+}
+
+impl Donor {
+    /// The snapshot the previous build of the COPY at `location` made on `parent`, if it is
+    /// still there, and what its files hold.
+    pub fn find(
+        state_root: &Path,
+        snapshots: &Snapshotter,
+        location: &Digest,
+        parent: Option<&ChainId>,
+    ) -> Option<Donor> {
+        let record = DonorRecord::read(&state_root.join(DONORS_DIR).join(location.hex()))?;
+        if record.parent.as_ref() != parent.map(|p| &p.0) {
+            return None;
+        }
+        let chain = ChainId(record.chain);
+        snapshots.exists(&chain).then(|| Donor {
+            dir: snapshots.fs_path(&chain),
+            contents: record.files.into_iter().collect(),
+        })
+    }
+
+    /// Remembers the snapshot a COPY made and what its files hold, for the next build of it.
+    /// Only a hint: failures cost the next build its seeding, nothing else.
+    pub fn remember(
+        state_root: &Path,
+        location: &Digest,
+        chain: &ChainId,
+        parent: Option<&ChainId>,
+        files: BTreeMap<String, Digest>,
+    ) {
+        let dir = state_root.join(DONORS_DIR);
+        let record = DonorRecord {
+            chain: chain.0.clone(),
+            parent: parent.map(|p| p.0.clone()),
+            files,
+        };
+        let Ok(mut tmp) =
+            fs::create_dir_all(&dir).and_then(|()| tempfile::NamedTempFile::new_in(&dir))
+        else {
+            return;
+        };
+        let written = serde_json::to_writer(io::BufWriter::new(tmp.as_file_mut()), &record);
+        if written.is_ok() {
+            let _ = tmp.persist(dir.join(location.hex()));
+        }
+    }
+
+    /// Drops the records whose snapshot is gone (for prune).
+    pub fn drop_stale(state_root: &Path, snapshots: &Snapshotter) {
+        let Ok(entries) = fs::read_dir(state_root.join(DONORS_DIR)) else {
+            return;
+        };
+        for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+            let live =
+                DonorRecord::read(&path).is_some_and(|r| snapshots.exists(&ChainId(r.chain)));
+            if !live {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
 }
 
 /// What was seeded, to undo what the copy did not claim.
