@@ -952,3 +952,141 @@ fn a_stage_runs_its_own_steps_while_the_stage_it_copies_from_builds() {
         t[1]
     );
 }
+
+/// `fixtures/apps/kitchen` as BuildKit (Moby 20.10, `benches/compare-docker.sh`) builds it: the
+/// config a user sees and the files its instructions made, owners as numbers.
+const KITCHEN_CONFIG: &str = r#"{"User":"svc:svc","ExposedPorts":{"8080/tcp":{},"9090/udp":{}},"Env":["PATH=/srv/app/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","APP_HOME=/srv/app","LEGACY=value with spaces"],"Entrypoint":["/bin/sh","-c"],"Cmd":["echo hello"],"Volumes":{"/data":{}},"WorkingDir":"/srv/app","Labels":{"org.example.a":"1","org.example.b":"two words"},"StopSignal":"SIGTERM","Healthcheck":{"Test":["CMD-SHELL","wget -q -O- http://localhost:8080/ || exit 1"],"Interval":30000000000,"Timeout":3000000000},"Shell":["/bin/sh","-eu","-c"],"OnBuild":["RUN echo onbuild"]}"#;
+const KITCHEN_TREE: &str = "\
+data d 755 1001:1001
+data/home f 644 1001:1001 9
+etc/app d 755 0:0
+etc/app/app.conf f 640 0:0 10
+links d 755 0:0
+links/abs l 0:0 /etc/hostname
+links/rel l 0:0 target
+links/target f 644 0:0 2
+opt d 755 0:0
+opt/inner d 700 123:456
+opt/inner/one.txt f 644 123:456 4
+opt/plain d 755 0:0
+opt/plain/plain.txt f 644 0:0 6
+opt/two.txt f 644 123:456 4
+srv d 755 0:0
+srv/app d 755 0:0
+srv/app/src d 755 1000:1000
+srv/app/src/conf-link l 1000:1000 ../conf
+srv/app/src/entry.py l 1000:1000 main.py
+srv/app/src/main.py f 644 1000:1000 12
+srv/app/src/pkg d 755 1000:1000
+srv/app/src/pkg/__init__.py f 644 1000:1000 1
+srv/app/src/pkg/keep.pyc f 644 1000:1000 4
+srv/app/src/pkg/sub d 755 1000:1000
+srv/app/src/pkg/sub/mod.py f 600 1000:1000 2
+srv/app/src/run.sh f 755 1000:1000 19
+";
+
+/// `path type mode uid:gid size` (symlinks: `path l uid:gid target`) for everything under `dirs`.
+fn tree_listing(rootfs: &Path, dirs: &[&str]) -> String {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(rootfs: &Path, rel: &str, out: &mut Vec<String>) {
+        let path = rootfs.join(rel);
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        let owner = format!("{}:{}", m.uid(), m.gid());
+        let mode = m.mode() & 0o7777;
+        if m.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).unwrap();
+            out.push(format!("{rel} l {owner} {}", target.display()));
+        } else if m.is_dir() {
+            out.push(format!("{rel} d {mode:o} {owner}"));
+            for e in std::fs::read_dir(&path).unwrap() {
+                let name = e.unwrap().file_name().to_string_lossy().to_string();
+                walk(rootfs, &format!("{rel}/{name}"), out);
+            }
+        } else {
+            out.push(format!("{rel} f {mode:o} {owner} {}", m.len()));
+        }
+    }
+    let mut out = Vec::new();
+    for d in dirs {
+        walk(rootfs, d, &mut out);
+    }
+    out.sort();
+    out.iter().map(|l| format!("{l}\n")).collect()
+}
+
+#[test]
+fn kitchen_fixture_gives_what_buildkit_gave() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("kitchen");
+    // A copy with the modes the fixture means (git keeps only the executable bit).
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(fixtures().join("kitchen"))
+        .arg(&ctx));
+    use std::os::unix::fs::PermissionsExt;
+    let set_mode = |rel: &str, mode: u32| {
+        std::fs::set_permissions(ctx.join(rel), std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    for (rel, mode) in [
+        ("src", 0o755),
+        ("src/pkg", 0o755),
+        ("src/pkg/sub", 0o755),
+        ("src/main.py", 0o644),
+        ("src/pkg/__init__.py", 0o644),
+        ("src/pkg/keep.pyc", 0o644),
+        ("src/pkg/sub/mod.py", 0o600),
+        ("src/run.sh", 0o755),
+        ("conf/app.conf", 0o644),
+        ("link-dir", 0o755),
+        ("link-dir/target", 0o644),
+        ("plain.txt", 0o644),
+    ] {
+        set_mode(rel, mode);
+    }
+    let root = work.path().join("root");
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            "kitchen:1",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let cfg = config(&root, &reg, "kitchen:1");
+    let c = &cfg["config"]["config"];
+    let fields = [
+        "User",
+        "ExposedPorts",
+        "Env",
+        "Entrypoint",
+        "Cmd",
+        "Volumes",
+        "WorkingDir",
+        "Labels",
+        "StopSignal",
+        "Healthcheck",
+        "Shell",
+        "OnBuild",
+    ];
+    let got: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|f| (f.to_string(), c[*f].clone()))
+        .collect();
+    let want: serde_json::Value = serde_json::from_str(KITCHEN_CONFIG).unwrap();
+    assert_eq!(serde_json::Value::Object(got), want);
+    let rootfs = unpack(&root, "docker.io/library/kitchen:1", &work.path().join("k"));
+    let listing = tree_listing(&rootfs, &["data", "etc/app", "links", "opt", "srv"]);
+    // /data/id's length depends on the busybox build; its text is checked instead.
+    let listing: String = listing
+        .lines()
+        .filter(|l| !l.starts_with("data/id "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(listing, KITCHEN_TREE);
+    let id = std::fs::read_to_string(rootfs.join("data/id")).unwrap();
+    assert!(id.starts_with("uid=1001(svc) gid=1001(svc)"), "{id}");
+}
