@@ -1090,3 +1090,55 @@ fn kitchen_fixture_gives_what_buildkit_gave() {
     let id = std::fs::read_to_string(rootfs.join("data/id")).unwrap();
     assert!(id.starts_with("uid=1001(svc) gid=1001(svc)"), "{id}");
 }
+
+#[test]
+fn a_rebuilt_copy_through_a_symlinked_directory_keeps_its_files() {
+    // `COPY x /bin/` where /bin is a symlink (Debian's usr-merge): the files land in the
+    // symlink's target. A rebuild of the COPY starts from the files its earlier build wrote
+    // (seeding) and must keep the unchanged one and the new version of the changed one.
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("files")).unwrap();
+    std::fs::write(ctx.join("files/same.txt"), "same\n").unwrap();
+    std::fs::write(ctx.join("files/changed.txt"), "one\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN mkdir /real && busybox ln -s real /link\nCOPY files/ /link/\n",
+    )
+    .unwrap();
+    let root = work.path().join("root");
+    let build = || {
+        ok(&kiln(
+            &root,
+            &reg,
+            &[
+                "build",
+                "--progress=plain",
+                "-t",
+                "link:1",
+                ctx.to_str().unwrap(),
+            ],
+        ))
+    };
+    build();
+    std::fs::write(ctx.join("files/changed.txt"), "two\n").unwrap();
+    build();
+    let out = ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "run",
+            "link:1",
+            "cat",
+            "/link/same.txt",
+            "/link/changed.txt",
+        ],
+    ));
+    assert_eq!(out, "same\ntwo");
+    let rootfs = unpack(&root, "docker.io/library/link:1", &work.path().join("u"));
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("real/same.txt")).unwrap(),
+        "same\n"
+    );
+}

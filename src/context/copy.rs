@@ -479,7 +479,37 @@ struct DestRoot {
     /// after another into the same destination directory, and resolving its path component by
     /// component for each of them was most of a large COPY's system calls. Forgotten whenever
     /// the copy unlinks anything (a replaced symlink could change what a path resolves to).
-    last_dir: std::sync::Mutex<Option<(String, std::sync::Arc<OwnedFd>)>>,
+    last_dir: std::sync::Mutex<Option<(String, std::sync::Arc<ResolvedDir>)>>,
+    /// The root's path with symlinks resolved, to name an open directory inside it.
+    real_root: Option<PathBuf>,
+}
+
+/// A destination directory `mkdir_all` resolved (symlinks inside the root followed).
+struct ResolvedDir {
+    fd: OwnedFd,
+    /// Its path relative to the root once symlinks are resolved (`bin` in a Debian image is
+    /// `usr/bin`), looked up when first asked for.
+    real: std::sync::OnceLock<Option<String>>,
+}
+
+impl AsFd for ResolvedDir {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl ResolvedDir {
+    /// Where this directory really is below `root` (`None` if the kernel will not say).
+    fn real_rel(&self, root: &DestRoot) -> Option<&str> {
+        self.real
+            .get_or_init(|| {
+                use std::os::fd::AsRawFd;
+                let link = fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).ok()?;
+                let rel = link.strip_prefix(root.real_root.as_ref()?).ok()?;
+                Some(rel.to_str()?.to_string())
+            })
+            .as_deref()
+    }
 }
 
 impl DestRoot {
@@ -498,6 +528,7 @@ impl DestRoot {
             fd,
             path: path.to_path_buf(),
             last_dir: Default::default(),
+            real_root: fs::canonicalize(path).ok(),
         })
     }
 
@@ -526,14 +557,17 @@ impl DestRoot {
         rel: &str,
         owner: (u32, u32),
         mtime: Option<i64>,
-    ) -> Result<std::sync::Arc<OwnedFd>, CopyError> {
+    ) -> Result<std::sync::Arc<ResolvedDir>, CopyError> {
         let mut last = self.last_dir.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((dir, fd)) = last.as_ref() {
             if dir == rel {
                 return Ok(fd.clone());
             }
         }
-        let fd = std::sync::Arc::new(self.mkdir_all_depth(rel, owner, mtime, 0)?);
+        let fd = std::sync::Arc::new(ResolvedDir {
+            fd: self.mkdir_all_depth(rel, owner, mtime, 0)?,
+            real: Default::default(),
+        });
         *last = Some((rel.to_string(), fd.clone()));
         Ok(fd)
     }
@@ -796,14 +830,21 @@ fn write_entry(
         Some(log) if ft.is_file() => log.hashes.digest(source_key, src, meta).ok(),
         _ => None,
     };
+    // Seeding and its records go by where the entry really is: `COPY x /bin/x` on a Debian
+    // base writes `usr/bin/x`, which is also where the seeded file is.
+    let tracked = req.seeded.is_some() || req.contents.is_some();
+    let real_rel = match tracked.then(|| pfd.real_rel(root)).flatten() {
+        Some(dir) => join_rel(dir, name),
+        None => rel.to_string(),
+    };
     if let Some(seeded) = req.seeded {
-        seeded.claim(rel);
+        seeded.claim(&real_rel);
         let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode()));
         if ft.is_file()
             && seeded_copy_is_identical(
                 seeded,
                 &pfd,
-                rel,
+                &real_rel,
                 name,
                 src,
                 meta,
@@ -813,7 +854,7 @@ fn write_entry(
             )
         {
             if let (Some(log), Some(d)) = (req.contents, source_digest) {
-                log.record(rel, d);
+                log.record(&real_rel, d);
             }
             stats.files += 1;
             stats.bytes += meta.len();
@@ -863,7 +904,7 @@ fn write_entry(
             // byte for byte if it is ever seeded).
             if let (Some(log), Some(d)) = (req.contents, source_digest) {
                 if copied == meta.len() {
-                    log.record(rel, d);
+                    log.record(&real_rel, d);
                 }
             }
             stats.bytes += copied;
