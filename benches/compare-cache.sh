@@ -51,7 +51,23 @@ for t in "${targets[@]}"; do
   tag=kiln-cache-bench/$t:latest
   kroot=$WORK/kiln-root-$t
   # Base images pulled on both sides first; then empty build caches.
-  base=$(awk 'toupper($1)=="FROM"{print $2; exit}' "$file")
+  # The first FROM's image, with the global ARG defaults before it substituted (FROM python:${PY}-slim).
+  base=$(python3 - "$file" <<'PY'
+import re, sys
+args = {}
+for line in open(sys.argv[1]):
+    words = line.split()
+    if not words or words[0].startswith("#"):
+        continue
+    if words[0].upper() == "ARG" and "=" in words[1]:
+        k, v = words[1].split("=", 1)
+        args[k] = v.strip('"')
+    elif words[0].upper() == "FROM":
+        image = next(w for w in words[1:] if not w.startswith("--"))
+        print(re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), ""), image))
+        break
+PY
+)
   $DOCKER pull -q "$base" >/dev/null 2>&1 || true
   # kiln: pulled and unpacked (a container started on it), as docker's pull leaves it.
   if [ "$base" != scratch ]; then
