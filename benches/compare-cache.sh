@@ -19,7 +19,7 @@ export DOCKER_BUILDKIT=1
 declare -A DOCKERFILE=( [fastapi]=docker/Dockerfile )
 # The file each "one file changed" rebuild touches (an app source file a COPY selects).
 declare -A CHANGE=( [generated]=src/pkg05/mod3/file305.py [django]=manage.py [fastapi]=app/main.py
-  [flask-debian]=app.py [multistage]=src/a.txt [busybox]=files/one.txt [scratch]=hello.txt [kitchen]=src/main.py [venv]=app/main.py [debian-paths]=tool.sh [context-edge]=lib/node_modules/y/i.js [django-gunicorn]=mysite/urls.py )
+  [flask-debian]=app.py [multistage]=src/a.txt [busybox]=files/one.txt [scratch]=hello.txt [kitchen]=src/main.py [venv]=app/main.py [debian-paths]=tool.sh [context-edge]=lib/node_modules/y/i.js [django-gunicorn]=mysite/urls.py [wheels]=app.py )
 
 targets=("$@")
 if ((${#targets[@]} == 0)); then
