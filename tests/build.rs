@@ -460,6 +460,14 @@ fn add_unpacks_archives_and_copy_from_an_image() {
     let ctx = work.path().join("ctx");
     std::fs::create_dir_all(ctx.join("payload/dir")).unwrap();
     std::fs::write(ctx.join("payload/dir/inner.txt"), "inside the archive\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let set = |p: &str, mode| {
+            std::fs::set_permissions(ctx.join(p), std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        set("payload/dir", 0o755);
+        set("payload/dir/inner.txt", 0o644);
+    }
     run(Command::new("tar")
         .arg("-czf")
         .arg(ctx.join("app.tar.gz"))
@@ -478,7 +486,7 @@ fn add_unpacks_archives_and_copy_from_an_image() {
     std::fs::write(
         ctx.join("Dockerfile"),
         format!(
-            "FROM scratch\nADD app.tar.gz /gz/\nADD app.tar.xz /xz\nADD plain.txt /plain.txt\nCOPY --from={}/library/busybox:latest /bin/busybox /bin/busybox\n",
+            "FROM scratch\nADD app.tar.gz /gz/\nADD app.tar.xz /xz\nADD plain.txt /plain.txt\nCOPY --from={}/library/busybox:latest /bin/busybox /bin/busybox\nADD --chown=1234:5678 --chmod=600 app.tar.gz /owned/\n",
             reg.addr
         ),
     )
@@ -507,6 +515,15 @@ fn add_unpacks_archives_and_copy_from_an_image() {
     let plain = std::fs::metadata(rootfs.join("plain.txt")).unwrap();
     assert_eq!((plain.uid(), plain.gid()), (0, 0));
     assert!(rootfs.join("bin/busybox").is_file());
+    // As current BuildKit: --chown applies to an archive's entries, --chmod does not.
+    for (path, mode) in [("owned/dir", 0o755), ("owned/dir/inner.txt", 0o644)] {
+        let m = std::fs::symlink_metadata(rootfs.join(path)).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (1234, 5678, mode),
+            "{path}"
+        );
+    }
 }
 
 #[test]

@@ -406,7 +406,9 @@ pub fn execute_copy(
                         workdir: workdir.to_string(),
                         dest_root: guard.path(),
                         chown,
-                        chmod: chmod.clone(),
+                        // BuildKit applies --chown to an unpacked archive's entries but not
+                        // --chmod: they keep the archive's modes.
+                        chmod: None,
                         parents: false,
                         excludes: Vec::new(),
                         source_date_epoch: ctx.settings.source_date_epoch,
