@@ -1159,3 +1159,42 @@ fn a_rebuilt_copy_through_a_symlinked_directory_keeps_its_files() {
         "same\n"
     );
 }
+
+#[test]
+fn hard_links_among_copied_files_stay_hard_links() {
+    // As BuildKit's copy: two names of one source file are one file in the image, also when
+    // the COPY is rebuilt from its earlier files (seeding).
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("h")).unwrap();
+    std::fs::write(ctx.join("h/a"), "data").unwrap();
+    std::fs::hard_link(ctx.join("h/a"), ctx.join("h/b")).unwrap();
+    std::fs::write(ctx.join("h/c"), "alone").unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nCOPY h/ /h/\n").unwrap();
+    let root = work.path().join("root");
+    let check = |want: &str| {
+        ok(&kiln(
+            &root,
+            &reg,
+            &[
+                "build",
+                "--progress=plain",
+                "-t",
+                "links:1",
+                ctx.to_str().unwrap(),
+            ],
+        ));
+        // Read from the image's layers (umoci), not a container: a container on a seeded
+        // snapshot shares inodes with the snapshot it was seeded from.
+        let rootfs = unpack(&root, "docker.io/library/links:1", &work.path().join(want));
+        use std::os::unix::fs::MetadataExt;
+        let m = |p: &str| std::fs::metadata(rootfs.join(p)).unwrap();
+        assert_eq!(m("h/a").ino(), m("h/b").ino());
+        assert_eq!((m("h/a").nlink(), m("h/c").nlink()), (2, 1));
+        assert_eq!(std::fs::read_to_string(rootfs.join("h/b")).unwrap(), want);
+    };
+    check("data");
+    std::fs::write(ctx.join("h/a"), "changed").unwrap();
+    check("changed");
+}

@@ -482,6 +482,9 @@ struct DestRoot {
     last_dir: std::sync::Mutex<Option<(String, std::sync::Arc<ResolvedDir>)>>,
     /// The root's path with symlinks resolved, to name an open directory inside it.
     real_root: Option<PathBuf>,
+    /// Where each multiply-linked source file (device, inode) was first written: the next
+    /// names of it become hard links to that file, as BuildKit's copy keeps them.
+    links: std::sync::Mutex<std::collections::HashMap<(u64, u64), String>>,
 }
 
 /// A destination directory `mkdir_all` resolved (symlinks inside the root followed).
@@ -529,7 +532,21 @@ impl DestRoot {
             path: path.to_path_buf(),
             last_dir: Default::default(),
             real_root: fs::canonicalize(path).ok(),
+            links: Default::default(),
         })
+    }
+
+    /// Where the source file `id` was written before in this copy, if it was; else
+    /// remembers `rel` for it.
+    fn earlier_link(&self, id: (u64, u64), rel: &str) -> Option<String> {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        match links.get(&id) {
+            Some(first) => Some(first.clone()),
+            None => {
+                links.insert(id, rel.to_string());
+                None
+            }
+        }
     }
 
     fn forget_dirs(&self) {
@@ -837,10 +854,17 @@ fn write_entry(
         Some(dir) => join_rel(dir, name),
         None => rel.to_string(),
     };
+    // A second name of a source file (a hard link) becomes a hard link to the first copy.
+    let link_to = (ft.is_file() && meta.nlink() > 1)
+        .then(|| root.earlier_link((meta.dev(), meta.ino()), rel))
+        .flatten()
+        // The same source named twice for one destination is just copied again.
+        .filter(|first| first != rel);
     if let Some(seeded) = req.seeded {
         seeded.claim(&real_rel);
         let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode()));
         if ft.is_file()
+            && link_to.is_none()
             && seeded_copy_is_identical(
                 seeded,
                 &pfd,
@@ -883,6 +907,20 @@ fn write_entry(
             }
             Ok(()) => root.forget_dirs(),
             Err(_) => {}
+        }
+        if let Some(first) = link_to {
+            let (first_parent, first_name) = split_parent(&first);
+            let first_dir = root
+                .resolve(first_parent, OFlags::PATH | OFlags::DIRECTORY)
+                .map_err(errno("open", first_parent))?;
+            rustix::fs::linkat(&first_dir, first_name, &pfd, name, AtFlags::empty())
+                .map_err(errno("link", rel))?;
+            if let (Some(log), Some(d)) = (req.contents, source_digest) {
+                log.record(&real_rel, d);
+            }
+            stats.files += 1;
+            // Owner, mode and times are the first name's: it is the same file.
+            return Ok(());
         }
         if ft.is_symlink() {
             let target = fs::read_link(src).map_err(io_err("read link", src))?;
