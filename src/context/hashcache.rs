@@ -57,6 +57,10 @@ pub struct FileHashCache {
     /// Where the cache is saved; `None` keeps it in memory only.
     file: Option<PathBuf>,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Files hashed this run that changed too recently to be saved (see the module comment):
+    /// kept for this process only, so that the COPY that hashed one for its key does not
+    /// read it again to write it (a fresh CI checkout is all such files).
+    recent: Mutex<HashMap<String, Entry>>,
     dirty: Mutex<bool>,
     /// Files actually read (for tests and the progress display).
     pub reads: std::sync::atomic::AtomicU64,
@@ -98,6 +102,11 @@ impl FileHashCache {
                 return Ok(e.digest.clone());
             }
         }
+        if let Ok(recent) = self.recent.lock() {
+            if let Some(e) = recent.get(rel).filter(|e| e.matches(meta)) {
+                return Ok(e.digest.clone());
+            }
+        }
         let digest = hash_file(path)?;
         self.reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -105,21 +114,21 @@ impl FileHashCache {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i128);
         let racy = now_ns - mtime_ns(meta).max(ctime_ns(meta)) < self.racy_window_ns;
-        if !racy {
-            if let (Ok(mut entries), Ok(mut dirty)) = (self.entries.lock(), self.dirty.lock()) {
-                entries.insert(
-                    rel.to_string(),
-                    Entry {
-                        size: meta.size(),
-                        mtime_ns: mtime_ns(meta),
-                        ctime_ns: ctime_ns(meta),
-                        ino: meta.ino(),
-                        dev: meta.dev(),
-                        digest: digest.clone(),
-                    },
-                );
-                *dirty = true;
+        let entry = Entry {
+            size: meta.size(),
+            mtime_ns: mtime_ns(meta),
+            ctime_ns: ctime_ns(meta),
+            ino: meta.ino(),
+            dev: meta.dev(),
+            digest: digest.clone(),
+        };
+        if racy {
+            if let Ok(mut recent) = self.recent.lock() {
+                recent.insert(rel.to_string(), entry);
             }
+        } else if let (Ok(mut entries), Ok(mut dirty)) = (self.entries.lock(), self.dirty.lock()) {
+            entries.insert(rel.to_string(), entry);
+            *dirty = true;
         }
         Ok(digest)
     }
@@ -201,5 +210,26 @@ mod tests {
             Digest::of(b"two")
         );
         assert_eq!(again.reads.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_file_changed_just_now_is_read_once_per_run_and_never_saved() {
+        let state = tempfile::tempdir().unwrap();
+        let ctx = tempfile::tempdir().unwrap();
+        let f = ctx.path().join("fresh.txt");
+        fs::write(&f, "fresh").unwrap();
+        let meta = fs::symlink_metadata(&f).unwrap();
+        let cache = FileHashCache::load(state.path(), ctx.path());
+        for _ in 0..2 {
+            assert_eq!(
+                cache.digest("fresh.txt", &f, &meta).unwrap(),
+                Digest::of(b"fresh")
+            );
+        }
+        assert_eq!(cache.reads.load(std::sync::atomic::Ordering::Relaxed), 1);
+        cache.save().unwrap();
+        let next_run = FileHashCache::load(state.path(), ctx.path());
+        next_run.digest("fresh.txt", &f, &meta).unwrap();
+        assert_eq!(next_run.reads.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }
