@@ -933,34 +933,14 @@ fn zstd_layers_build_and_run() {
 
 #[test]
 fn a_stage_runs_its_own_steps_while_the_stage_it_copies_from_builds() {
-    let reg = registry_with_busybox();
-    let work = tempfile::tempdir().unwrap();
-    let ctx = work.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
     // The final stage needs the builder only at its COPY: its first RUN must not wait.
-    std::fs::write(
-        ctx.join("Dockerfile"),
+    let p = Scratch::new(&[(
+        "Dockerfile",
         "FROM busybox AS builder\nRUN sleep 3 && date +%s > /finished\n\
          FROM busybox\nRUN date +%s > /started\nCOPY --from=builder /finished /finished\n",
-    )
-    .unwrap();
-    let root = work.path().join("root");
-    ok(&kiln(
-        &root,
-        &reg,
-        &[
-            "build",
-            "--progress=plain",
-            "-t",
-            "overlap:1",
-            ctx.to_str().unwrap(),
-        ],
-    ));
-    let times = ok(&kiln(
-        &root,
-        &reg,
-        &["run", "overlap:1", "cat", "/started", "/finished"],
-    ));
+    )]);
+    p.build("overlap:1");
+    let times = p.run(&["overlap:1", "cat", "/started", "/finished"]);
     let t: Vec<u64> = times.lines().map(|l| l.trim().parse().unwrap()).collect();
     assert!(
         t[0] + 2 <= t[1],
@@ -1108,52 +1088,90 @@ fn kitchen_fixture_gives_what_buildkit_gave() {
     assert!(id.starts_with("uid=1001(svc) gid=1001(svc)"), "{id}");
 }
 
+/// A build context written from `files` (path, contents) in a temporary directory, with a
+/// state root beside it and the test registry: what most small build tests start from.
+struct Scratch {
+    reg: Registry,
+    work: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new(files: &[(&str, &str)]) -> Scratch {
+        let s = Scratch {
+            reg: registry_with_busybox(),
+            work: tempfile::tempdir().unwrap(),
+        };
+        for (path, text) in files {
+            s.write(path, text);
+        }
+        s
+    }
+
+    fn ctx(&self) -> PathBuf {
+        self.work.path().join("ctx")
+    }
+
+    fn root(&self) -> PathBuf {
+        self.work.path().join("root")
+    }
+
+    fn write(&self, path: &str, text: &str) {
+        let path = self.ctx().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// `kiln build -t tag` of the context; fails the test if the build fails.
+    fn build(&self, tag: &str) {
+        let ctx = self.ctx();
+        ok(&kiln(
+            &self.root(),
+            &self.reg,
+            &[
+                "build",
+                "--progress=plain",
+                "-t",
+                tag,
+                ctx.to_str().unwrap(),
+            ],
+        ));
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        ok(&kiln(&self.root(), &self.reg, &all))
+    }
+
+    /// The image `tag` unpacked by umoci into `dir` (under the scratch directory).
+    fn unpack(&self, tag: &str, dir: &str) -> PathBuf {
+        unpack(
+            &self.root(),
+            &format!("docker.io/library/{tag}"),
+            &self.work.path().join(dir),
+        )
+    }
+}
+
 #[test]
 fn a_rebuilt_copy_through_a_symlinked_directory_keeps_its_files() {
     // `COPY x /bin/` where /bin is a symlink (Debian's usr-merge): the files land in the
     // symlink's target. A rebuild of the COPY starts from the files its earlier build wrote
     // (seeding) and must keep the unchanged one and the new version of the changed one.
-    let reg = registry_with_busybox();
-    let work = tempfile::tempdir().unwrap();
-    let ctx = work.path().join("ctx");
-    std::fs::create_dir_all(ctx.join("files")).unwrap();
-    std::fs::write(ctx.join("files/same.txt"), "same\n").unwrap();
-    std::fs::write(ctx.join("files/changed.txt"), "one\n").unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM busybox\nRUN mkdir /real && busybox ln -s real /link\nCOPY files/ /link/\n",
-    )
-    .unwrap();
-    let root = work.path().join("root");
-    let build = || {
-        ok(&kiln(
-            &root,
-            &reg,
-            &[
-                "build",
-                "--progress=plain",
-                "-t",
-                "link:1",
-                ctx.to_str().unwrap(),
-            ],
-        ))
-    };
-    build();
-    std::fs::write(ctx.join("files/changed.txt"), "two\n").unwrap();
-    build();
-    let out = ok(&kiln(
-        &root,
-        &reg,
-        &[
-            "run",
-            "link:1",
-            "cat",
-            "/link/same.txt",
-            "/link/changed.txt",
-        ],
-    ));
+    let p = Scratch::new(&[
+        ("files/same.txt", "same\n"),
+        ("files/changed.txt", "one\n"),
+        (
+            "Dockerfile",
+            "FROM busybox\nRUN mkdir /real && busybox ln -s real /link\nCOPY files/ /link/\n",
+        ),
+    ]);
+    p.build("link:1");
+    p.write("files/changed.txt", "two\n");
+    p.build("link:1");
+    let out = p.run(&["link:1", "cat", "/link/same.txt", "/link/changed.txt"]);
     assert_eq!(out, "same\ntwo");
-    let rootfs = unpack(&root, "docker.io/library/link:1", &work.path().join("u"));
+    let rootfs = p.unpack("link:1", "u");
     assert_eq!(
         std::fs::read_to_string(rootfs.join("real/same.txt")).unwrap(),
         "same\n"
@@ -1164,37 +1182,25 @@ fn a_rebuilt_copy_through_a_symlinked_directory_keeps_its_files() {
 fn hard_links_among_copied_files_stay_hard_links() {
     // As BuildKit's copy: two names of one source file are one file in the image, also when
     // the COPY is rebuilt from its earlier files (seeding).
-    let reg = registry_with_busybox();
-    let work = tempfile::tempdir().unwrap();
-    let ctx = work.path().join("ctx");
-    std::fs::create_dir_all(ctx.join("h")).unwrap();
-    std::fs::write(ctx.join("h/a"), "data").unwrap();
-    std::fs::hard_link(ctx.join("h/a"), ctx.join("h/b")).unwrap();
-    std::fs::write(ctx.join("h/c"), "alone").unwrap();
-    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nCOPY h/ /h/\n").unwrap();
-    let root = work.path().join("root");
+    let p = Scratch::new(&[
+        ("h/a", "data"),
+        ("h/c", "alone"),
+        ("Dockerfile", "FROM busybox\nCOPY h/ /h/\n"),
+    ]);
+    std::fs::hard_link(p.ctx().join("h/a"), p.ctx().join("h/b")).unwrap();
     let check = |want: &str| {
-        ok(&kiln(
-            &root,
-            &reg,
-            &[
-                "build",
-                "--progress=plain",
-                "-t",
-                "links:1",
-                ctx.to_str().unwrap(),
-            ],
-        ));
+        p.build("links:1");
         // Read from the image's layers (umoci), not a container: a container on a seeded
         // snapshot shares inodes with the snapshot it was seeded from.
-        let rootfs = unpack(&root, "docker.io/library/links:1", &work.path().join(want));
+        let rootfs = p.unpack("links:1", want);
         use std::os::unix::fs::MetadataExt;
-        let m = |p: &str| std::fs::metadata(rootfs.join(p)).unwrap();
+        let m = |f: &str| std::fs::metadata(rootfs.join(f)).unwrap();
         assert_eq!(m("h/a").ino(), m("h/b").ino());
         assert_eq!((m("h/a").nlink(), m("h/c").nlink()), (2, 1));
         assert_eq!(std::fs::read_to_string(rootfs.join("h/b")).unwrap(), want);
     };
     check("data");
-    std::fs::write(ctx.join("h/a"), "changed").unwrap();
+    // Rewritten in place, so both names still share the inode.
+    std::fs::write(p.ctx().join("h/a"), "changed").unwrap();
     check("changed");
 }
