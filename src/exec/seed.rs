@@ -376,3 +376,82 @@ pub fn unseed(upper: &Path, seeding: &Seeding) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A donor tree several directories wide and deep, with modes, owners and an opaque mark.
+    fn donor_tree(dir: &Path) {
+        for d in 0..6 {
+            for s in 0..3 {
+                let sub = dir.join(format!("d{d}/s{s}"));
+                fs::create_dir_all(&sub).unwrap();
+                fs::write(sub.join("f"), format!("{d}{s}")).unwrap();
+            }
+        }
+        std::os::unix::fs::symlink("f", dir.join("d0/s0/link")).unwrap();
+        fs::set_permissions(dir.join("d1"), fs::Permissions::from_mode(0o2750)).unwrap();
+        std::os::unix::fs::chown(dir.join("d2"), Some(1234), Some(5678)).unwrap();
+        rustix::fs::lsetxattr(
+            dir.join("d3"),
+            OPAQUE,
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .expect("setting a trusted.* xattr needs root");
+    }
+
+    #[test]
+    fn mirrors_directories_and_links_files() {
+        let work = tempfile::tempdir().unwrap();
+        let (donor, upper) = (work.path().join("donor"), work.path().join("upper"));
+        fs::create_dir(&upper).unwrap();
+        donor_tree(&donor);
+        let donor = Donor {
+            dir: donor,
+            contents: HashMap::new(),
+        };
+        let seeding = seed(&donor, &upper).unwrap();
+        assert_eq!(seeding.files.len(), 18);
+        assert_eq!(seeding.dirs.len(), 24);
+        for d in 0..6 {
+            for s in 0..3 {
+                let rel = format!("d{d}/s{s}/f");
+                let (a, b) = (
+                    fs::metadata(donor.dir.join(&rel)).unwrap(),
+                    fs::metadata(upper.join(&rel)).unwrap(),
+                );
+                assert_eq!(a.ino(), b.ino(), "{rel} is not a hard link");
+                assert!(seeding.seeded.inodes.contains(&a.ino()));
+            }
+        }
+        // Symlinks are left to the copy.
+        assert!(fs::symlink_metadata(upper.join("d0/s0/link")).is_err());
+        let m = |p: &str| fs::symlink_metadata(upper.join(p)).unwrap();
+        assert_eq!(m("d1").mode() & 0o7777, 0o2750);
+        assert_eq!((m("d2").uid(), m("d2").gid()), (1234, 5678));
+        let mut flag = [0u8; 1];
+        assert_eq!(
+            rustix::fs::lgetxattr(upper.join("d3"), OPAQUE, &mut flag).ok(),
+            Some(1)
+        );
+        assert!(rustix::fs::lgetxattr(upper.join("d4"), OPAQUE, &mut flag).is_err());
+    }
+
+    #[test]
+    fn a_failure_is_an_error_not_a_half_answer() {
+        let work = tempfile::tempdir().unwrap();
+        let (donor, upper) = (work.path().join("donor"), work.path().join("upper"));
+        fs::create_dir(&upper).unwrap();
+        donor_tree(&donor);
+        // Already there in the upper directory: making it fails.
+        fs::create_dir(upper.join("d5")).unwrap();
+        let donor = Donor {
+            dir: donor,
+            contents: HashMap::new(),
+        };
+        assert!(seed(&donor, &upper).is_err());
+    }
+}
