@@ -1,6 +1,6 @@
 //! kiln: a daemonless Dockerfile image builder.
 //!
-//! Data flows one way (see DESIGN.md): Dockerfile text → [`dockerfile`] (AST) → graph → exec → export,
+//! Data flows one way (see DESIGN.md): Dockerfile text → [`dockerfile`] (AST) → [`graph`] → [`exec`] → [`export`],
 //! with [`context`] reading the build context. Only [`cli`] prints or uses `anyhow`.
 
 pub mod cache;
@@ -10,6 +10,7 @@ pub mod diag;
 pub mod dockerfile;
 pub mod exec;
 pub mod export;
+pub mod graph;
 pub mod layer;
 pub mod oci;
 pub mod progress;

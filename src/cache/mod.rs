@@ -8,12 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub mod key;
 pub mod transfer;
 
 use crate::oci::{DiffId, Digest};
 use crate::store::Store;
-use key::StepMaterial;
 
 /// Bump when the record format or key derivation changes: old records are then ignored.
 pub const CACHE_DIR: &str = "cache-v1";
@@ -103,16 +101,16 @@ impl Cache {
     }
 
     /// What the step at `location` (a Dockerfile position in a context) was last built from.
-    pub fn previous_step(&self, location: &Digest) -> Option<StepMaterial> {
+    pub fn previous_step<M: serde::de::DeserializeOwned>(&self, location: &Digest) -> Option<M> {
         let bytes = fs::read(self.step_path(location)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     /// Remembers what the step at `location` was built from, for explaining a later miss.
-    pub fn remember_step(
+    pub fn remember_step<M: serde::Serialize>(
         &self,
         location: &Digest,
-        material: &StepMaterial,
+        material: &M,
     ) -> Result<(), CacheError> {
         let path = self.step_path(location);
         let dir = self.dir.join("steps");

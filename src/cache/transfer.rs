@@ -89,7 +89,7 @@ pub fn build_export(cache: &Cache, keys: &[Digest]) -> CacheExport {
         });
     }
     let config = serde_json::to_vec(&CacheConfig {
-        scheme: super::key::KEY_SCHEME.to_string(),
+        scheme: crate::graph::KEY_SCHEME.to_string(),
         records,
     })
     .unwrap_or_default();
@@ -130,7 +130,7 @@ pub fn records_from(
     }
     let config: CacheConfig =
         serde_json::from_slice(config).map_err(|e| format!("unreadable cache config: {e}"))?;
-    if config.scheme != super::key::KEY_SCHEME {
+    if config.scheme != crate::graph::KEY_SCHEME {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();

@@ -56,9 +56,6 @@ fn open_builder(
         reporter,
         state_root: root,
         context_hashes: Default::default(),
-        step_keys: Default::default(),
-        lazy_layers: Default::default(),
-        layer_times: Default::default(),
     })
 }
 

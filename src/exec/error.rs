@@ -19,8 +19,45 @@ pub enum BuildError {
     Cache(#[from] crate::cache::CacheError),
     #[error(transparent)]
     Reference(#[from] crate::oci::ReferenceError),
+    /// Planning: stages, `--target`, word expansion (see `From<GraphError>`).
+    #[error(transparent)]
+    Graph(crate::graph::GraphError),
+    #[error(transparent)]
+    Metadata(#[from] super::metadata::MetadataError),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     #[error("{0}")]
     Invalid(String),
+    #[error("the snapshot {0} is missing from the state root")]
+    SnapshotMissing(crate::snapshot::ChainId),
+    #[error("the blob is not in the store")]
+    BlobNotInStore,
+    #[error("cannot fetch cached layer {digest}: {source}")]
+    CachedLayerFetch {
+        digest: crate::oci::Digest,
+        #[source]
+        source: Box<BuildError>,
+    },
+    #[error("layer {digest} of the image is not in the store: {source}")]
+    LayerNotInStore {
+        digest: crate::oci::Digest,
+        #[source]
+        source: Box<BuildError>,
+    },
+    #[error("a stage's build thread panicked")]
+    StagePanicked,
+    #[error("the target stage was not built")]
+    TargetNotBuilt,
+    #[error("stage {0} stopped: another stage failed")]
+    StageStopped(String),
+    #[error("invalid ONBUILD trigger {trigger:?} in the base image: {message}")]
+    OnbuildTrigger { trigger: String, message: String },
+    #[error("cannot RUN for platform {platform} on this {host} machine: no binfmt_misc emulation for {qemu} is registered (install qemu-user-static and binfmt-support), or build for {host}")]
+    NoEmulation {
+        platform: String,
+        host: String,
+        qemu: String,
+    },
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -45,6 +82,24 @@ pub enum BuildError {
     },
     #[error("the build was interrupted")]
     Interrupted,
+}
+
+/// A planning error at an instruction becomes a step error, so the CLI shows its line.
+impl From<crate::graph::GraphError> for BuildError {
+    fn from(e: crate::graph::GraphError) -> BuildError {
+        match e {
+            crate::graph::GraphError::At {
+                instruction,
+                span,
+                source,
+            } => BuildError::Step {
+                instruction,
+                span,
+                source: Box::new(BuildError::Graph(*source)),
+            },
+            other => BuildError::Graph(other),
+        }
+    }
 }
 
 impl BuildError {

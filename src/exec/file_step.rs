@@ -182,7 +182,7 @@ pub fn prepare_copy(
         match &from {
             None => None,
             Some(f) => {
-                match super::scope::stage_ref(ctx.dockerfile, f) {
+                match crate::graph::stage_ref(ctx.dockerfile, f) {
                     Some(i) => Some(ctx.stage_roots.get(&i).cloned().ok_or_else(|| {
                         BuildError::Invalid(format!("stage {f} has not been built"))
                     })?),

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::oci::Digest;
+use crate::oci::{Digest, Platform};
 
 pub const KEY_SCHEME: &str = "kiln-cache-v1";
 
@@ -63,6 +63,59 @@ impl StepMaterial {
         self
     }
 
+    /// `FROM scratch`: only the platform.
+    pub fn scratch(platform: &Platform) -> StepMaterial {
+        StepMaterial::new("FROM", None)
+            .field("scratch", "")
+            .field("platform", platform.to_string())
+    }
+
+    /// `FROM <image>`: the image's ID (its config digest, which names its layers by diffID)
+    /// and the platform; `name` only explains a later miss.
+    pub fn image(id: &str, platform: &Platform, name: &str) -> StepMaterial {
+        let mut material = StepMaterial::new("FROM", None)
+            .field("id", id)
+            .field("platform", platform.to_string());
+        material.about.insert("image".into(), name.to_string());
+        material
+    }
+
+    /// RUN: the command after SHELL, every variable it sees, where and as whom it runs, its
+    /// network, and each `--mount` as written (a secret mount names its id, never its value).
+    pub fn run(parent: &Digest, run: &RunInputs<'_>) -> StepMaterial {
+        let mut material = StepMaterial::new("RUN", Some(parent))
+            .field("cmd", serde_json::to_string(run.args).unwrap_or_default())
+            .env(run.env)
+            .field("workdir", run.workdir)
+            .field("user", run.user)
+            .field("network", run.network);
+        for (i, m) in run.mounts.iter().enumerate() {
+            material = material.field(&format!("mount:{i}"), m.clone());
+        }
+        material
+    }
+
+    /// WORKDIR that creates its directory: the directory and the user who owns it.
+    pub fn workdir(parent: &Digest, dir: &str, user: &str) -> StepMaterial {
+        StepMaterial::new("WORKDIR", Some(parent))
+            .field("dir", dir)
+            .field("user", user)
+    }
+
+    /// COPY/ADD: the fields the file step resolved (sources, destination, flags, `content`)
+    /// and, for explanations, each selected path with what lands for it.
+    pub fn copy(
+        parent: &Digest,
+        fields: BTreeMap<String, String>,
+        files: Vec<(String, String)>,
+    ) -> StepMaterial {
+        StepMaterial {
+            fields,
+            files,
+            ..StepMaterial::new("COPY", Some(parent))
+        }
+    }
+
     pub fn key(&self) -> Digest {
         let mut text = format!("{KEY_SCHEME}\n{}\n", self.kind);
         match &self.parent {
@@ -75,6 +128,19 @@ impl StepMaterial {
         }
         Digest::of(text.as_bytes())
     }
+}
+
+/// What a RUN step's key is made of.
+pub struct RunInputs<'a> {
+    /// The command as the runtime gets it (after SHELL).
+    pub args: &'a [String],
+    /// `NAME=value`, every variable the command sees (secrets never among them).
+    pub env: &'a [String],
+    pub workdir: &'a str,
+    pub user: &'a str,
+    pub network: &'a str,
+    /// Each `--mount` as written.
+    pub mounts: &'a [String],
 }
 
 /// Why `now` missed where `before` (the same step in an earlier build) had a key: a few

@@ -1,14 +1,14 @@
-//! Stages, `--target`, and ARG/ENV scoping as BuildKit's dispatcher does it: global ARGs only in
-//! FROM lines (and inside a stage once re-declared), `--build-arg` overriding defaults, the
-//! automatic platform ARGs, and the stage environment every expanding instruction sees.
+//! The variables one stage sees while it is dispatched: the base image's env, ENV and valued
+//! ARGs in order, and what RUN gets of them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::dockerfile::shell::Lexer;
-use crate::dockerfile::{Command, Dockerfile, Instruction};
-use crate::oci::Platform;
+use crate::dockerfile::{Command, Instruction};
 
-use super::error::BuildError;
+use super::error::GraphError;
+use super::expand_with;
+use super::plan::Plan;
 
 /// ARGs BuildKit lets through to RUN without declaration (and keeps out of history).
 pub const PROXY_ARGS: &[&str] = &[
@@ -23,211 +23,6 @@ pub const PROXY_ARGS: &[&str] = &[
     "ALL_PROXY",
     "all_proxy",
 ];
-
-/// What a stage builds on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Base {
-    Image(String),
-    Stage(usize),
-    Scratch,
-}
-
-#[derive(Debug, Clone)]
-pub struct PlannedStage {
-    pub index: usize,
-    pub base: Base,
-    pub platform: Platform,
-    /// Stages this one reads from (`FROM`, `COPY --from`, `RUN --mount from=`).
-    pub deps: BTreeSet<usize>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub stages: Vec<PlannedStage>,
-    /// Stages to build, dependencies first; the target is last.
-    pub order: Vec<usize>,
-    pub target: usize,
-    /// Global ARG values (after build args), for stages that re-declare them.
-    pub global_args: Vec<(String, Option<String>)>,
-    pub auto_args: Vec<(String, String)>,
-    pub build_args: BTreeMap<String, String>,
-    pub escape: char,
-}
-
-pub struct PlanOptions<'a> {
-    pub build_args: &'a BTreeMap<String, String>,
-    pub target: Option<&'a str>,
-    pub target_platform: &'a Platform,
-    pub build_platform: &'a Platform,
-}
-
-fn platform_args(prefix: &str, p: &Platform) -> Vec<(String, String)> {
-    vec![
-        (format!("{prefix}PLATFORM"), p.to_string()),
-        (format!("{prefix}OS"), p.os.clone()),
-        (format!("{prefix}ARCH"), p.architecture.clone()),
-        (
-            format!("{prefix}VARIANT"),
-            p.variant.clone().unwrap_or_default(),
-        ),
-    ]
-}
-
-fn lexer(escape: char) -> Lexer {
-    Lexer::new(escape)
-}
-
-fn expand_with(escape: char, word: &str, env: &[(String, String)]) -> Result<String, String> {
-    let env: Vec<(String, String)> = env.to_vec();
-    lexer(escape)
-        .process_word(word, &env)
-        .map(|p| p.result)
-        .map_err(|e| e.message)
-}
-
-/// Resolves stages, their bases and dependencies, and the build order for `--target`.
-pub fn plan(df: &Dockerfile, opts: &PlanOptions<'_>) -> Result<Plan, BuildError> {
-    let escape = df.escape;
-    let mut auto_args = platform_args("TARGET", opts.target_platform);
-    auto_args.extend(platform_args("BUILD", opts.build_platform));
-    // Global scope: automatic args, then the meta ARGs in order.
-    let mut global_env: Vec<(String, String)> = auto_args
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                opts.build_args.get(k).cloned().unwrap_or_else(|| v.clone()),
-            )
-        })
-        .collect();
-    let mut global_args = Vec::new();
-    for instr in &df.meta_args {
-        if let Command::Arg { args } = &instr.command {
-            for a in args {
-                let value = match (opts.build_args.get(&a.key), &a.default) {
-                    (Some(v), _) => Some(v.clone()),
-                    (None, Some(d)) => Some(expand_with(escape, d, &global_env).map_err(|e| {
-                        BuildError::Invalid(e).in_step(&instr.original, &instr.span)
-                    })?),
-                    (None, None) => None,
-                };
-                if let Some(v) = &value {
-                    global_env.retain(|(k, _)| k != &a.key);
-                    global_env.push((a.key.clone(), v.clone()));
-                }
-                global_args.push((a.key.clone(), value));
-            }
-        }
-    }
-    let mut stages: Vec<PlannedStage> = Vec::new();
-    for stage in &df.stages {
-        let Command::From(from) = &stage.from.command else {
-            return Err(BuildError::Invalid("a stage without FROM".into()));
-        };
-        let in_step =
-            |e: String| BuildError::Invalid(e).in_step(&stage.from.original, &stage.from.span);
-        let base_name = expand_with(escape, &from.base, &global_env).map_err(in_step)?;
-        if base_name.trim().is_empty() {
-            return Err(in_step(format!(
-                "base name ({}) should not be blank",
-                from.base
-            )));
-        }
-        let platform = match &from.platform {
-            Some(p) => {
-                let p = expand_with(escape, p, &global_env).map_err(in_step)?;
-                Platform::parse(&p)
-                    .map_err(|e| in_step(e.to_string()))?
-                    .normalized()
-            }
-            None => opts.target_platform.clone(),
-        };
-        let lower = base_name.to_ascii_lowercase();
-        let base = if let Some(parent) = df.stages[..stage.index]
-            .iter()
-            .rev()
-            .find(|s| s.name.as_deref() == Some(lower.as_str()))
-        {
-            Base::Stage(parent.index)
-        } else if lower == "scratch" {
-            Base::Scratch
-        } else {
-            Base::Image(base_name)
-        };
-        let mut deps = BTreeSet::new();
-        if let Base::Stage(i) = base {
-            deps.insert(i);
-        }
-        for instr in &stage.instructions {
-            let froms: Vec<&str> = match &instr.command {
-                Command::Copy(c) => c.from.iter().map(String::as_str).collect(),
-                Command::Run(r) => r.mounts.iter().filter_map(|m| m.from.as_deref()).collect(),
-                _ => Vec::new(),
-            };
-            for from in froms {
-                if let Some(i) = stage_ref(df, from) {
-                    if i >= stage.index {
-                        return Err(BuildError::Invalid(format!(
-                            "invalid stage reference {from:?}: a stage can only read from earlier stages"
-                        ))
-                        .in_step(&instr.original, &instr.span));
-                    }
-                    deps.insert(i);
-                }
-            }
-        }
-        stages.push(PlannedStage {
-            index: stage.index,
-            base,
-            platform,
-            deps,
-        });
-    }
-    let target = match opts.target {
-        Some(t) => df
-            .stages
-            .iter()
-            .find(|s| s.name.as_deref() == Some(t.to_ascii_lowercase().as_str()))
-            .map(|s| s.index)
-            .ok_or_else(|| {
-                BuildError::Invalid(format!("target stage \"{t}\" could not be found"))
-            })?,
-        None => stages
-            .len()
-            .checked_sub(1)
-            .ok_or_else(|| BuildError::Invalid("dockerfile contains no stages to build".into()))?,
-    };
-    // Only what the target needs, dependencies first (stage indexes already order them).
-    let mut needed = BTreeSet::new();
-    let mut todo = vec![target];
-    while let Some(i) = todo.pop() {
-        if needed.insert(i) {
-            todo.extend(stages[i].deps.iter().copied());
-        }
-    }
-    Ok(Plan {
-        stages,
-        order: needed.into_iter().collect(),
-        target,
-        global_args,
-        auto_args,
-        build_args: opts.build_args.clone(),
-        escape,
-    })
-}
-
-/// A `--from` value naming a stage (by name or index); `None` means an image.
-pub fn stage_ref(df: &Dockerfile, from: &str) -> Option<usize> {
-    let lower = from.to_ascii_lowercase();
-    if let Some(s) = df
-        .stages
-        .iter()
-        .find(|s| s.name.as_deref() == Some(lower.as_str()))
-    {
-        return Some(s.index);
-    }
-    from.parse::<usize>().ok().filter(|i| *i < df.stages.len())
-}
 
 /// The variables one stage sees while it is dispatched.
 #[derive(Debug, Clone)]
@@ -281,8 +76,8 @@ impl StageScope {
     }
 
     /// Expands the instruction's expandable fields against the current scope.
-    pub fn expand(&self, instr: &Instruction) -> Result<Instruction, BuildError> {
-        let lexer = lexer(self.escape);
+    pub fn expand(&self, instr: &Instruction) -> Result<Instruction, GraphError> {
+        let lexer = Lexer::new(self.escape);
         let env = self.vars.clone();
         let mut expander = |w: &str| {
             lexer
@@ -292,7 +87,7 @@ impl StageScope {
         };
         instr
             .expand(&mut expander)
-            .map_err(|e| BuildError::Invalid(e).in_step(&instr.original, &instr.span))
+            .map_err(|e| GraphError::Expand(e).at(instr))
     }
 
     fn set(&mut self, key: &str, value: &str) {
@@ -302,7 +97,7 @@ impl StageScope {
 
     /// Advances over ARG and ENV (already expanded for ENV; ARG defaults are expanded here,
     /// only when no build arg gives the value).
-    pub fn apply(&mut self, instr: &Instruction) -> Result<(), BuildError> {
+    pub fn apply(&mut self, instr: &Instruction) -> Result<(), GraphError> {
         match &instr.command {
             Command::Env { env } => {
                 for kv in env {
@@ -314,9 +109,10 @@ impl StageScope {
                     let value = if let Some(v) = self.build_args.get(&a.key) {
                         Some(v.clone())
                     } else if let Some(d) = &a.default {
-                        Some(expand_with(self.escape, d, &self.vars).map_err(|e| {
-                            BuildError::Invalid(e).in_step(&instr.original, &instr.span)
-                        })?)
+                        Some(
+                            expand_with(self.escape, d, &self.vars)
+                                .map_err(|e| GraphError::Expand(e).at(instr))?,
+                        )
                     } else if let Some((_, v)) = self.auto.iter().find(|(k, _)| *k == a.key) {
                         Some(v.clone())
                     } else {
@@ -379,15 +175,18 @@ impl StageScope {
 
 #[cfg(test)]
 mod tests {
+    use super::super::plan::{plan, Base, PlanOptions};
     use super::*;
     use crate::diag::SourceFile;
     use crate::dockerfile::parse_dockerfile;
+    use crate::dockerfile::Dockerfile;
+    use crate::oci::Platform;
 
     fn plan_of(
         text: &str,
         args: &[(&str, &str)],
         target: Option<&str>,
-    ) -> (Dockerfile, Result<Plan, BuildError>) {
+    ) -> (Dockerfile, Result<Plan, GraphError>) {
         let df = parse_dockerfile(&SourceFile::new("Dockerfile", text)).unwrap();
         let build_args: BTreeMap<String, String> = args
             .iter()

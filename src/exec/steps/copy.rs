@@ -1,0 +1,146 @@
+//! COPY and ADD: sources from the context, another stage, an image or a URL, resolved and
+//! hashed before the cache is asked, then copied onto a writable snapshot of the stage (seeded
+//! with what the same step wrote last time, see `seed`).
+
+use std::collections::BTreeMap;
+
+use crate::dockerfile::{Command, Instruction};
+use crate::graph::{stage_ref, StepMaterial};
+use crate::snapshot::ChainId;
+
+use super::super::base::resolve_image;
+use super::super::error::BuildError;
+use super::super::file_step::{
+    download_urls, execute_copy, is_url, prepare_copy, FileStepContext, UrlFile,
+};
+use super::super::history::created_by;
+use super::super::seed::Donor;
+use super::super::session::{unique, BuildSession};
+use super::super::stage::{StageState, StepInfo};
+
+impl BuildSession<'_> {
+    pub(super) async fn copy(
+        &self,
+        stage: &mut StageState,
+        instr: &Instruction,
+        step: &StepInfo,
+    ) -> Result<bool, BuildError> {
+        self.step_started(step);
+        let b = self.builder;
+        let (stage_roots, image_roots) = self.copy_from_roots(stage.index, instr).await?;
+        let url_dir = self.scratch_dir.join(unique("add-url"));
+        let url_files = match self.add_urls(instr, &url_dir).await {
+            Ok(files) => files,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&url_dir);
+                return Err(e);
+            }
+        };
+        let fctx = FileStepContext {
+            url_files,
+            image_roots,
+            store: &b.store,
+            snapshots: &b.snapshots,
+            context_dir: &self.req.context_dir,
+            ignore: self.req.ignore.as_ref(),
+            dockerfile: &self.req.dockerfile,
+            stage_roots,
+            scratch_dir: &self.scratch_dir,
+            settings: &self.settings,
+            escape: self.plan.escape,
+            copy_donor: Donor::find(
+                &b.state_root,
+                &b.snapshots,
+                &step.location,
+                stage.image.top_chain(),
+            ),
+        };
+        let workdir = stage.workdir();
+        let hashes = b.context_hashes(&self.req.context_dir);
+        let prepared = prepare_copy(&fctx, instr, &workdir, &hashes)?;
+        let material = StepMaterial::copy(
+            &stage.key,
+            prepared.material.clone(),
+            prepared.files.clone(),
+        );
+        let line = created_by(instr, None, &workdir);
+        let cached = self
+            .layer_step(stage, step, &material, line, async |parent| {
+                if let Some(from) = &prepared.from {
+                    self.materialize(from.as_ref()).await?;
+                }
+                let done = execute_copy(&fctx, &prepared, &workdir, parent.as_ref(), &hashes)?;
+                if let Some(l) = &done.layer {
+                    let files = done.contents.unwrap_or_default();
+                    Donor::remember(
+                        &b.state_root,
+                        &step.location,
+                        &l.chain,
+                        parent.as_ref(),
+                        files,
+                    );
+                }
+                Ok(done.layer)
+            })
+            .await;
+        let _ = std::fs::remove_dir_all(&url_dir);
+        cached
+    }
+
+    /// `COPY --from`: the top snapshot of the stage it names (waiting until that stage is
+    /// built), or of the image, pulled and unpacked like a base.
+    #[allow(clippy::type_complexity)]
+    async fn copy_from_roots(
+        &self,
+        stage: usize,
+        instr: &Instruction,
+    ) -> Result<
+        (
+            BTreeMap<usize, Option<ChainId>>,
+            BTreeMap<String, Option<ChainId>>,
+        ),
+        BuildError,
+    > {
+        let mut stage_roots = BTreeMap::new();
+        let mut image_roots = BTreeMap::new();
+        let Command::Copy(c) = &instr.command else {
+            return Ok((stage_roots, image_roots));
+        };
+        let Some(from) = &c.from else {
+            return Ok((stage_roots, image_roots));
+        };
+        match stage_ref(&self.req.dockerfile, from) {
+            Some(i) => {
+                let built = self.board.wait(stage, i, from)?;
+                stage_roots.insert(i, built.image.top_chain().cloned());
+            }
+            None => {
+                let b = self.builder;
+                let (_, image) = resolve_image(
+                    &b.puller,
+                    &b.snapshots,
+                    from,
+                    &self.req.platform,
+                    self.req.pull,
+                )
+                .await?;
+                image_roots.insert(from.clone(), image.top_chain().cloned());
+            }
+        }
+        Ok((stage_roots, image_roots))
+    }
+
+    /// ADD's URL sources, downloaded into `dir` (checked against `--checksum`).
+    async fn add_urls(
+        &self,
+        instr: &Instruction,
+        dir: &std::path::Path,
+    ) -> Result<Vec<UrlFile>, BuildError> {
+        match &instr.command {
+            Command::Add(a) if a.files.sources.iter().any(|s| is_url(s)) => {
+                download_urls(&a.files.sources, a.checksum.as_deref(), dir).await
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! RUN: the command in the sandbox over a writable snapshot of the stage, with its `--mount`s
+//! (from the context, a cache, a secret, a tmpfs, another stage or an image), then the snapshot
+//! committed as a layer.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::dockerfile::instructions::mount::NetworkMode as RunNetwork;
+use crate::dockerfile::instructions::Run;
+use crate::graph::{stage_ref, RunInputs, StepMaterial};
+use crate::oci::Platform;
+use crate::progress::Event;
+use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec};
+use crate::snapshot::ChainId;
+
+use super::super::base::{resolve_image, LayerState};
+use super::super::commit::commit_active;
+use super::super::error::BuildError;
+use super::super::history::run_created_by;
+use super::super::metadata;
+use super::super::mounts::MountGuard;
+use super::super::run_step::{
+    prepare_mounts, read_from_lowers, run_args, run_in_snapshot, RunContext,
+};
+use super::super::session::{unique, BuildSession};
+use super::super::stage::{StageState, StepInfo};
+
+/// What a RUN executes, resolved against the stage before the cache is asked.
+struct RunCommand<'a> {
+    run: &'a Run,
+    stage: usize,
+    step_id: &'a str,
+    args: Vec<String>,
+    env: Vec<String>,
+    workdir: String,
+    user: String,
+    network: NetworkMode,
+}
+
+impl BuildSession<'_> {
+    pub(super) async fn run(
+        &self,
+        stage: &mut StageState,
+        run: &Run,
+        step: &StepInfo,
+    ) -> Result<bool, BuildError> {
+        self.step_started(step);
+        check_can_run(&self.plan.stages[stage.index].platform)?;
+        let shell = metadata::current_shell(&stage.image.config);
+        let command = RunCommand {
+            run,
+            stage: stage.index,
+            step_id: &step.id,
+            args: run_args(&run.cmd, &shell),
+            env: stage.scope.run_env(),
+            workdir: stage.workdir(),
+            user: stage.user(),
+            network: match run.network {
+                Some(RunNetwork::None) => NetworkMode::None,
+                Some(_) => NetworkMode::Host,
+                None => self.req.network,
+            },
+        };
+        let mounts: Vec<String> = run.mounts.iter().map(|m| m.raw.clone()).collect();
+        let material = StepMaterial::run(
+            &stage.key,
+            &RunInputs {
+                args: &command.args,
+                env: &command.env,
+                workdir: &command.workdir,
+                user: &command.user,
+                network: &format!("{:?}", command.network),
+                mounts: &mounts,
+            },
+        );
+        let line = run_created_by(
+            &command.args,
+            &stage.scope.run_arg_pairs(&stage.image_env()),
+        );
+        self.layer_step(stage, step, &material, line, async |parent| {
+            self.execute_run(&command, parent).await
+        })
+        .await
+    }
+
+    /// Runs the command on a fresh snapshot over `parent` and commits what it changed.
+    async fn execute_run(
+        &self,
+        command: &RunCommand<'_>,
+        parent: Option<ChainId>,
+    ) -> Result<Option<LayerState>, BuildError> {
+        let b = self.builder;
+        let lowers = match &parent {
+            Some(p) => b.snapshots.lower_dirs(p)?,
+            None => Vec::new(),
+        };
+        let user = resolve_user_from(
+            &command.user,
+            read_from_lowers(&lowers, "/etc/passwd").as_deref(),
+            read_from_lowers(&lowers, "/etc/group").as_deref(),
+        )?;
+        let step_dir = self.scratch_dir.join(unique("run"));
+        std::fs::create_dir_all(&step_dir).map_err(BuildError::io("create", &step_dir))?;
+        let (from_roots, from_guards) = self.mount_from_roots(command, &step_dir).await?;
+        let ctx = RunContext {
+            sandbox: &b.sandbox,
+            snapshots: &b.snapshots,
+            context_dir: &self.req.context_dir,
+            cache_mounts_dir: &b.state_root.join("cache-mounts"),
+            scratch_dir: &step_dir,
+            secrets: &self.req.secrets,
+            default_network: self.req.network,
+            from_roots: &from_roots,
+        };
+        let (mounts, secret_env, bind_guards, cache_locks) =
+            prepare_mounts(command.run, &ctx, &command.workdir, &step_dir)?;
+        let spec = RunSpec {
+            args: command.args.clone(),
+            env: command.env.iter().cloned().chain(secret_env).collect(),
+            cwd: command.workdir.clone(),
+            user,
+            network: command.network,
+            mounts,
+            ..RunSpec::default()
+        };
+        let active = unique("run");
+        let mut on_output = |line: &str| {
+            b.reporter.report(Event::StepOutput {
+                id: command.step_id.to_string(),
+                line: line.to_string(),
+            })
+        };
+        let result = run_in_snapshot(&ctx, &active, parent.as_ref(), spec, &mut on_output);
+        for guard in bind_guards.into_iter().chain(from_guards) {
+            let _ = guard.unmount();
+        }
+        drop(cache_locks);
+        let _ = std::fs::remove_dir_all(&step_dir);
+        let (status, tail) = result?;
+        if !status.success() {
+            let _ = b.snapshots.remove_active(&active);
+            return Err(BuildError::RunFailed {
+                command: command.args.join(" "),
+                code: status.code(),
+                tail,
+            });
+        }
+        commit_active(
+            &b.store,
+            &b.snapshots,
+            &active,
+            parent.as_ref(),
+            &self.settings,
+        )
+    }
+
+    /// `--mount=from=<stage|image>`: each root, mounted read-only under `step_dir` for this
+    /// step (an empty directory for a root without layers). Waits for a stage that is not
+    /// built yet.
+    async fn mount_from_roots(
+        &self,
+        command: &RunCommand<'_>,
+        step_dir: &std::path::Path,
+    ) -> Result<(BTreeMap<String, PathBuf>, Vec<MountGuard>), BuildError> {
+        let b = self.builder;
+        let mut roots = BTreeMap::new();
+        let mut guards = Vec::new();
+        for (i, m) in command.run.mounts.iter().enumerate() {
+            let Some(from) = &m.from else { continue };
+            if roots.contains_key(from) {
+                continue;
+            }
+            let chain = match stage_ref(&self.req.dockerfile, from) {
+                Some(idx) => self
+                    .board
+                    .wait(command.stage, idx, from)?
+                    .image
+                    .top_chain()
+                    .cloned(),
+                None => resolve_image(
+                    &b.puller,
+                    &b.snapshots,
+                    from,
+                    &self.req.platform,
+                    self.req.pull,
+                )
+                .await?
+                .1
+                .top_chain()
+                .cloned(),
+            };
+            self.materialize(chain.as_ref()).await?;
+            let target = step_dir.join(format!("from-{i}"));
+            match chain {
+                Some(c) => {
+                    let guard = MountGuard::mount(&b.snapshots.view(&c)?, &target)?;
+                    roots.insert(from.clone(), guard.path().to_path_buf());
+                    guards.push(guard);
+                }
+                None => {
+                    std::fs::create_dir_all(&target).map_err(BuildError::io("create", &target))?;
+                    roots.insert(from.clone(), target);
+                }
+            }
+        }
+        Ok((roots, guards))
+    }
+}
+
+/// RUN for another architecture needs binfmt_misc emulation registered on the host.
+fn check_can_run(platform: &Platform) -> Result<(), BuildError> {
+    let host = Platform::host();
+    if platform.os == host.os && platform.architecture == host.architecture {
+        return Ok(());
+    }
+    let qemu = match platform.architecture.as_str() {
+        "arm64" => "aarch64",
+        "arm" => "arm",
+        "amd64" => "x86_64",
+        "386" => "i386",
+        other => other,
+    };
+    let registered = std::fs::read_dir("/proc/sys/fs/binfmt_misc")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().contains(qemu))
+        })
+        .unwrap_or(false);
+    if registered {
+        Ok(())
+    } else {
+        Err(BuildError::NoEmulation {
+            platform: platform.to_string(),
+            host: host.to_string(),
+            qemu: qemu.to_string(),
+        })
+    }
+}

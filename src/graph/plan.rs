@@ -1,0 +1,193 @@
+//! Stages, their bases and dependencies, and the build order for `--target`, as BuildKit's
+//! dispatcher resolves them: global ARGs only in FROM lines, `--build-arg` overriding defaults,
+//! and the automatic platform ARGs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::dockerfile::{Command, Dockerfile};
+use crate::oci::Platform;
+
+use super::error::GraphError;
+use super::expand_with;
+
+/// What a stage builds on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    Image(String),
+    Stage(usize),
+    Scratch,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    pub index: usize,
+    pub base: Base,
+    pub platform: Platform,
+    /// Stages this one reads from (`FROM`, `COPY --from`, `RUN --mount from=`).
+    pub deps: BTreeSet<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub stages: Vec<PlannedStage>,
+    /// Stages to build, dependencies first; the target is last.
+    pub order: Vec<usize>,
+    pub target: usize,
+    /// Global ARG values (after build args), for stages that re-declare them.
+    pub global_args: Vec<(String, Option<String>)>,
+    pub auto_args: Vec<(String, String)>,
+    pub build_args: BTreeMap<String, String>,
+    pub escape: char,
+}
+
+pub struct PlanOptions<'a> {
+    pub build_args: &'a BTreeMap<String, String>,
+    pub target: Option<&'a str>,
+    pub target_platform: &'a Platform,
+    pub build_platform: &'a Platform,
+}
+
+fn platform_args(prefix: &str, p: &Platform) -> Vec<(String, String)> {
+    vec![
+        (format!("{prefix}PLATFORM"), p.to_string()),
+        (format!("{prefix}OS"), p.os.clone()),
+        (format!("{prefix}ARCH"), p.architecture.clone()),
+        (
+            format!("{prefix}VARIANT"),
+            p.variant.clone().unwrap_or_default(),
+        ),
+    ]
+}
+
+/// Resolves stages, their bases and dependencies, and the build order for `--target`.
+pub fn plan(df: &Dockerfile, opts: &PlanOptions<'_>) -> Result<Plan, GraphError> {
+    let escape = df.escape;
+    let mut auto_args = platform_args("TARGET", opts.target_platform);
+    auto_args.extend(platform_args("BUILD", opts.build_platform));
+    // Global scope: automatic args, then the meta ARGs in order.
+    let mut global_env: Vec<(String, String)> = auto_args
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                opts.build_args.get(k).cloned().unwrap_or_else(|| v.clone()),
+            )
+        })
+        .collect();
+    let mut global_args = Vec::new();
+    for instr in &df.meta_args {
+        if let Command::Arg { args } = &instr.command {
+            for a in args {
+                let value = match (opts.build_args.get(&a.key), &a.default) {
+                    (Some(v), _) => Some(v.clone()),
+                    (None, Some(d)) => Some(
+                        expand_with(escape, d, &global_env)
+                            .map_err(|e| GraphError::Expand(e).at(instr))?,
+                    ),
+                    (None, None) => None,
+                };
+                if let Some(v) = &value {
+                    global_env.retain(|(k, _)| k != &a.key);
+                    global_env.push((a.key.clone(), v.clone()));
+                }
+                global_args.push((a.key.clone(), value));
+            }
+        }
+    }
+    let mut stages: Vec<PlannedStage> = Vec::new();
+    for stage in &df.stages {
+        let Command::From(from) = &stage.from.command else {
+            return Err(GraphError::NoFrom.at(&stage.from));
+        };
+        let at_from = |e: GraphError| e.at(&stage.from);
+        let expand = |word: &str| {
+            expand_with(escape, word, &global_env).map_err(|e| at_from(GraphError::Expand(e)))
+        };
+        let base_name = expand(&from.base)?;
+        if base_name.trim().is_empty() {
+            return Err(at_from(GraphError::BlankBase(from.base.clone())));
+        }
+        let platform = match &from.platform {
+            Some(p) => Platform::parse(&expand(p)?)
+                .map_err(|e| at_from(e.into()))?
+                .normalized(),
+            None => opts.target_platform.clone(),
+        };
+        let lower = base_name.to_ascii_lowercase();
+        let base = if let Some(parent) = df.stages[..stage.index]
+            .iter()
+            .rev()
+            .find(|s| s.name.as_deref() == Some(lower.as_str()))
+        {
+            Base::Stage(parent.index)
+        } else if lower == "scratch" {
+            Base::Scratch
+        } else {
+            Base::Image(base_name)
+        };
+        let mut deps = BTreeSet::new();
+        if let Base::Stage(i) = base {
+            deps.insert(i);
+        }
+        for instr in &stage.instructions {
+            let froms: Vec<&str> = match &instr.command {
+                Command::Copy(c) => c.from.iter().map(String::as_str).collect(),
+                Command::Run(r) => r.mounts.iter().filter_map(|m| m.from.as_deref()).collect(),
+                _ => Vec::new(),
+            };
+            for from in froms {
+                if let Some(i) = stage_ref(df, from) {
+                    if i >= stage.index {
+                        return Err(GraphError::ForwardStageRef(from.to_string()).at(instr));
+                    }
+                    deps.insert(i);
+                }
+            }
+        }
+        stages.push(PlannedStage {
+            index: stage.index,
+            base,
+            platform,
+            deps,
+        });
+    }
+    let target = match opts.target {
+        Some(t) => df
+            .stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(t.to_ascii_lowercase().as_str()))
+            .map(|s| s.index)
+            .ok_or_else(|| GraphError::TargetNotFound(t.to_string()))?,
+        None => stages.len().checked_sub(1).ok_or(GraphError::NoStages)?,
+    };
+    // Only what the target needs, dependencies first (stage indexes already order them).
+    let mut needed = BTreeSet::new();
+    let mut todo = vec![target];
+    while let Some(i) = todo.pop() {
+        if needed.insert(i) {
+            todo.extend(stages[i].deps.iter().copied());
+        }
+    }
+    Ok(Plan {
+        stages,
+        order: needed.into_iter().collect(),
+        target,
+        global_args,
+        auto_args,
+        build_args: opts.build_args.clone(),
+        escape,
+    })
+}
+
+/// A `--from` value naming a stage (by name or index); `None` means an image.
+pub fn stage_ref(df: &Dockerfile, from: &str) -> Option<usize> {
+    let lower = from.to_ascii_lowercase();
+    if let Some(s) = df
+        .stages
+        .iter()
+        .find(|s| s.name.as_deref() == Some(lower.as_str()))
+    {
+        return Some(s.index);
+    }
+    from.parse::<usize>().ok().filter(|i| *i < df.stages.len())
+}
