@@ -66,18 +66,18 @@ pub async fn resolve_image(
                 ..PullOptions::default()
             };
             puller.pull(&reference, &options).await?;
-            store.image(&tag, platform)?.ok_or_else(|| {
-                BuildError::Invalid(format!("{tag} was pulled but is not in the store"))
-            })?
+            store
+                .image(&tag, platform)?
+                .ok_or_else(|| BuildError::PulledButMissing(tag.clone()))?
         }
     };
     let diff_ids = &image.config.rootfs.diff_ids;
     if diff_ids.len() != image.manifest.layers.len() {
-        return Err(BuildError::Invalid(format!(
-            "{tag}: the manifest has {} layers but the config lists {} diff IDs",
-            image.manifest.layers.len(),
-            diff_ids.len()
-        )));
+        return Err(BuildError::LayerCountMismatch {
+            image: tag,
+            layers: image.manifest.layers.len(),
+            diff_ids: diff_ids.len(),
+        });
     }
     let mut layers = Vec::with_capacity(diff_ids.len());
     let mut parent: Option<ChainId> = None;

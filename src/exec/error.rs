@@ -25,9 +25,75 @@ pub enum BuildError {
     #[error(transparent)]
     Metadata(#[from] super::metadata::MetadataError),
     #[error(transparent)]
-    Sandbox(#[from] crate::sandbox::SandboxError),
+    Sandbox(#[from] Box<crate::sandbox::SandboxError>),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Copy(#[from] crate::context::copy::CopyError),
+    #[error("cannot set up HTTP: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("ADD {url}: {source}")]
+    Download {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("ADD {url}: the server answered {status}")]
+    DownloadStatus { url: String, status: u16 },
+    #[error("ADD {url}: digest mismatch: --checksum is {expected}, the download is {actual}")]
+    ChecksumMismatch {
+        url: String,
+        expected: String,
+        actual: crate::oci::Digest,
+    },
+    #[error("ADD {}: cannot run {tool} to decompress it: {source} (apt-get install {tool})", path.display())]
+    Decompressor {
+        tool: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ADD {}: {tool} failed", path.display())]
+    DecompressorFailed {
+        tool: String,
+        path: std::path::PathBuf,
+    },
+    #[error(
+        "ADD from a git repository ({0}) is not supported by kiln yet; clone it in a RUN step"
+    )]
+    GitSourceUnsupported(String),
+    #[error("{0:?} is not a COPY or ADD")]
+    NotAFileStep(String),
+    #[error("--from={0}: no such stage or image was prepared")]
+    FromNotReady(String),
+    #[error("unable to convert uid/gid chown string {spec:?} to host mapping: {source}")]
+    Chown {
+        spec: String,
+        #[source]
+        source: Box<crate::sandbox::SandboxError>,
+    },
+    #[error("secret {id}: environment variable {var} is not set")]
+    SecretEnvUnset { id: String, var: String },
+    #[error("secret {0} is required but was not provided (use --secret id={0},src=PATH)")]
+    SecretRequired(String),
+    #[error("{0} mount needs a target")]
+    MountNeedsTarget(&'static str),
+    #[error("--mount source {0} does not exist")]
+    MountSourceMissing(String),
+    #[error("RUN --mount=type=ssh is not supported by kiln yet")]
+    SshMountUnsupported,
+    #[error("{0} was pulled but is not in the store")]
+    PulledButMissing(String),
+    #[error("{image}: the manifest has {layers} layers but the config lists {diff_ids} diff IDs")]
+    LayerCountMismatch {
+        image: String,
+        layers: usize,
+        diff_ids: usize,
+    },
+    #[error("stage {0} is not built for this target: name it literally in the Dockerfile")]
+    StageNotPlanned(String),
+    #[error("stage {0} failed")]
+    StageFailed(String),
     #[error("the snapshot {0} is missing from the state root")]
     SnapshotMissing(crate::snapshot::ChainId),
     #[error("the blob is not in the store")]
@@ -82,6 +148,12 @@ pub enum BuildError {
     },
     #[error("the build was interrupted")]
     Interrupted,
+}
+
+impl From<crate::sandbox::SandboxError> for BuildError {
+    fn from(e: crate::sandbox::SandboxError) -> BuildError {
+        BuildError::Sandbox(Box::new(e))
+    }
 }
 
 /// A planning error at an instruction becomes a step error, so the CLI shows its line.

@@ -60,20 +60,24 @@ pub async fn download_urls(
     let client = reqwest::Client::builder()
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| BuildError::Invalid(format!("cannot set up HTTP: {e}")))?;
+        .map_err(BuildError::HttpClient)?;
     for (i, url) in sources.iter().filter(|s| is_url(s)).enumerate() {
-        let fail = |m: String| BuildError::Invalid(format!("ADD {url}: {m}"));
-        let mut resp = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let fail = |source| BuildError::Download {
+            url: url.clone(),
+            source,
+        };
+        let mut resp = client.get(url).send().await.map_err(fail)?;
         if !resp.status().is_success() {
-            return Err(fail(format!("the server answered {}", resp.status())));
+            return Err(BuildError::DownloadStatus {
+                url: url.clone(),
+                status: resp.status().as_u16(),
+            });
         }
-        let parsed = reqwest::Url::parse(url).map_err(|e| fail(e.to_string()))?;
-        let name = parsed
-            .path_segments()
+        // The name comes from the URL as written (not where it redirected), as BuildKit.
+        let name = reqwest::Url::parse(url)
+            .ok()
+            .as_ref()
+            .and_then(|u| u.path_segments())
             .and_then(|mut s| s.next_back().map(str::to_string))
             .filter(|n| !n.is_empty() && n != "." && n != "..")
             .unwrap_or_else(|| "__unnamed__".to_string());
@@ -82,16 +86,18 @@ pub async fn download_urls(
         let path = sub.join(&name);
         let file = std::fs::File::create(&path).map_err(BuildError::io("create", &path))?;
         let mut w = crate::oci::DigestingWriter::new(file);
-        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+        while let Some(chunk) = resp.chunk().await.map_err(fail)? {
             w.write_all(&chunk)
                 .map_err(BuildError::io("write", &path))?;
         }
         let (digest, _, _) = w.finish();
         if let Some(expected) = checksum {
             if expected != digest.to_string() {
-                return Err(fail(format!(
-                    "digest mismatch: --checksum is {expected}, the download is {digest}"
-                )));
+                return Err(BuildError::ChecksumMismatch {
+                    url: url.clone(),
+                    expected: expected.to_string(),
+                    actual: digest,
+                });
             }
         }
         use std::os::unix::fs::PermissionsExt as _;
@@ -158,7 +164,7 @@ pub fn prepare_copy(
             a.exclude.clone(),
             true,
         ),
-        _ => return Err(BuildError::Invalid("not a COPY or ADD".into())),
+        _ => return Err(BuildError::NotAFileStep(instr.original.clone())),
     };
     if let Some(git) = files
         .sources
@@ -166,9 +172,7 @@ pub fn prepare_copy(
         .find(|s| s.starts_with("git@") || s.starts_with("git://") || s.ends_with(".git"))
     {
         if is_add {
-            return Err(BuildError::Invalid(format!(
-                "ADD from a git repository ({git}) is not supported by kiln yet; clone it in a RUN step"
-            )));
+            return Err(BuildError::GitSourceUnsupported(git.clone()));
         }
     }
     // URL sources were downloaded by the caller; the rest come from the context or --from.
@@ -178,20 +182,23 @@ pub fn prepare_copy(
         .filter(|s| !(is_add && is_url(s)))
         .cloned()
         .collect();
-    let from_root =
-        match &from {
-            None => None,
-            Some(f) => {
-                match crate::graph::stage_ref(ctx.dockerfile, f) {
-                    Some(i) => Some(ctx.stage_roots.get(&i).cloned().ok_or_else(|| {
-                        BuildError::Invalid(format!("stage {f} has not been built"))
-                    })?),
-                    None => Some(ctx.image_roots.get(f).cloned().ok_or_else(|| {
-                        BuildError::Invalid(format!("image {f} was not resolved"))
-                    })?),
-                }
-            }
-        };
+    let from_root = match &from {
+        None => None,
+        Some(f) => match crate::graph::stage_ref(ctx.dockerfile, f) {
+            Some(i) => Some(
+                ctx.stage_roots
+                    .get(&i)
+                    .cloned()
+                    .ok_or_else(|| BuildError::FromNotReady(f.clone()))?,
+            ),
+            None => Some(
+                ctx.image_roots
+                    .get(f)
+                    .cloned()
+                    .ok_or_else(|| BuildError::FromNotReady(f.clone()))?,
+            ),
+        },
+    };
     let heredocs: Vec<(String, String)> = files
         .contents
         .iter()
@@ -224,36 +231,25 @@ pub fn prepare_copy(
             .map(|d| {
                 files_seen = d.entries;
                 d.digest
-            })
-            .map_err(|e| BuildError::Invalid(e.to_string()))?,
+            })?,
             // A stage's content is identified by its snapshot chain.
             Some(chain) => crate::oci::Digest::of(format!("{chain:?}").as_bytes()),
         }
     };
-    let json = |v: serde_json::Value| v.to_string();
-    let material: BTreeMap<String, String> = [
-        ("add", is_add.to_string()),
-        ("sources", json(serde_json::json!(files.sources))),
-        ("heredocs", json(serde_json::json!(heredocs))),
-        ("dest", files.dest.clone()),
-        ("workdir", workdir.to_string()),
-        ("chown", chown.clone().unwrap_or_default()),
-        ("chmod", chmod.clone().unwrap_or_default()),
-        ("parents", parents.to_string()),
-        ("excludes", json(serde_json::json!(excludes))),
-        ("content", content.to_string()),
-        (
-            "urls",
-            json(serde_json::json!(ctx
-                .url_files
-                .iter()
-                .map(|u| u.digest.to_string())
-                .collect::<Vec<_>>())),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let material = copy_material(
+        ctx,
+        &CopyFields {
+            is_add,
+            files,
+            heredocs: &heredocs,
+            workdir,
+            chown: chown.as_deref(),
+            chmod: chmod.as_deref(),
+            parents,
+            excludes: &excludes,
+            content: &content,
+        },
+    );
     Ok(PreparedCopy {
         material,
         files: files_seen,
@@ -269,9 +265,51 @@ pub fn prepare_copy(
     })
 }
 
+/// What a COPY/ADD's key is made of besides its parent.
+struct CopyFields<'a> {
+    is_add: bool,
+    files: &'a crate::dockerfile::instructions::SourcesAndDest,
+    heredocs: &'a [(String, String)],
+    workdir: &'a str,
+    chown: Option<&'a str>,
+    chmod: Option<&'a str>,
+    parents: bool,
+    excludes: &'a [String],
+    content: &'a crate::oci::Digest,
+}
+
+/// The step's cache-key fields (see `graph::material`): sources, destination, flags, the
+/// content digest of exactly the selected files, and the downloaded URLs' digests.
+fn copy_material(ctx: &FileStepContext<'_>, f: &CopyFields<'_>) -> BTreeMap<String, String> {
+    let json = |v: serde_json::Value| v.to_string();
+    [
+        ("add", f.is_add.to_string()),
+        ("sources", json(serde_json::json!(f.files.sources))),
+        ("heredocs", json(serde_json::json!(f.heredocs))),
+        ("dest", f.files.dest.clone()),
+        ("workdir", f.workdir.to_string()),
+        ("chown", f.chown.unwrap_or_default().to_string()),
+        ("chmod", f.chmod.unwrap_or_default().to_string()),
+        ("parents", f.parents.to_string()),
+        ("excludes", json(serde_json::json!(f.excludes))),
+        ("content", f.content.to_string()),
+        (
+            "urls",
+            json(serde_json::json!(ctx
+                .url_files
+                .iter()
+                .map(|u| u.digest.to_string())
+                .collect::<Vec<_>>())),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// `user[:group]` → ids, names looked up in the root; a lone uid also gives the gid.
 fn resolve_chown(root: &Path, chown: &str) -> Result<(u32, u32), BuildError> {
-    let root = Root::open(root).map_err(|e| BuildError::Invalid(e.to_string()))?;
+    let root = Root::open(root)?;
     let read = |p: &str| {
         root.read(p, 10 << 20)
             .ok()
@@ -288,10 +326,9 @@ fn resolve_chown(root: &Path, chown: &str) -> Result<(u32, u32), BuildError> {
         Ok(n) => n,
         Err(_) => {
             resolve_user_from(user, passwd.as_deref(), groups.as_deref())
-                .map_err(|e| {
-                    BuildError::Invalid(format!(
-                        "unable to convert uid/gid chown string to host mapping: {e}"
-                    ))
+                .map_err(|e| BuildError::Chown {
+                    spec: chown.to_string(),
+                    source: Box::new(e),
                 })?
                 .uid
         }
@@ -301,7 +338,10 @@ fn resolve_chown(root: &Path, chown: &str) -> Result<(u32, u32), BuildError> {
             Ok(n) => n,
             Err(_) => {
                 resolve_user_from(user, passwd.as_deref(), groups.as_deref())
-                    .map_err(|e| BuildError::Invalid(e.to_string()))?
+                    .map_err(|e| BuildError::Chown {
+                        spec: chown.to_string(),
+                        source: Box::new(e),
+                    })?
                     .gid
             }
         },
@@ -309,10 +349,9 @@ fn resolve_chown(root: &Path, chown: &str) -> Result<(u32, u32), BuildError> {
             Ok(n) => n,
             Err(_) => {
                 resolve_user_from(&format!("0:{g}"), passwd.as_deref(), groups.as_deref())
-                    .map_err(|e| {
-                        BuildError::Invalid(format!(
-                            "unable to convert uid/gid chown string to host mapping: {e}"
-                        ))
+                    .map_err(|e| BuildError::Chown {
+                        spec: chown.to_string(),
+                        source: Box::new(e),
                     })?
                     .gid
             }
@@ -359,142 +398,46 @@ pub fn execute_copy(
     };
     let result = (|| -> Result<(), BuildError> {
         let guard = MountGuard::mount(&mounts, &merged)?;
-        let chown = match &prepared.chown {
-            Some(c) => Some(resolve_chown(guard.path(), c)?),
-            None => None,
-        };
-        let chmod = match &prepared.chmod {
-            Some(c) => Some(ChmodSpec::parse(c).map_err(|e| BuildError::Invalid(e.to_string()))?),
-            None => None,
-        };
-        // The stage a --from names, mounted read-only.
-        let from_guard = match &prepared.from {
-            Some(Some(chain)) => Some(MountGuard::mount(
-                &ctx.snapshots.view(chain)?,
-                &work.join("from"),
-            )?),
-            Some(None) => {
-                std::fs::create_dir_all(work.join("from"))
-                    .map_err(BuildError::io("create", work.join("from")))?;
-                None
-            }
-            None => None,
-        };
+        let from_guard = mount_from(ctx, prepared, &work)?;
         let source_root = match (&prepared.from, &from_guard) {
             (Some(_), Some(g)) => g.path().to_path_buf(),
             (Some(_), None) => work.join("from"),
             (None, _) => ctx.context_dir.to_path_buf(),
         };
-        // ADD unpacks local tar archives (plain, gzip, bzip2, xz, zstd) into the destination.
-        let mut sources = prepared.sources.clone();
-        if prepared.is_add {
-            let mut plain = Vec::new();
-            for (i, src) in prepared.sources.iter().enumerate() {
-                let path = ctx.context_dir.join(src.trim_start_matches('/'));
-                let unpacked = work.join(format!("archive-{i}"));
-                if !has_glob(src) && path.is_file() && unpack_archive(&path, &unpacked)? {
-                    let dest = if prepared.dest.ends_with('/') {
-                        prepared.dest.clone()
-                    } else {
-                        format!("{}/", prepared.dest)
-                    };
-                    copy_into_root(&CopyRequest {
-                        source_root: &unpacked,
-                        ignore: None,
-                        sources: vec!["/".into()],
-                        dest,
-                        workdir: workdir.to_string(),
-                        dest_root: guard.path(),
-                        chown,
-                        // BuildKit applies --chown to an unpacked archive's entries but not
-                        // --chmod: they keep the archive's modes.
-                        chmod: None,
-                        parents: false,
-                        excludes: Vec::new(),
-                        source_date_epoch: ctx.settings.source_date_epoch,
-                        preserve_owner: chown.is_none(),
-                        seeded: None,
-                        contents: None,
-                    })
-                    .map_err(|e| BuildError::Invalid(e.to_string()))?;
-                } else {
-                    plain.push(src.clone());
-                }
-            }
-            sources = plain;
-        }
+        let target = CopyTarget {
+            ctx,
+            prepared,
+            workdir,
+            dest_root: guard.path(),
+            chown: match &prepared.chown {
+                Some(c) => Some(resolve_chown(guard.path(), c)?),
+                None => None,
+            },
+            chmod: match &prepared.chmod {
+                Some(c) => Some(ChmodSpec::parse(c)?),
+                None => None,
+            },
+        };
+        let sources = target.unpack_archives(&work)?;
         if !sources.is_empty() {
             copy_into_root(&CopyRequest {
-                source_root: &source_root,
                 ignore: if prepared.from.is_none() {
                     ctx.ignore
                 } else {
                     None
                 },
-                sources,
-                dest: prepared.dest.clone(),
-                workdir: workdir.to_string(),
-                dest_root: guard.path(),
-                chown,
-                chmod: chmod.clone(),
                 parents: prepared.parents,
                 excludes: prepared.excludes.clone(),
-                source_date_epoch: ctx.settings.source_date_epoch,
                 preserve_owner: prepared.from.is_some(),
                 seeded: seeding.as_ref().map(|s| &s.seeded),
                 contents: contents.as_ref(),
-            })
-            .map_err(|e| BuildError::Invalid(e.to_string()))?;
+                ..target.request(&source_root, sources)
+            })?;
         }
         for url in &ctx.url_files {
-            copy_into_root(&CopyRequest {
-                source_root: &url.dir,
-                ignore: None,
-                sources: vec![url.name.clone()],
-                dest: prepared.dest.clone(),
-                workdir: workdir.to_string(),
-                dest_root: guard.path(),
-                chown,
-                chmod: chmod.clone(),
-                parents: false,
-                excludes: Vec::new(),
-                source_date_epoch: ctx.settings.source_date_epoch,
-                preserve_owner: false,
-                seeded: None,
-                contents: None,
-            })
-            .map_err(|e| BuildError::Invalid(e.to_string()))?;
+            copy_into_root(&target.request(&url.dir, vec![url.name.clone()]))?;
         }
-        if !prepared.heredocs.is_empty() {
-            let docs = work.join("heredocs");
-            std::fs::create_dir_all(&docs).map_err(BuildError::io("create", &docs))?;
-            let mut names = Vec::new();
-            for (name, data) in &prepared.heredocs {
-                let p = docs.join(name);
-                std::fs::write(&p, data).map_err(BuildError::io("write", &p))?;
-                use std::os::unix::fs::PermissionsExt as _;
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
-                    .map_err(BuildError::io("chmod", &p))?;
-                names.push(name.clone());
-            }
-            copy_into_root(&CopyRequest {
-                source_root: &docs,
-                ignore: None,
-                sources: names,
-                dest: prepared.dest.clone(),
-                workdir: workdir.to_string(),
-                dest_root: guard.path(),
-                chown,
-                chmod,
-                parents: false,
-                excludes: Vec::new(),
-                source_date_epoch: ctx.settings.source_date_epoch,
-                preserve_owner: false,
-                seeded: None,
-                contents: None,
-            })
-            .map_err(|e| BuildError::Invalid(e.to_string()))?;
-        }
+        target.write_heredocs(&work)?;
         if let Some(g) = from_guard {
             g.unmount()?;
         }
@@ -515,6 +458,108 @@ pub fn execute_copy(
     })
 }
 
+/// The root a `--from` names, mounted read-only at `work/from` (an empty directory for a
+/// root without layers); `None` for a context copy.
+fn mount_from(
+    ctx: &FileStepContext<'_>,
+    prepared: &PreparedCopy,
+    work: &Path,
+) -> Result<Option<MountGuard>, BuildError> {
+    let at = work.join("from");
+    match &prepared.from {
+        Some(Some(chain)) => Ok(Some(MountGuard::mount(&ctx.snapshots.view(chain)?, &at)?)),
+        Some(None) => {
+            std::fs::create_dir_all(&at).map_err(BuildError::io("create", &at))?;
+            Ok(None)
+        }
+        None => Ok(None),
+    }
+}
+
+/// Where one COPY/ADD writes, and what every copy of it shares.
+struct CopyTarget<'a> {
+    ctx: &'a FileStepContext<'a>,
+    prepared: &'a PreparedCopy,
+    workdir: &'a str,
+    dest_root: &'a Path,
+    chown: Option<(u32, u32)>,
+    chmod: Option<ChmodSpec>,
+}
+
+impl<'a> CopyTarget<'a> {
+    /// A copy of `sources` under `source_root` to the destination, with --chown/--chmod.
+    fn request(&self, source_root: &'a Path, sources: Vec<String>) -> CopyRequest<'a> {
+        CopyRequest {
+            source_root,
+            ignore: None,
+            sources,
+            dest: self.prepared.dest.clone(),
+            workdir: self.workdir.to_string(),
+            dest_root: self.dest_root,
+            chown: self.chown,
+            chmod: self.chmod.clone(),
+            parents: false,
+            excludes: Vec::new(),
+            source_date_epoch: self.ctx.settings.source_date_epoch,
+            preserve_owner: false,
+            seeded: None,
+            contents: None,
+        }
+    }
+
+    /// ADD unpacks local tar archives (plain, gzip, bzip2, xz, zstd) into the destination;
+    /// returns the sources left to copy as they are.
+    fn unpack_archives(&self, work: &Path) -> Result<Vec<String>, BuildError> {
+        let prepared = self.prepared;
+        if !prepared.is_add {
+            return Ok(prepared.sources.clone());
+        }
+        let mut plain = Vec::new();
+        for (i, src) in prepared.sources.iter().enumerate() {
+            let path = self.ctx.context_dir.join(src.trim_start_matches('/'));
+            let unpacked = work.join(format!("archive-{i}"));
+            if has_glob(src) || !path.is_file() || !unpack_archive(&path, &unpacked)? {
+                plain.push(src.clone());
+                continue;
+            }
+            let dest = if prepared.dest.ends_with('/') {
+                prepared.dest.clone()
+            } else {
+                format!("{}/", prepared.dest)
+            };
+            copy_into_root(&CopyRequest {
+                dest,
+                // BuildKit applies --chown to an unpacked archive's entries but not --chmod:
+                // they keep the archive's modes.
+                chmod: None,
+                preserve_owner: self.chown.is_none(),
+                ..self.request(&unpacked, vec!["/".into()])
+            })?;
+        }
+        Ok(plain)
+    }
+
+    /// `COPY <<EOF`: each heredoc written as a 0644 file, then copied like a context file.
+    fn write_heredocs(&self, work: &Path) -> Result<(), BuildError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if self.prepared.heredocs.is_empty() {
+            return Ok(());
+        }
+        let docs = work.join("heredocs");
+        std::fs::create_dir_all(&docs).map_err(BuildError::io("create", &docs))?;
+        let mut names = Vec::new();
+        for (name, data) in &self.prepared.heredocs {
+            let p = docs.join(name);
+            std::fs::write(&p, data).map_err(BuildError::io("write", &p))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
+                .map_err(BuildError::io("chmod", &p))?;
+            names.push(name.clone());
+        }
+        copy_into_root(&self.request(&docs, names))?;
+        Ok(())
+    }
+}
+
 /// WORKDIR: creates the directory (and missing parents) owned by the current user.
 pub fn workdir_step(
     store: &Store,
@@ -532,7 +577,7 @@ pub fn workdir_step(
     let work = unique_dir(scratch_dir, "workdir");
     let result = (|| -> Result<(), BuildError> {
         let guard = MountGuard::mount(&mounts, &work)?;
-        let root = Root::open(guard.path()).map_err(|e| BuildError::Invalid(e.to_string()))?;
+        let root = Root::open(guard.path())?;
         let read = |p: &str| {
             root.read(p, 10 << 20)
                 .ok()
@@ -546,8 +591,7 @@ pub fn workdir_step(
             read("/etc/group").as_deref(),
         )
         .unwrap_or_default();
-        root.mkdir_all(dir, spec.uid, spec.gid)
-            .map_err(|e| BuildError::Invalid(e.to_string()))?;
+        root.mkdir_all(dir, spec.uid, spec.gid)?;
         drop(root);
         guard.unmount()
     })();
@@ -579,16 +623,18 @@ fn unpack_archive(path: &Path, into: &Path) -> Result<bool, BuildError> {
             .arg(path)
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| {
-                BuildError::Invalid(format!(
-                    "ADD {}: cannot run {tool} to decompress it: {e} (apt-get install {tool})",
-                    path.display()
-                ))
+            .map_err(|source| BuildError::Decompressor {
+                tool: tool.to_string(),
+                path: path.to_path_buf(),
+                source,
             })?;
         let stdout = child
             .stdout
             .take()
-            .ok_or_else(|| BuildError::Invalid(format!("{tool}: no output")))?;
+            .ok_or_else(|| BuildError::DecompressorFailed {
+                tool: tool.to_string(),
+                path: path.to_path_buf(),
+            })?;
         let result = crate::layer::extract_layer(
             stdout,
             crate::layer::Compression::None,
@@ -600,10 +646,10 @@ fn unpack_archive(path: &Path, into: &Path) -> Result<bool, BuildError> {
             .map_err(BuildError::io("wait for decompressor of", path))?;
         result?;
         if !status.success() {
-            return Err(BuildError::Invalid(format!(
-                "ADD {}: {tool} failed",
-                path.display()
-            )));
+            return Err(BuildError::DecompressorFailed {
+                tool: tool.to_string(),
+                path: path.to_path_buf(),
+            });
         }
         Ok(true)
     };

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::dockerfile::instructions::mount::{MountType, Sharing};
+use crate::dockerfile::instructions::mount::{Mount, MountType, Sharing};
 use crate::dockerfile::instructions::{CommandLine, Run};
 use crate::sandbox::{ExtraMount, ExtraMountKind, NetworkMode, RunSpec, Sandbox, Stream};
 use crate::snapshot::{ChainId, Snapshotter};
@@ -22,11 +22,14 @@ impl Secret {
     fn read(&self, id: &str) -> Result<Vec<u8>, BuildError> {
         match self {
             Secret::File(p) => std::fs::read(p).map_err(BuildError::io("read secret file", p)),
-            Secret::Env(var) => std::env::var(var).map(String::into_bytes).map_err(|_| {
-                BuildError::Invalid(format!(
-                    "secret {id}: environment variable {var} is not set"
-                ))
-            }),
+            Secret::Env(var) => {
+                std::env::var(var)
+                    .map(String::into_bytes)
+                    .map_err(|_| BuildError::SecretEnvUnset {
+                        id: id.to_string(),
+                        var: var.clone(),
+                    })
+            }
         }
     }
 }
@@ -148,26 +151,24 @@ fn sanitize_id(id: &str) -> String {
         .collect()
 }
 
-/// Sandbox mounts, extra env (secrets as env), the mounts kiln made for them (kept mounted
-/// until the step ends) and the cache locks held meanwhile.
-pub type PreparedMounts = (
-    Vec<ExtraMount>,
-    Vec<String>,
-    Vec<super::mounts::MountGuard>,
-    Vec<std::fs::File>,
-);
+/// What RUN's `--mount`s become: sandbox mounts, extra env (secrets as env), the mounts kiln
+/// made for them (kept mounted until the step ends) and the cache locks held meanwhile.
+#[derive(Default)]
+pub struct PreparedMounts {
+    pub mounts: Vec<ExtraMount>,
+    pub env: Vec<String>,
+    pub guards: Vec<super::mounts::MountGuard>,
+    pub locks: Vec<std::fs::File>,
+}
 
-/// Turns RUN's `--mount`s into sandbox mounts; returns them and extra env (secrets as env).
+/// Turns RUN's `--mount`s into sandbox mounts.
 pub fn prepare_mounts(
     run: &Run,
     ctx: &RunContext<'_>,
     workdir: &str,
     step_dir: &Path,
 ) -> Result<PreparedMounts, BuildError> {
-    let mut guards = Vec::new();
-    let mut locks = Vec::new();
-    let mut mounts = Vec::new();
-    let mut env = Vec::new();
+    let mut out = PreparedMounts::default();
     for (i, m) in run.mounts.iter().enumerate() {
         let target = m.target.clone().map(|t| {
             if t.starts_with('/') {
@@ -176,64 +177,15 @@ pub fn prepare_mounts(
                 format!("{}/{}", workdir.trim_end_matches('/'), t)
             }
         });
+        let scratch = |name: &str| step_dir.join(format!("{name}-{i}"));
         match m.typ {
             MountType::Cache => {
-                let target = target
-                    .ok_or_else(|| BuildError::Invalid("cache mount needs a target".into()))?;
-                let id = m.id.clone().unwrap_or_else(|| target.clone());
-                let dir = ctx.cache_mounts_dir.join(sanitize_id(&id));
-                if !dir.exists() {
-                    std::fs::create_dir_all(&dir)
-                        .map_err(BuildError::io("create cache mount", &dir))?;
-                    use std::os::unix::fs::PermissionsExt as _;
-                    let mode = m.mode.unwrap_or(0o755);
-                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
-                        .map_err(BuildError::io("chmod cache mount", &dir))?;
-                    let _ = std::os::unix::fs::chown(
-                        &dir,
-                        Some(m.uid.unwrap_or(0)),
-                        Some(m.gid.unwrap_or(0)),
-                    );
-                }
-                // `locked` waits for other builds using this cache; `private` takes a fresh,
-                // throwaway directory when another build holds it; `shared` just shares it.
-                let lock_path = dir.with_extension("lock");
-                let dir = match m.sharing {
-                    Some(Sharing::Locked) | Some(Sharing::Private) => {
-                        let lock = std::fs::OpenOptions::new()
-                            .create(true)
-                            .truncate(false)
-                            .write(true)
-                            .open(&lock_path)
-                            .map_err(BuildError::io("open", &lock_path))?;
-                        if m.sharing == Some(Sharing::Locked) {
-                            lock.lock().map_err(BuildError::io("lock", &lock_path))?;
-                            locks.push(lock);
-                            dir
-                        } else if lock.try_lock().is_ok() {
-                            locks.push(lock);
-                            dir
-                        } else {
-                            let private = step_dir.join(format!("cache-private-{i}"));
-                            std::fs::create_dir_all(&private)
-                                .map_err(BuildError::io("create", &private))?;
-                            private
-                        }
-                    }
-                    _ => dir,
-                };
-                mounts.push(ExtraMount {
-                    target,
-                    kind: ExtraMountKind::Bind {
-                        source: dir,
-                        readonly: m.read_only,
-                    },
-                });
+                let target = target.ok_or(BuildError::MountNeedsTarget("cache"))?;
+                out.cache(ctx, m, target, &scratch("cache-private"))?;
             }
             MountType::Tmpfs => {
-                let target = target
-                    .ok_or_else(|| BuildError::Invalid("tmpfs mount needs a target".into()))?;
-                mounts.push(ExtraMount {
+                let target = target.ok_or(BuildError::MountNeedsTarget("tmpfs"))?;
+                out.mounts.push(ExtraMount {
                     target,
                     kind: ExtraMountKind::Tmpfs {
                         size: m.size,
@@ -241,118 +193,186 @@ pub fn prepare_mounts(
                     },
                 });
             }
-            MountType::Secret => {
-                let id =
-                    m.id.clone()
-                        .or_else(|| {
-                            target
-                                .as_ref()
-                                .and_then(|t| t.rsplit('/').next().map(str::to_string))
-                        })
-                        .ok_or_else(|| {
-                            BuildError::Invalid("secret mount needs an id or a target".into())
-                        })?;
-                let Some(secret) = ctx.secrets.get(&id) else {
-                    if m.required {
-                        return Err(BuildError::Invalid(format!("secret {id} is required but was not provided (use --secret id={id},src=PATH)")));
-                    }
-                    continue;
-                };
-                let value = secret.read(&id)?;
-                if let Some(var) = &m.env {
-                    env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
-                    if m.target.is_none() {
-                        continue;
-                    }
-                }
-                let file = step_dir.join(format!("secret-{i}"));
-                {
-                    use std::io::Write as _;
-                    use std::os::unix::fs::OpenOptionsExt as _;
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(m.mode.unwrap_or(0o400))
-                        .open(&file)
-                        .map_err(BuildError::io("write secret", &file))?;
-                    f.write_all(&value)
-                        .map_err(BuildError::io("write secret", &file))?;
-                }
-                let _ = std::os::unix::fs::chown(
-                    &file,
-                    Some(m.uid.unwrap_or(0)),
-                    Some(m.gid.unwrap_or(0)),
-                );
-                mounts.push(ExtraMount {
-                    target: target.unwrap_or_else(|| format!("/run/secrets/{id}")),
-                    kind: ExtraMountKind::Bind {
-                        source: file,
-                        readonly: true,
-                    },
-                });
-            }
+            MountType::Secret => out.secret(ctx, m, target, &scratch("secret"))?,
             MountType::Bind => {
-                let target = target
-                    .ok_or_else(|| BuildError::Invalid("bind mount needs a target".into()))?;
-                let root = match &m.from {
-                    Some(from) => ctx.from_roots.get(from).cloned().ok_or_else(|| {
-                        BuildError::Invalid(format!(
-                            "--mount from={from}: no such stage or image was prepared"
-                        ))
-                    })?,
-                    None => ctx.context_dir.to_path_buf(),
-                };
-                let source = safe_join(&root, m.source.as_deref().unwrap_or("/"));
-                if !source.exists() {
-                    return Err(BuildError::Invalid(format!(
-                        "--mount source {} does not exist",
-                        m.source.as_deref().unwrap_or("/")
-                    )));
-                }
-                // A `rw` bind takes writes that are thrown away afterwards: a directory gets a
-                // throwaway overlay on top, a file a throwaway copy.
-                let source = if m.read_only {
-                    source
-                } else if source.is_dir() {
-                    let base = step_dir.join(format!("bind-{i}"));
-                    for d in ["upper", "work", "merged"] {
-                        std::fs::create_dir_all(base.join(d))
-                            .map_err(BuildError::io("create", base.join(d)))?;
-                    }
-                    let overlay = crate::snapshot::Mount {
-                        kind: "overlay".into(),
-                        source: "overlay".into(),
-                        options: vec![
-                            format!("lowerdir={}", source.display()),
-                            format!("upperdir={}", base.join("upper").display()),
-                            format!("workdir={}", base.join("work").display()),
-                        ],
-                    };
-                    let guard = super::mounts::MountGuard::mount(&[overlay], &base.join("merged"))?;
-                    let merged = guard.path().to_path_buf();
-                    guards.push(guard);
-                    merged
-                } else {
-                    let copy = step_dir.join(format!("bind-{i}-file"));
-                    std::fs::copy(&source, &copy).map_err(BuildError::io("copy", &source))?;
-                    copy
-                };
-                mounts.push(ExtraMount {
-                    target,
-                    kind: ExtraMountKind::Bind {
-                        source,
-                        readonly: m.read_only,
-                    },
-                });
+                let target = target.ok_or(BuildError::MountNeedsTarget("bind"))?;
+                out.bind(ctx, m, target, &scratch("bind"))?;
             }
-            MountType::Ssh => {
-                return Err(BuildError::Invalid(
-                    "RUN --mount=type=ssh is not supported by kiln yet".into(),
-                ))
-            }
+            MountType::Ssh => return Err(BuildError::SshMountUnsupported),
         }
     }
-    Ok((mounts, env, guards, locks))
+    Ok(out)
+}
+
+impl PreparedMounts {
+    /// `type=cache`: a directory under the state root kept across builds. `locked` waits for
+    /// other builds using it; `private` takes a fresh, throwaway directory (`private_dir`)
+    /// when another build holds it; `shared` just shares it.
+    fn cache(
+        &mut self,
+        ctx: &RunContext<'_>,
+        m: &Mount,
+        target: String,
+        private_dir: &Path,
+    ) -> Result<(), BuildError> {
+        let id = m.id.clone().unwrap_or_else(|| target.clone());
+        let dir = ctx.cache_mounts_dir.join(sanitize_id(&id));
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(BuildError::io("create cache mount", &dir))?;
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = m.mode.unwrap_or(0o755);
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+                .map_err(BuildError::io("chmod cache mount", &dir))?;
+            std::os::unix::fs::chown(&dir, Some(m.uid.unwrap_or(0)), Some(m.gid.unwrap_or(0)))
+                .map_err(BuildError::io("chown cache mount", &dir))?;
+        }
+        let lock_path = dir.with_extension("lock");
+        let dir = match m.sharing {
+            Some(Sharing::Locked) | Some(Sharing::Private) => {
+                let lock = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .map_err(BuildError::io("open", &lock_path))?;
+                if m.sharing == Some(Sharing::Locked) {
+                    lock.lock().map_err(BuildError::io("lock", &lock_path))?;
+                    self.locks.push(lock);
+                    dir
+                } else if lock.try_lock().is_ok() {
+                    self.locks.push(lock);
+                    dir
+                } else {
+                    std::fs::create_dir_all(private_dir)
+                        .map_err(BuildError::io("create", private_dir))?;
+                    private_dir.to_path_buf()
+                }
+            }
+            _ => dir,
+        };
+        self.mounts.push(ExtraMount {
+            target,
+            kind: ExtraMountKind::Bind {
+                source: dir,
+                readonly: m.read_only,
+            },
+        });
+        Ok(())
+    }
+
+    /// `type=secret`: the value as a file (mode, uid, gid as given; `/run/secrets/<id>` by
+    /// default) written to `file` and bound read-only, and/or as an env variable (`env=`).
+    fn secret(
+        &mut self,
+        ctx: &RunContext<'_>,
+        m: &Mount,
+        target: Option<String>,
+        file: &Path,
+    ) -> Result<(), BuildError> {
+        let id =
+            m.id.clone()
+                .or_else(|| {
+                    target
+                        .as_ref()
+                        .and_then(|t| t.rsplit('/').next().map(str::to_string))
+                })
+                .ok_or(BuildError::MountNeedsTarget("secret"))?;
+        let Some(secret) = ctx.secrets.get(&id) else {
+            if m.required {
+                return Err(BuildError::SecretRequired(id));
+            }
+            return Ok(());
+        };
+        let value = secret.read(&id)?;
+        if let Some(var) = &m.env {
+            self.env
+                .push(format!("{var}={}", String::from_utf8_lossy(&value)));
+            if m.target.is_none() {
+                return Ok(());
+            }
+        }
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(m.mode.unwrap_or(0o400))
+                .open(file)
+                .map_err(BuildError::io("write secret", file))?;
+            f.write_all(&value)
+                .map_err(BuildError::io("write secret", file))?;
+        }
+        std::os::unix::fs::chown(file, Some(m.uid.unwrap_or(0)), Some(m.gid.unwrap_or(0)))
+            .map_err(BuildError::io("chown secret", file))?;
+        self.mounts.push(ExtraMount {
+            target: target.unwrap_or_else(|| format!("/run/secrets/{id}")),
+            kind: ExtraMountKind::Bind {
+                source: file.to_path_buf(),
+                readonly: true,
+            },
+        });
+        Ok(())
+    }
+
+    /// `type=bind`: a path of the context, another stage or an image. A `rw` bind takes
+    /// writes that are thrown away afterwards: a directory gets a throwaway overlay on top
+    /// (under `scratch`), a file a throwaway copy.
+    fn bind(
+        &mut self,
+        ctx: &RunContext<'_>,
+        m: &Mount,
+        target: String,
+        scratch: &Path,
+    ) -> Result<(), BuildError> {
+        let root = match &m.from {
+            Some(from) => ctx
+                .from_roots
+                .get(from)
+                .cloned()
+                .ok_or_else(|| BuildError::FromNotReady(from.clone()))?,
+            None => ctx.context_dir.to_path_buf(),
+        };
+        let source = safe_join(&root, m.source.as_deref().unwrap_or("/"));
+        if !source.exists() {
+            return Err(BuildError::MountSourceMissing(
+                m.source.clone().unwrap_or_else(|| "/".into()),
+            ));
+        }
+        let source = if m.read_only {
+            source
+        } else if source.is_dir() {
+            for d in ["upper", "work", "merged"] {
+                std::fs::create_dir_all(scratch.join(d))
+                    .map_err(BuildError::io("create", scratch.join(d)))?;
+            }
+            let overlay = crate::snapshot::Mount {
+                kind: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![
+                    format!("lowerdir={}", source.display()),
+                    format!("upperdir={}", scratch.join("upper").display()),
+                    format!("workdir={}", scratch.join("work").display()),
+                ],
+            };
+            let guard = super::mounts::MountGuard::mount(&[overlay], &scratch.join("merged"))?;
+            let merged = guard.path().to_path_buf();
+            self.guards.push(guard);
+            merged
+        } else {
+            let copy = scratch.with_extension("file");
+            std::fs::copy(&source, &copy).map_err(BuildError::io("copy", &source))?;
+            copy
+        };
+        self.mounts.push(ExtraMount {
+            target,
+            kind: ExtraMountKind::Bind {
+                source,
+                readonly: m.read_only,
+            },
+        });
+        Ok(())
+    }
 }
 
 /// `root` joined with a cleaned `rel` that cannot climb out of it (symlinks are not resolved
@@ -411,7 +431,7 @@ pub fn run_in_snapshot(
         Ok(s) => s,
         Err(e) => {
             let _ = ctx.snapshots.remove_active(key);
-            return Err(BuildError::Invalid(e.to_string()));
+            return Err(e.into());
         }
     };
     if let Ok(upper) = ctx.snapshots.upper_dir(key) {

@@ -64,9 +64,7 @@ impl<T: Clone> StageBoard<T> {
         let mut state = self.lock();
         if !state.planned.contains(&index) {
             // e.g. named only after expansion, or by an ONBUILD trigger of a base image.
-            return Err(BuildError::Invalid(format!(
-                "stage {name} is not built for this target: name it literally in the Dockerfile"
-            )));
+            return Err(BuildError::StageNotPlanned(name.to_string()));
         }
         if !state.done.contains_key(&index) {
             state.free_slots += 1;
@@ -83,7 +81,7 @@ impl<T: Clone> StageBoard<T> {
             Some(Some(result)) => Ok(result.clone()),
             _ => {
                 state.failed_waiting.insert(waiter);
-                Err(BuildError::Invalid(format!("stage {name} failed")))
+                Err(BuildError::StageFailed(name.to_string()))
             }
         }
     }

@@ -112,15 +112,14 @@ impl BuildSession<'_> {
             default_network: self.req.network,
             from_roots: &from_roots,
         };
-        let (mounts, secret_env, bind_guards, cache_locks) =
-            prepare_mounts(command.run, &ctx, &command.workdir, &step_dir)?;
+        let prepared = prepare_mounts(command.run, &ctx, &command.workdir, &step_dir)?;
         let spec = RunSpec {
             args: command.args.clone(),
-            env: command.env.iter().cloned().chain(secret_env).collect(),
+            env: command.env.iter().cloned().chain(prepared.env).collect(),
             cwd: command.workdir.clone(),
             user,
             network: command.network,
-            mounts,
+            mounts: prepared.mounts,
             ..RunSpec::default()
         };
         let active = unique("run");
@@ -131,10 +130,10 @@ impl BuildSession<'_> {
             })
         };
         let result = run_in_snapshot(&ctx, &active, parent.as_ref(), spec, &mut on_output);
-        for guard in bind_guards.into_iter().chain(from_guards) {
+        for guard in prepared.guards.into_iter().chain(from_guards) {
             let _ = guard.unmount();
         }
-        drop(cache_locks);
+        drop(prepared.locks);
         let _ = std::fs::remove_dir_all(&step_dir);
         let (status, tail) = result?;
         if !status.success() {
