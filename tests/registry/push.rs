@@ -4,17 +4,15 @@
 //! the loopback proxy; uploads cut in the middle and answered 500/429 still complete. Building
 //! needs root (overlayfs, an OCI runtime), as the build tests do.
 
-mod support;
-
-use support::busybox::ok;
+use crate::support::busybox::ok;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use support::busybox::{registry_with_busybox, Registry as BusyboxRegistry};
-use support::proxy::{Action, FaultProxy};
-use support::registry::{Setup, TestRegistry, PASSWORD, USER};
-use support::token::TokenIssuer;
+use crate::support::busybox::{registry_with_busybox, Registry as BusyboxRegistry};
+use crate::support::proxy::{Action, FaultProxy};
+use crate::support::registry::{Setup, TestRegistry, PASSWORD, USER};
+use crate::support::token::TokenIssuer;
 
 const DOCKERFILE: &str = "FROM busybox
 COPY big.bin /big.bin
@@ -109,7 +107,7 @@ fn port_of(addr: &str) -> u16 {
 }
 
 fn skopeo(args: &[&str]) -> Output {
-    let out = Command::new(support::require_tool("skopeo", "skopeo"))
+    let out = Command::new(crate::support::require_tool("skopeo", "skopeo"))
         .arg("--insecure-policy")
         .args(args)
         .output()

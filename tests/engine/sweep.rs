@@ -2,14 +2,12 @@
 //! scratch behind (nothing can clean up after SIGKILL); the next build clears them, and the
 //! store stays valid throughout.
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::busybox::{kiln, ok, registry_with_busybox};
+use crate::support::busybox::{kiln, ok, registry_with_busybox};
 
 fn mounts_under(root: &Path) -> Vec<String> {
     let root = fs::canonicalize(root).unwrap();

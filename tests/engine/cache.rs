@@ -2,15 +2,13 @@
 //! why a miss happened (`cache miss:` lines), `--no-cache-filter`, two builds sharing a state
 //! root, and the cache carried to an empty state root through `--cache-to`/`--cache-from`.
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 
-use support::busybox::{
+use crate::support::busybox::{
     kiln, move_busybox_tag, ok, registry_with_busybox, step_outcomes, Registry,
 };
-use support::proxy::FaultProxy;
+use crate::support::proxy::FaultProxy;
 
 const DOCKERFILE: &str = "FROM busybox
 WORKDIR /app
@@ -369,7 +367,7 @@ fn prune_drops_cache_but_never_what_a_tagged_image_needs() {
         &["run", "app", "cat", "/one", "/three"],
     ));
     assert_eq!(run, "a1");
-    support::busybox::unpack(
+    crate::support::busybox::unpack(
         p.root.path(),
         "docker.io/library/app:latest",
         &p.root.path().join("check"),

@@ -3,8 +3,6 @@
 //! trees compared with umoci's unpacking of the same image, `dest=-` on stdout, `kiln save` →
 //! `kiln load` into a fresh state root, and hostile archives refused by `kiln load`.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
@@ -12,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use support::busybox::{kiln, ok, registry_with_busybox, run, unpack, Registry};
+use crate::support::busybox::{kiln, ok, registry_with_busybox, run, unpack, Registry};
 
 const DOCKERFILE: &str = "FROM busybox
 RUN mkdir -p /data/sub && echo hello > /data/hello.txt && chmod 0640 /data/hello.txt \\
@@ -101,7 +99,10 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
                 walk(root, &path, out);
                 "dir".to_string()
             } else if meta.is_file() {
-                format!("file {}", support::sha256sum(&fs::read(&path).unwrap()))
+                format!(
+                    "file {}",
+                    crate::support::sha256sum(&fs::read(&path).unwrap())
+                )
             } else {
                 format!("special rdev={}", meta.rdev())
             };
@@ -135,7 +136,7 @@ fn oci_archive_is_read_by_skopeo_and_unpacked_by_umoci() {
     let config = run(Command::new("skopeo")
         .args(["inspect", "--config", "--raw"])
         .arg(format!("oci-archive:{}", archive.display())));
-    let config_digest = support::sha256sum(&config.stdout);
+    let config_digest = crate::support::sha256sum(&config.stdout);
     assert_eq!(config_digest, id, "the archive's config is the image ID");
 
     let entries = tar_entries(&fs::read(&archive).unwrap());
@@ -465,7 +466,7 @@ fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
 }
 
 fn sha_hex(bytes: &[u8]) -> String {
-    support::sha256sum(bytes)[7..].to_string()
+    crate::support::sha256sum(bytes)[7..].to_string()
 }
 
 /// `kiln load` of `bytes` into `root`.
@@ -699,7 +700,7 @@ fn load_reads_legacy_docker_archives_and_checks_diff_ids() {
 
 #[test]
 fn local_and_tar_outputs_keep_owners_modes_and_xattrs() {
-    support::busybox::require_root();
+    crate::support::busybox::require_root();
     let dir = tempfile::tempdir().unwrap();
     // A base image whose only layer has a file with an owner, a mode and a user xattr.
     let mut layer = tar::Builder::new(Vec::new());

@@ -3,18 +3,16 @@
 //! fault injection through a proxy. Needs the Debian packages docker-registry, skopeo, openssl,
 //! apache2-utils and busybox-static; a missing one fails the test with its name.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use kiln::oci::Digest;
 use kiln::registry::{Credential, RegistryClient, RegistryError, RetryPolicy};
 
-use support::layout::{self, OciLayout, PushOptions};
-use support::proxy::{Action, FaultProxy};
-use support::registry::{basic, endpoint_for, Setup, TestRegistry, TestTls, PASSWORD, USER};
-use support::token::{TokenIssuer, REFRESH_TOKEN};
-use support::{manifest_blobs, sha256sum, skopeo_raw, verify_blob, VecSink};
+use crate::support::layout::{self, OciLayout, PushOptions};
+use crate::support::proxy::{Action, FaultProxy};
+use crate::support::registry::{basic, endpoint_for, Setup, TestRegistry, TestTls, PASSWORD, USER};
+use crate::support::token::{TokenIssuer, REFRESH_TOKEN};
+use crate::support::{manifest_blobs, sha256sum, skopeo_raw, verify_blob, VecSink};
 
 fn creds() -> String {
     format!("{USER}:{PASSWORD}")

@@ -4,89 +4,29 @@
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn require_tool(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} is missing: install it with `apt-get install -y {package}` (.ci/run does)"
-    );
-}
+use crate::support::registry::{Setup, TestRegistry, PASSWORD, USER};
+use crate::support::{require_tool, run};
 
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
+/// A registry of the shared harness, with its address at hand.
 struct Registry {
-    child: Child,
     addr: String,
-    _dir: tempfile::TempDir,
+    inner: TestRegistry,
 }
 
 impl Registry {
     fn start() -> Registry {
-        Registry::start_with("")
+        Registry::with(Setup::Anonymous)
     }
 
-    /// `extra` is appended to the registry's config.yml (e.g. an `auth:` section).
-    fn start_with(extra: &str) -> Registry {
-        require_tool("docker-registry", "docker-registry");
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ) + extra,
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not start on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn with(setup: Setup<'_>) -> Registry {
+        let inner = TestRegistry::start(setup);
         Registry {
-            child,
-            addr,
-            _dir: dir,
+            addr: inner.host(),
+            inner,
         }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -566,14 +506,7 @@ fn concurrent_pulls_of_overlapping_images_share_one_store() {
 #[test]
 fn basic_auth_login_pull_and_logout() {
     require_tool("htpasswd", "apache2-utils");
-    let auth_dir = tempfile::tempdir().unwrap();
-    let htpasswd = auth_dir.path().join("htpasswd");
-    let out = run(Command::new("htpasswd").args(["-Bbn", "alice", "s3cret-pw"]));
-    std::fs::write(&htpasswd, &out.stdout).unwrap();
-    let reg = Registry::start_with(&format!(
-        "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-        htpasswd.display()
-    ));
+    let reg = Registry::with(Setup::Htpasswd);
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("layout");
     make_image(&layout, "1", "amd64", &[("private", b"p".to_vec())]);
@@ -582,7 +515,7 @@ fn basic_auth_login_pull_and_logout() {
             "copy",
             "--dest-tls-verify=false",
             "--dest-creds",
-            "alice:s3cret-pw",
+            &format!("{USER}:{PASSWORD}"),
         ])
         .arg(format!("oci:{}:1", layout.display()))
         .arg(format!("docker://{}/team/private:1", reg.addr)));
@@ -625,7 +558,7 @@ fn basic_auth_login_pull_and_logout() {
 
     // A wrong password is refused and never echoed.
     let out = kiln_with(
-        &["login", &reg.addr, "-u", "alice", "--password-stdin"],
+        &["login", &reg.addr, "-u", USER, "--password-stdin"],
         Some("wrong-pw-123\n"),
     );
     assert_eq!(out.status.code(), Some(1));
@@ -638,8 +571,8 @@ fn basic_auth_login_pull_and_logout() {
 
     // The right one is stored where Docker keeps it, and pulls use it.
     let out = kiln_with(
-        &["login", &reg.addr, "-u", "alice", "--password-stdin"],
-        Some("s3cret-pw\n"),
+        &["login", &reg.addr, "-u", USER, "--password-stdin"],
+        Some(&format!("{PASSWORD}\n")),
     );
     assert!(
         out.status.success(),
@@ -660,7 +593,7 @@ fn basic_auth_login_pull_and_logout() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret-pw"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(PASSWORD));
 
     // After logout, anonymous again.
     assert!(kiln_with(&["logout", &reg.addr], None).status.success());
@@ -913,8 +846,7 @@ fn a_registry_stopped_mid_pull_gives_a_clear_error() {
     let work = tempfile::tempdir().unwrap();
     let (name, _) = pushed_image(&reg, work.path(), "gone", 1 << 16);
     let addr = reg.addr.clone();
-    let _ = reg.child.kill();
-    let _ = reg.child.wait();
+    reg.inner.stop();
     let root = work.path().join("root");
     let out = kiln(
         &root,

@@ -1,0 +1,14 @@
+//! The build engine end to end, as root: `kiln build`/`run` against a real registry with RUN
+//! steps in crun/runc, the layer cache, exports, layer extraction, the sandbox, the store and
+//! the sweep of what killed builds leave. Shared harness: tests/support.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod build;
+mod cache;
+mod export;
+mod extract;
+mod sandbox;
+mod store;
+mod sweep;
