@@ -315,3 +315,79 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod constructor_tests {
+    use super::*;
+
+    fn run_key(args: &[&str], env: &[&str], network: &str, mounts: &[&str]) -> Digest {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<String> = env.iter().map(|s| s.to_string()).collect();
+        let mounts: Vec<String> = mounts.iter().map(|s| s.to_string()).collect();
+        StepMaterial::run(
+            &Digest::of(b"parent"),
+            &RunInputs {
+                args: &args,
+                env: &env,
+                workdir: "/app",
+                user: "",
+                network,
+                mounts: &mounts,
+            },
+        )
+        .key()
+    }
+
+    #[test]
+    fn every_run_input_is_in_the_key() {
+        let base = run_key(&["sh", "-c", "make"], &["A=1"], "Host", &[]);
+        assert_eq!(
+            base,
+            run_key(&["sh", "-c", "make"], &["A=1"], "Host", &[]),
+            "deterministic"
+        );
+        assert_ne!(
+            base,
+            run_key(&["sh", "-c", "make all"], &["A=1"], "Host", &[])
+        );
+        assert_ne!(base, run_key(&["sh", "-c", "make"], &["A=2"], "Host", &[]));
+        assert_ne!(base, run_key(&["sh", "-c", "make"], &["A=1"], "None", &[]));
+        assert_ne!(
+            base,
+            run_key(
+                &["sh", "-c", "make"],
+                &["A=1"],
+                "Host",
+                &["type=cache,target=/c"]
+            )
+        );
+    }
+
+    #[test]
+    fn from_keys_name_the_image_id_and_platform_not_the_name() {
+        let amd64 = Platform::parse("linux/amd64").unwrap();
+        let arm64 = Platform::parse("linux/arm64").unwrap();
+        let a = StepMaterial::image("sha256:1", &amd64, "busybox");
+        assert_eq!(
+            a.key(),
+            StepMaterial::image("sha256:1", &amd64, "mirror/busybox").key()
+        );
+        assert_ne!(
+            a.key(),
+            StepMaterial::image("sha256:2", &amd64, "busybox").key()
+        );
+        assert_ne!(
+            a.key(),
+            StepMaterial::image("sha256:1", &arm64, "busybox").key()
+        );
+        assert_ne!(
+            StepMaterial::scratch(&amd64).key(),
+            StepMaterial::scratch(&arm64).key()
+        );
+        let p = Digest::of(b"p");
+        assert_ne!(
+            StepMaterial::workdir(&p, "/app", "").key(),
+            StepMaterial::workdir(&p, "/app", "1000").key()
+        );
+    }
+}

@@ -191,3 +191,91 @@ pub fn stage_ref(df: &Dockerfile, from: &str) -> Option<usize> {
     }
     from.parse::<usize>().ok().filter(|i| *i < df.stages.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::SourceFile;
+    use crate::dockerfile::parse_dockerfile;
+
+    fn plan_text(text: &str, target: Option<&str>) -> Result<Plan, GraphError> {
+        let df = parse_dockerfile(&SourceFile::new("Dockerfile", text)).unwrap();
+        let amd64 = Platform::parse("linux/amd64").unwrap();
+        let arm64 = Platform::parse("linux/arm64").unwrap();
+        plan(
+            &df,
+            &PlanOptions {
+                build_args: &BTreeMap::new(),
+                target,
+                target_platform: &arm64,
+                build_platform: &amd64,
+            },
+        )
+    }
+
+    #[test]
+    fn edges_come_from_from_copy_from_and_mount_from() {
+        let text = "FROM busybox AS tools\n\
+                    FROM busybox AS assets\n\
+                    FROM scratch AS unused\n\
+                    FROM tools AS app\n\
+                    COPY --from=assets /a /a\n\
+                    RUN --mount=type=bind,from=1,target=/m true\n\
+                    COPY --from=alpine:3 /b /b\n";
+        let plan = plan_text(text, None).unwrap();
+        assert_eq!(plan.target, 3);
+        assert_eq!(plan.stages[3].base, Base::Stage(0));
+        assert_eq!(plan.stages[3].deps, BTreeSet::from([0, 1]));
+        assert_eq!(
+            plan.order,
+            vec![0, 1, 3],
+            "an image --from is no stage edge"
+        );
+    }
+
+    #[test]
+    fn platforms_follow_from_platform_and_the_build_platform_args() {
+        let text = "FROM --platform=$BUILDPLATFORM busybox AS build\n\
+                    FROM busybox\n\
+                    COPY --from=build /x /x\n";
+        let plan = plan_text(text, None).unwrap();
+        assert_eq!(plan.stages[0].platform.to_string(), "linux/amd64");
+        assert_eq!(plan.stages[1].platform.to_string(), "linux/arm64");
+        assert!(plan
+            .auto_args
+            .contains(&("TARGETARCH".to_string(), "arm64".to_string())));
+        assert!(plan
+            .auto_args
+            .contains(&("BUILDARCH".to_string(), "amd64".to_string())));
+    }
+
+    #[test]
+    fn planning_errors_name_the_instruction() {
+        let err = plan_text("ARG EMPTY\nFROM ${EMPTY}\n", None).unwrap_err();
+        match &err {
+            GraphError::At {
+                instruction,
+                span,
+                source,
+            } => {
+                assert_eq!(instruction, "FROM ${EMPTY}");
+                assert_eq!(span.start_pos.line, 2);
+                assert!(matches!(**source, GraphError::BlankBase(_)), "{source:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = plan_text(
+            "FROM busybox\nCOPY --from=later / /\nFROM busybox AS later\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("only read from earlier stages"),
+            "{err}"
+        );
+        let err = plan_text("FROM --platform=nope/x/y/z busybox\n", None).unwrap_err();
+        assert!(matches!(err, GraphError::At { .. }), "{err:?}");
+        let err = plan_text("FROM busybox\n", Some("missing")).unwrap_err();
+        assert!(matches!(err, GraphError::TargetNotFound(_)), "{err:?}");
+    }
+}
