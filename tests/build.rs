@@ -1204,3 +1204,35 @@ fn hard_links_among_copied_files_stay_hard_links() {
     std::fs::write(p.ctx().join("h/a"), "changed").unwrap();
     check("changed");
 }
+
+#[test]
+fn a_run_on_a_base_without_dev_leaves_its_mount_points_0755() {
+    // The runtime makes /dev, /proc and /sys (and the parents of the mounts) as mount points
+    // when the rootfs lacks them, and they stay in the RUN's layer. BuildKit's runc makes them
+    // 0755; crun makes them 01755, so kiln makes them itself, before the runtime starts.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox AS bb\nFROM scratch\nCOPY --from=bb /bin/busybox /bin/busybox\n\
+         RUN --mount=type=tmpfs,target=/cache/deep [\"/bin/busybox\", \"touch\", \"/cache/kept\"]\n",
+    )]);
+    p.build("nodev:1");
+    let rootfs = p.unpack("nodev:1", "u");
+    use std::os::unix::fs::MetadataExt as _;
+    let mode = |d: &str| {
+        let m = std::fs::symlink_metadata(rootfs.join(d)).unwrap();
+        assert!(m.is_dir(), "{d} is not a directory");
+        (m.mode() & 0o7777, m.uid(), m.gid())
+    };
+    for d in ["dev", "proc", "sys", "cache"] {
+        assert_eq!(mode(d), (0o755, 0, 0), "/{d}");
+    }
+    assert!(rootfs.join("cache/kept").is_file());
+    assert!(
+        !rootfs.join("cache/deep").exists(),
+        "an empty mount stub stays out"
+    );
+    assert!(
+        !rootfs.join("etc").exists(),
+        "so does the parent of /etc/hosts"
+    );
+}
