@@ -1236,3 +1236,40 @@ fn a_run_on_a_base_without_dev_leaves_its_mount_points_0755() {
         "so does the parent of /etc/hosts"
     );
 }
+
+#[test]
+fn add_skips_an_archive_entry_that_names_the_root_as_a_file() {
+    // A regular-file entry with an empty name, or `./`, names the directory the archive is
+    // unpacked into; BuildKit (moby's archive.Unpack) skips it and unpacks the rest.
+    let p = Scratch::new(&[("Dockerfile", "FROM scratch\nADD odd.tar /x/\n")]);
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut file = |name: &[u8], data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name = [0; 100];
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        tar.append(&h, data).unwrap();
+    };
+    file(b"", b"no name\n");
+    file(b"./", b"dot slash\n");
+    file(b"a.txt", b"kept\n");
+    std::fs::write(p.ctx().join("odd.tar"), tar.into_inner().unwrap()).unwrap();
+    p.build("oddtar:1");
+    let rootfs = p.unpack("oddtar:1", "u");
+    assert!(rootfs.join("x").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("x/a.txt")).unwrap(),
+        "kept\n"
+    );
+    let names: Vec<_> = std::fs::read_dir(rootfs.join("x"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["a.txt"]);
+}
