@@ -637,19 +637,17 @@ impl DestRoot {
                     }
                     rustix::fs::mkdirat(&fd, part, Mode::from_raw_mode(0o755))
                         .map_err(errno("create directory", rel))?;
-                    let _ = rustix::fs::chownat(
+                    rustix::fs::chownat(
                         &fd,
                         part,
                         Some(rustix::fs::Uid::from_raw(owner.0)),
                         Some(rustix::fs::Gid::from_raw(owner.1)),
                         AtFlags::SYMLINK_NOFOLLOW,
-                    );
-                    let _ = rustix::fs::chmodat(
-                        &fd,
-                        part,
-                        Mode::from_raw_mode(0o755),
-                        AtFlags::empty(),
-                    );
+                    )
+                    .map_err(errno("chown", &prefix))?;
+                    // 0755 whatever the umask.
+                    rustix::fs::chmodat(&fd, part, Mode::from_raw_mode(0o755), AtFlags::empty())
+                        .map_err(errno("chmod", &prefix))?;
                     if let Some(t) = mtime {
                         set_times(&fd, part, t, 0);
                     }
@@ -811,16 +809,20 @@ fn apply_meta(
     let pfd = root
         .resolve(parent, OFlags::PATH | OFlags::DIRECTORY)
         .map_err(errno("open", rel))?;
-    let _ = rustix::fs::chownat(
+    rustix::fs::chownat(
         &pfd,
         name,
         Some(rustix::fs::Uid::from_raw(owner.0)),
         Some(rustix::fs::Gid::from_raw(owner.1)),
         AtFlags::SYMLINK_NOFOLLOW,
-    );
+    )
+    .map_err(errno("chown", rel))?;
+    // Linux has no mode on a symlink (fchmodat refuses AT_SYMLINK_NOFOLLOW), and following
+    // it would change its target: a symlink keeps the mode it was made with, as in BuildKit.
     if !meta.file_type().is_symlink() {
         let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode()));
-        let _ = rustix::fs::chmodat(&pfd, name, Mode::from_raw_mode(mode), AtFlags::empty());
+        rustix::fs::chmodat(&pfd, name, Mode::from_raw_mode(mode), AtFlags::empty())
+            .map_err(errno("chmod", rel))?;
     }
     set_times(&pfd, name, meta.mtime(), meta.mtime_nsec());
     Ok(())
@@ -1181,6 +1183,51 @@ mod tests {
             h1,
             hash_sources(&req(&ctx, &root, &["src"], "/"), &mem()).unwrap()
         );
+    }
+
+    /// A file made immutable (`chattr +i`) until dropped: even root cannot chown it.
+    struct Immutable(fs::File, rustix::fs::IFlags);
+
+    impl Immutable {
+        fn new(path: &Path) -> Immutable {
+            let f = fs::File::open(path).unwrap();
+            let flags = rustix::fs::ioctl_getflags(&f)
+                .expect("the temp dir's filesystem has no chattr flags");
+            rustix::fs::ioctl_setflags(&f, flags | rustix::fs::IFlags::IMMUTABLE).unwrap();
+            Immutable(f, flags)
+        }
+    }
+
+    impl Drop for Immutable {
+        fn drop(&mut self) {
+            let _ = rustix::fs::ioctl_setflags(&self.0, self.1);
+        }
+    }
+
+    #[test]
+    fn a_refused_chown_or_a_vanished_entry_is_an_error_naming_the_path() {
+        let (_d, ctx, root) = setup();
+        fs::write(root.join("locked"), "x").unwrap();
+        let dest = DestRoot::open(&root).unwrap();
+        let meta = fs::metadata(ctx.join("a.txt")).unwrap();
+        let e = {
+            let _locked = Immutable::new(&root.join("locked"));
+            apply_meta(&dest, "locked", &meta, (1000, 1000), None).unwrap_err()
+        };
+        assert!(
+            matches!(&e, CopyError::Io { op: "chown", path, .. } if path == Path::new("locked")),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("cannot chown locked: "), "{e}");
+        // An entry that vanished under the copy fails it too, instead of passing unnoticed.
+        let e = apply_meta(&dest, "gone", &meta, (0, 0), None).unwrap_err();
+        assert!(matches!(&e, CopyError::Io { op: "chown", .. }), "{e}");
+        // A symlink gets its owner but no mode (Linux has none for it), and that is no error.
+        std::os::unix::fs::symlink("a.txt", root.join("l")).unwrap();
+        let link_meta = fs::symlink_metadata(ctx.join("link")).unwrap();
+        let chmod = ChmodSpec::parse("0600").unwrap();
+        apply_meta(&dest, "l", &link_meta, (1000, 1000), Some(&chmod)).unwrap();
+        assert_eq!(fs::symlink_metadata(root.join("l")).unwrap().uid(), 1000);
     }
 
     fn mem() -> super::super::hashcache::FileHashCache {

@@ -447,7 +447,9 @@ impl<'a> Extractor<'a> {
             }
         }
         let Some((name, parent)) = comps.split_last() else {
-            // The layer root itself (`./`, `/`): only a directory makes sense there.
+            // The layer root itself (`./`, `/`, an empty name): a directory gives it its
+            // metadata; anything else could only replace the target, so it is skipped, as
+            // moby's archive.Unpack (BuildKit's ADD) and containerd's layer apply do.
             if kind == EntryType::Directory {
                 self.dirs.insert(
                     Vec::new(),
@@ -456,12 +458,8 @@ impl<'a> Extractor<'a> {
                         times: meta.times,
                     },
                 );
-                return Ok(());
             }
-            return Err(Self::invalid(
-                &raw,
-                "only a directory can name the layer root",
-            ));
+            return Ok(());
         };
         let rel = join(&comps);
         let dir = self

@@ -362,6 +362,40 @@ pub struct Sandbox {
     resolv_conf: PathBuf,
 }
 
+/// The directories the runtime needs in the rootfs to mount `spec`'s mounts: the mount
+/// points themselves, or for a file mount (`/etc/hosts`, a secret) its parent directory.
+fn mount_point_dirs(spec: &RunSpec) -> Vec<String> {
+    let fixed = [
+        ("/proc", true),
+        ("/dev", true),
+        ("/sys", true),
+        ("/etc/hosts", false),
+        ("/etc/resolv.conf", false),
+    ];
+    let extra = spec.mounts.iter().map(|m| {
+        let is_dir = match &m.kind {
+            ExtraMountKind::Tmpfs { .. } => true,
+            ExtraMountKind::Bind { source, .. } => source.is_dir(),
+        };
+        (m.target.as_str(), is_dir)
+    });
+    let mut out: Vec<String> = Vec::new();
+    for (target, is_dir) in fixed.into_iter().chain(extra) {
+        let mut comps = rootfs::components(target);
+        if !is_dir {
+            comps.pop();
+        }
+        if comps.is_empty() {
+            continue;
+        }
+        let dir = format!("/{}", comps.join("/"));
+        if !out.contains(&dir) {
+            out.push(dir);
+        }
+    }
+    out
+}
+
 static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 const STDERR_TAIL: usize = 8192;
@@ -467,6 +501,14 @@ impl Sandbox {
                     if !guard.stubs.contains(&p) {
                         guard.stubs.push(p);
                     }
+                }
+            }
+            // crun makes a missing mount point 01755, runc (BuildKit's) 0755, and the ones
+            // that are not stubs (/dev, /proc, /sys, a parent a RUN wrote into) stay in the
+            // layer: make them here as runc would, so the runtime finds them.
+            for dir in mount_point_dirs(spec) {
+                if !root.missing(&dir)?.is_empty() {
+                    root.mkdir_all(&dir, 0, 0)?;
                 }
             }
         }
@@ -672,6 +714,47 @@ mod tests {
                 .push(format!("unmount {}", target.display()));
             Ok(())
         }
+    }
+
+    #[test]
+    fn mount_points_are_directories_or_the_parents_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        fs::write(&file, "x").unwrap();
+        let bind = |target: &str, source: &Path| ExtraMount {
+            target: target.into(),
+            kind: ExtraMountKind::Bind {
+                source: source.to_path_buf(),
+                readonly: true,
+            },
+        };
+        let spec = RunSpec {
+            mounts: vec![
+                bind("/run/secrets/token", &file),
+                bind("/src/", dir.path()),
+                ExtraMount {
+                    target: "/cache/a/../b".into(),
+                    kind: ExtraMountKind::Tmpfs {
+                        size: None,
+                        mode: None,
+                    },
+                },
+                bind("/top", &file),
+            ],
+            ..RunSpec::default()
+        };
+        assert_eq!(
+            mount_point_dirs(&spec),
+            [
+                "/proc",
+                "/dev",
+                "/sys",
+                "/etc",
+                "/run/secrets",
+                "/src",
+                "/cache/b"
+            ]
+        );
     }
 
     #[test]

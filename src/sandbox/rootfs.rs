@@ -126,7 +126,7 @@ impl Root {
     }
 
     /// `mkdir -p` inside the root; directories it creates get mode 0755 and owner `uid:gid`
-    /// (as BuildKit does for a missing working directory).
+    /// (as BuildKit does for a missing working directory, and runc for a missing mount point).
     pub fn mkdir_all(&self, path: &str, uid: u32, gid: u32) -> Result<(), SandboxError> {
         let comps = components(path);
         let mut dir = self
@@ -141,6 +141,9 @@ impl Root {
                     rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)).map_err(|e| {
                         SandboxError::io("create directory", &self.host_path(here), e.into())
                     })?;
+                    // 0755 whatever kiln's umask: the mode ends up in the layer.
+                    rfs::chmodat(&dir, name, Mode::from_raw_mode(0o755), AtFlags::empty())
+                        .map_err(|e| SandboxError::io("chmod", &self.host_path(here), e.into()))?;
                     rfs::chownat(
                         &dir,
                         name,

@@ -1031,3 +1031,72 @@ fn hard_links_among_copied_files_stay_hard_links() {
     std::fs::write(p.ctx().join("h/a"), "changed").unwrap();
     check("changed");
 }
+
+#[test]
+fn a_run_on_a_base_without_dev_leaves_its_mount_points_0755() {
+    // The runtime makes /dev, /proc and /sys (and the parents of the mounts) as mount points
+    // when the rootfs lacks them, and they stay in the RUN's layer. BuildKit's runc makes them
+    // 0755; crun makes them 01755, so kiln makes them itself, before the runtime starts.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox AS bb\nFROM scratch\nCOPY --from=bb /bin/busybox /bin/busybox\n\
+         RUN --mount=type=tmpfs,target=/cache/deep [\"/bin/busybox\", \"touch\", \"/cache/kept\"]\n",
+    )]);
+    p.build("nodev:1");
+    let rootfs = p.unpack("nodev:1", "u");
+    use std::os::unix::fs::MetadataExt as _;
+    let mode = |d: &str| {
+        let m = std::fs::symlink_metadata(rootfs.join(d)).unwrap();
+        assert!(m.is_dir(), "{d} is not a directory");
+        (m.mode() & 0o7777, m.uid(), m.gid())
+    };
+    for d in ["dev", "proc", "sys", "cache"] {
+        assert_eq!(mode(d), (0o755, 0, 0), "/{d}");
+    }
+    assert!(rootfs.join("cache/kept").is_file());
+    assert!(
+        !rootfs.join("cache/deep").exists(),
+        "an empty mount stub stays out"
+    );
+    assert!(
+        !rootfs.join("etc").exists(),
+        "so does the parent of /etc/hosts"
+    );
+}
+
+#[test]
+fn add_skips_an_archive_entry_that_names_the_root_as_a_file() {
+    // A regular-file entry with an empty name, or `./`, names the directory the archive is
+    // unpacked into; BuildKit (moby's archive.Unpack) skips it and unpacks the rest.
+    let p = Scratch::new(&[("Dockerfile", "FROM scratch\nADD odd.tar /x/\n")]);
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut file = |name: &[u8], data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name = [0; 100];
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        tar.append(&h, data).unwrap();
+    };
+    file(b"", b"no name\n");
+    file(b"./", b"dot slash\n");
+    file(b"a.txt", b"kept\n");
+    std::fs::write(p.ctx().join("odd.tar"), tar.into_inner().unwrap()).unwrap();
+    p.build("oddtar:1");
+    let rootfs = p.unpack("oddtar:1", "u");
+    assert!(rootfs.join("x").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("x/a.txt")).unwrap(),
+        "kept\n"
+    );
+    let names: Vec<_> = std::fs::read_dir(rootfs.join("x"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["a.txt"]);
+}

@@ -669,3 +669,25 @@ fn streams_a_large_layer_without_holding_it() {
         SIZE
     );
 }
+
+#[test]
+fn non_directory_entries_naming_the_root_are_skipped() {
+    // moby's archive.Unpack (BuildKit's ADD) and containerd's layer apply both skip an entry
+    // that resolves to the target itself; a file can never be written there.
+    for mode in [WhiteoutMode::Apply, WhiteoutMode::Overlay] {
+        let s = Scratch::new();
+        let tar = TarBuf::new()
+            .file("", b"no name")
+            .file("./", b"dot slash")
+            .file("/", b"slash")
+            .symlink(".", "/etc")
+            .hardlink("a/..", "a.txt")
+            .file("a.txt", b"kept")
+            .finish();
+        extract(&tar, &s.target(), &unprivileged(mode)).unwrap();
+        assert!(s.target().is_dir() && !s.target().is_symlink());
+        assert_eq!(names(&s.target()), ["a.txt"], "{mode:?}");
+        assert_eq!(fs::read(s.target().join("a.txt")).unwrap(), b"kept");
+        s.assert_nothing_outside();
+    }
+}
