@@ -320,8 +320,16 @@ fn component_regex(pattern: &str) -> Result<regex::Regex, CopyError> {
     regex::Regex::new(&re).map_err(|_| CopyError::BadPattern(pattern.to_string()))
 }
 
-fn ignored(ignore: Option<&PatternMatcher>, rel: &str) -> bool {
-    ignore.is_some_and(|m| !rel.is_empty() && m.matches(rel))
+/// Whether `.dockerignore` leaves `rel` out of the context (see
+/// [`PatternMatcher::keeps_excluded_dir`] for the directories it keeps).
+fn ignored(ignore: Option<&PatternMatcher>, rel: &str, is_dir: bool) -> bool {
+    ignore.is_some_and(|m| {
+        !rel.is_empty() && m.matches(rel) && !(is_dir && m.keeps_excluded_dir(rel))
+    })
+}
+
+fn is_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
 /// Expands the sources against the source root.
@@ -353,7 +361,7 @@ fn select(req: &CopyRequest<'_>) -> Result<Vec<Selected>, CopyError> {
         };
         if !has_glob(&rel) {
             let p = req.source_root.join(&rel);
-            if fs::symlink_metadata(&p).is_err() || ignored(req.ignore, &rel) {
+            if fs::symlink_metadata(&p).is_err() || ignored(req.ignore, &rel, is_dir(&p)) {
                 return Err(CopyError::NotFound(src.clone()));
             }
             out.push(Selected {
@@ -401,7 +409,7 @@ fn select(req: &CopyRequest<'_>) -> Result<Vec<Selected>, CopyError> {
         }
         let before = out.len();
         for m in matches {
-            if !ignored(req.ignore, &m) {
+            if !ignored(req.ignore, &m, is_dir(&req.source_root.join(&m))) {
                 out.push(Selected {
                     keep: keep_of(&m),
                     rel: m,
@@ -451,7 +459,7 @@ fn walk_source(
             let path = req.source_root.join(&full_rel);
             // Relative to the open directory: no walk of the whole path for each file.
             let meta = entry.metadata().map_err(io_err("stat", &path))?;
-            let skip_ignored = ignored(req.ignore, &full_rel);
+            let skip_ignored = ignored(req.ignore, &full_rel, meta.is_dir());
             let skip_excluded = excludes.is_some_and(|m| m.matches(&child));
             let has_exceptions = req.ignore.is_some_and(|m| m.exclusions());
             if (skip_ignored || skip_excluded)

@@ -298,6 +298,21 @@ impl PatternMatcher {
         self.exclusions
     }
 
+    /// Whether the excluded directory `dir` is still sent with the context because an
+    /// exception pattern names a path below it literally (`!dir/file`), whether or not that
+    /// path exists: fsutil's walker, as the BuildKit of Moby 20.10 uses it, lets such a
+    /// directory pass the filter (`goto passedFilter`), so `COPY dir /x` finds it.
+    pub fn keeps_excluded_dir(&self, dir: &str) -> bool {
+        if !self.exclusions {
+            return false;
+        }
+        let dir_slash = format!("{}/", gosyntax::clean(dir));
+        self.patterns
+            .iter()
+            .filter(|p| p.is_exclusion())
+            .any(|p| format!("{}/", p.as_str()).starts_with(&dir_slash))
+    }
+
     /// The compiled patterns, in order.
     pub fn patterns(&self) -> &[Pattern] {
         &self.patterns

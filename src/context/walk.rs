@@ -4,7 +4,9 @@
 //! Symlinks are reported as symlinks and never followed. An excluded directory is skipped
 //! entirely unless an exception (`!` pattern) could match something inside it; then it is walked,
 //! its entries are filtered one by one, and the directory itself is yielded (before its first
-//! included entry) only if something inside it is included, so that entry's parents exist.
+//! included entry) only if something inside it is included, so that entry's parents exist. An
+//! excluded directory that an exception names literally below it (`!dir/file`) is yielded
+//! whether or not that file exists, as the fsutil of Moby 20.10's BuildKit does.
 
 use super::ignore::{MatchInfo, PatternMatcher};
 use std::fs;
@@ -116,7 +118,11 @@ impl Walker<'_> {
                 fs_path,
                 kind,
             };
-            if excluded {
+            let passes = kind == EntryKind::Dir
+                && self
+                    .matcher
+                    .is_some_and(|m| m.keeps_excluded_dir(&entry.path));
+            if excluded && !passes {
                 if kind == EntryKind::Dir && self.may_hold_exceptions(&entry.path) {
                     let depth = self.pending.len();
                     let (fs_path, path) = (entry.fs_path.clone(), entry.path.clone());

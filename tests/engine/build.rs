@@ -1100,3 +1100,25 @@ fn add_skips_an_archive_entry_that_names_the_root_as_a_file() {
         .collect();
     assert_eq!(names, ["a.txt"]);
 }
+
+#[test]
+fn an_ignored_directory_named_by_an_exception_is_still_in_the_context() {
+    // `.dockerignore` `**` then `!dir/file`, where dir/file does not exist: BuildKit keeps
+    // `dir` (empty) in the context, so `ADD dir /x` and `COPY dir /y` work; its other files
+    // stay out.
+    let p = Scratch::new(&[
+        (".dockerignore", "**\n!dir/file\n"),
+        ("dir/other.txt", "ignored\n"),
+        ("Dockerfile", "FROM scratch\nADD dir /x\nCOPY dir /y\n"),
+    ]);
+    p.build("ignored-dir:1");
+    let rootfs = p.unpack("ignored-dir:1", "u");
+    for d in ["x", "y"] {
+        assert!(rootfs.join(d).is_dir(), "/{d} is missing");
+        assert_eq!(
+            std::fs::read_dir(rootfs.join(d)).unwrap().count(),
+            0,
+            "/{d} holds an ignored file"
+        );
+    }
+}
