@@ -17,8 +17,7 @@
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 
-use crate::layer::Compression;
-use crate::oci::{Digest, DigestingReader, Reference};
+use crate::oci::{Compression, Digest, DigestingReader, Reference};
 use crate::store::{
     Store, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, MEDIA_TYPE_OCI_INDEX, OCI_LAYOUT,
 };
