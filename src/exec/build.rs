@@ -387,9 +387,7 @@ impl Builder {
                 }
                 source => {
                     let cached = CachedLayer {
-                        media_type: layer.layer.media_type.clone(),
-                        digest: layer.layer.digest.clone(),
-                        size: layer.layer.size,
+                        blob: layer.layer.clone(),
                         diff_id: layer.diff_id.clone(),
                     };
                     self.fetch_imported_layer(&cached, source.as_ref())
@@ -496,13 +494,13 @@ impl Builder {
             missing.push(lazy);
         }
         for lazy in missing.into_iter().rev() {
-            if !self.store.has_blob(&lazy.layer.digest) {
+            if !self.store.has_blob(&lazy.layer.blob.digest) {
                 self.fetch_imported_layer(&lazy.layer, lazy.source.as_ref())
                     .await
                     .map_err(|e| {
                         BuildError::Invalid(format!(
                             "cannot fetch cached layer {}: {e}",
-                            lazy.layer.digest
+                            lazy.layer.blob.digest
                         ))
                     })?;
             }
@@ -511,8 +509,8 @@ impl Builder {
                 &self.snapshots,
                 lazy.parent.as_ref(),
                 &lazy.layer.diff_id,
-                &lazy.layer.digest,
-                &lazy.layer.media_type,
+                &lazy.layer.blob.digest,
+                &lazy.layer.blob.media_type,
             )?;
         }
         Ok(())
@@ -1160,12 +1158,12 @@ impl Builder {
         };
         if let Some(layer) = record.layer {
             if let Some(t) = &record.created {
-                self.note_layer_time(&layer.digest, t);
+                self.note_layer_time(&layer.blob.digest, t);
             }
             let parent = image.top_chain().cloned();
             let chain = ChainId::of(parent.as_ref(), &layer.diff_id);
             if !self.snapshots.exists(&chain) {
-                if !self.store.has_blob(&layer.digest) && record.source.is_none() {
+                if !self.store.has_blob(&layer.blob.digest) && record.source.is_none() {
                     // A local record whose blob was pruned: the step must run again.
                     return Ok(false);
                 }
@@ -1182,11 +1180,7 @@ impl Builder {
                     );
             }
             image.layers.push(LayerState {
-                layer: LayerRef {
-                    media_type: layer.media_type,
-                    digest: layer.digest,
-                    size: layer.size,
-                },
+                layer: layer.blob,
                 diff_id: layer.diff_id,
                 chain,
             });
@@ -1209,13 +1203,7 @@ impl Builder {
             Some(RecordSource::Registry(repo)) => {
                 let reference = crate::oci::Reference::parse(repo).map_err(|e| e.to_string())?;
                 self.puller
-                    .fetch_blob(
-                        &reference,
-                        &layer.media_type,
-                        &layer.digest,
-                        layer.size,
-                        "cached layer",
-                    )
+                    .fetch_blob(&reference, &layer.blob, "cached layer")
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())
@@ -1226,16 +1214,14 @@ impl Builder {
     fn record(&self, key: &Digest, layer: Option<&LayerState>) -> Result<(), BuildError> {
         let record = CacheRecord {
             layer: layer.map(|l| CachedLayer {
-                media_type: l.layer.media_type.clone(),
-                digest: l.layer.digest.clone(),
-                size: l.layer.size,
+                blob: l.layer.clone(),
                 diff_id: l.diff_id.clone(),
             }),
             source: None,
             created: Some(build_time(None)),
         };
         if let (Some(l), Some(t)) = (&record.layer, &record.created) {
-            self.note_layer_time(&l.digest, t);
+            self.note_layer_time(&l.blob.digest, t);
         }
         Ok(self.cache.put(key, &record)?)
     }

@@ -10,7 +10,7 @@ pub mod source;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::oci::manifest::ImageConfig;
-use crate::oci::{media, Digest};
+use crate::oci::{media, BlobRef, Digest};
 use crate::store::{Descriptor, Store, StoreError};
 
 pub use archive::{write_archive, ArchiveFormat};
@@ -64,13 +64,9 @@ impl ExportError {
     }
 }
 
-/// A layer of the image being exported.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayerRef {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-}
+/// A layer blob of the image being exported: `oci`'s blob reference, under the name the build
+/// uses.
+pub use crate::oci::BlobRef as LayerRef;
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -91,7 +87,7 @@ pub struct ExportedImage {
 pub fn export_image(
     store: &Store,
     config: &ImageConfig,
-    layers: &[LayerRef],
+    layers: &[BlobRef],
     options: &ExportOptions,
 ) -> Result<ExportedImage, ExportError> {
     let config_bytes = serde_json::to_vec(config).map_err(|source| ExportError::Json {
@@ -104,19 +100,14 @@ pub fn export_image(
     } else {
         (media::DOCKER_MANIFEST, media::DOCKER_CONFIG)
     };
-    let layer_docs: Vec<serde_json::Value> = layers
+    let layer_docs: Vec<crate::oci::Descriptor> = layers
         .iter()
         .map(|l| {
-            let media_type = if options.oci_media_types {
-                l.media_type.clone()
-            } else {
-                docker_layer_type(&l.media_type).to_string()
-            };
-            serde_json::json!({
-                "mediaType": media_type,
-                "digest": l.digest.to_string(),
-                "size": l.size,
-            })
+            let mut d = l.descriptor();
+            if !options.oci_media_types {
+                d.media_type = docker_layer_type(&d.media_type).to_string();
+            }
+            d
         })
         .collect();
     let manifest = serde_json::json!({

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::oci::{media, Digest, Platform, Reference};
+use crate::oci::{self, media, BlobRef, Digest, Platform, Reference};
 use crate::progress::{Direction, Event, Reporter, TransferOutcome};
 use crate::store::{Descriptor, Ingest, Store, StoreError};
 
@@ -77,23 +77,12 @@ pub struct PulledImage {
     pub tag: String,
     /// The platform-specific manifest that the tag points at.
     pub manifest: Descriptor,
-    pub config: WireDescriptor,
-    pub layers: Vec<WireDescriptor>,
+    pub config: BlobRef,
+    pub layers: Vec<BlobRef>,
     /// Which endpoint served the image (a mirror or the registry itself).
     pub endpoint: String,
     /// Bytes downloaded now (0 when everything was already present).
     pub downloaded: u64,
-}
-
-/// The fields of a descriptor a pull needs.
-#[derive(Debug, Clone, Deserialize)]
-pub struct WireDescriptor {
-    #[serde(rename = "mediaType", default)]
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    #[serde(default)]
-    pub platform: Option<Platform>,
 }
 
 #[derive(Deserialize)]
@@ -103,11 +92,11 @@ struct WireDocument {
     #[serde(rename = "mediaType", default)]
     media_type: Option<String>,
     #[serde(default)]
-    manifests: Option<Vec<WireDescriptor>>,
+    manifests: Option<Vec<oci::Descriptor>>,
     #[serde(default)]
-    config: Option<WireDescriptor>,
+    config: Option<oci::Descriptor>,
     #[serde(default)]
-    layers: Option<Vec<WireDescriptor>>,
+    layers: Option<Vec<oci::Descriptor>>,
     #[serde(default, rename = "fsLayers")]
     fs_layers: Option<serde_json::Value>,
 }
@@ -115,10 +104,10 @@ struct WireDocument {
 // Short-lived and never stored in bulk, so the size difference does not matter.
 #[allow(clippy::large_enum_variant)]
 enum ManifestKind {
-    Index(Vec<WireDescriptor>),
+    Index(Vec<oci::Descriptor>),
     Image {
-        config: WireDescriptor,
-        layers: Vec<WireDescriptor>,
+        config: BlobRef,
+        layers: Vec<BlobRef>,
         media_type: String,
     },
 }
@@ -197,17 +186,9 @@ impl Puller {
     pub async fn fetch_blob(
         &self,
         reference: &Reference,
-        media_type: &str,
-        digest: &Digest,
-        size: u64,
+        blob: &BlobRef,
         label: &str,
     ) -> Result<u64, PullError> {
-        let desc = WireDescriptor {
-            media_type: media_type.to_string(),
-            digest: digest.clone(),
-            size,
-            platform: None,
-        };
         let endpoints = self
             .config
             .endpoints(reference.registry(), &self.credentials)?;
@@ -219,7 +200,7 @@ impl Puller {
                 &self.store,
                 &*self.reporter,
                 reference.repository(),
-                &desc,
+                blob,
                 label,
             )
             .await
@@ -273,15 +254,14 @@ impl Puller {
             unreachable!("indexes were resolved above");
         };
 
-        let blobs: Vec<(WireDescriptor, String)> =
-            std::iter::once((config.clone(), "config".to_string()))
-                .chain(
-                    layers
-                        .iter()
-                        .enumerate()
-                        .map(|(i, l)| (l.clone(), format!("layer {}", i + 1))),
-                )
-                .collect();
+        let blobs: Vec<(BlobRef, String)> = std::iter::once((config.clone(), "config".to_string()))
+            .chain(
+                layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (l.clone(), format!("layer {}", i + 1))),
+            )
+            .collect();
         let downloaded = self
             .fetch_blobs(client, &repo, blobs, options.concurrency)
             .await?;
@@ -387,15 +367,15 @@ impl Puller {
             declared
         };
         Ok(ManifestKind::Image {
-            config,
-            layers: doc.layers.unwrap_or_default(),
+            config: BlobRef::from(&config),
+            layers: doc.layers.iter().flatten().map(BlobRef::from).collect(),
             media_type,
         })
     }
 
     fn choose_platform(
         &self,
-        entries: &[WireDescriptor],
+        entries: &[oci::Descriptor],
         reference: &Reference,
         wanted: &Platform,
     ) -> Result<Digest, PullError> {
@@ -429,7 +409,7 @@ impl Puller {
         &self,
         client: &Arc<RegistryClient>,
         repo: &str,
-        blobs: Vec<(WireDescriptor, String)>,
+        blobs: Vec<(BlobRef, String)>,
         concurrency: usize,
     ) -> Result<u64, PullError> {
         let semaphore = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -501,7 +481,7 @@ async fn fetch_one(
     store: &Store,
     reporter: &dyn Reporter,
     repo: &str,
-    desc: &WireDescriptor,
+    desc: &BlobRef,
     label: &str,
 ) -> Result<u64, PullError> {
     let id = desc.digest.to_string();
