@@ -195,6 +195,46 @@ pub fn build_time(source_date_epoch: Option<i64>) -> String {
 mod tests {
     use super::*;
 
+    /// The manifest's bytes decide the image's digest: they are what kiln has always written
+    /// (keys sorted, layer descriptors with exactly the three fields).
+    #[test]
+    fn manifest_bytes_are_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = ImageConfig::default();
+        let layer = BlobRef::new(media::OCI_LAYER_ZSTD, Digest::of(b"layer"), 5);
+        for (oci, layer_type, manifest_type, config_type) in [
+            (
+                true,
+                media::OCI_LAYER_ZSTD,
+                media::OCI_MANIFEST,
+                media::OCI_CONFIG,
+            ),
+            (
+                false,
+                media::DOCKER_LAYER_ZSTD,
+                media::DOCKER_MANIFEST,
+                media::DOCKER_CONFIG,
+            ),
+        ] {
+            let options = ExportOptions {
+                oci_media_types: oci,
+                tags: Vec::new(),
+            };
+            let exported =
+                export_image(&store, &config, std::slice::from_ref(&layer), &options).unwrap();
+            let bytes = store.read_blob(&exported.manifest.digest).unwrap();
+            let config_bytes = serde_json::to_vec(&config).unwrap();
+            let expected = format!(
+                r#"{{"config":{{"digest":"{}","mediaType":"{config_type}","size":{}}},"layers":[{{"digest":"{}","mediaType":"{layer_type}","size":5}}],"mediaType":"{manifest_type}","schemaVersion":2}}"#,
+                Digest::of(&config_bytes),
+                config_bytes.len(),
+                Digest::of(b"layer"),
+            );
+            assert_eq!(String::from_utf8(bytes).unwrap(), expected);
+        }
+    }
+
     #[test]
     fn rfc3339_formatting() {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00Z");
