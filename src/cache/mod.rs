@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod transfer;
 
-use crate::oci::{DiffId, Digest};
+use crate::oci::{Digest, LayerBlob};
 use crate::store::Store;
 
 /// Bump when the record format or key derivation changes: old records are then ignored.
@@ -26,19 +26,13 @@ pub enum CacheError {
     },
 }
 
-/// The layer a cached step produced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CachedLayer {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    pub diff_id: DiffId,
-}
+/// The layer a cached step produced: `oci`'s layer type, under the name the build uses. Its
+/// JSON (`media_type`, `digest`, `size`, `diff_id`) is the `cache-v1` record's.
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheRecord {
     /// `None`: the step ran and changed nothing.
-    pub layer: Option<CachedLayer>,
+    pub layer: Option<LayerBlob>,
     /// Imported with `--cache-from`: where the layer blob is fetched from when a build first
     /// needs it (until then it need not be in the store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,7 +79,7 @@ impl Cache {
         let file = fs::File::open(&path).ok()?;
         let record: CacheRecord = serde_json::from_reader(std::io::BufReader::new(&file)).ok()?;
         if let Some(layer) = &record.layer {
-            if record.source.is_none() && !self.store.has_blob(&layer.digest) {
+            if record.source.is_none() && !self.store.has_blob(&layer.blob.digest) {
                 return None;
             }
         }
@@ -199,7 +193,7 @@ impl Cache {
             .filter_map(|e| e.ok())
             .filter_map(|e| fs::read(e.path()).ok())
             .filter_map(|b| serde_json::from_slice::<CacheRecord>(&b).ok())
-            .filter_map(|r| r.layer.map(|l| l.digest))
+            .filter_map(|r| r.layer.map(|l| l.blob.digest))
             .collect()
     }
 }
@@ -207,6 +201,29 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::{media, BlobRef, DiffId};
+
+    /// A record as kiln has written it since `cache-v1` began; it must keep loading, and a new
+    /// record must keep being written in this shape.
+    #[test]
+    fn a_record_in_the_cache_v1_shape_loads() {
+        let old = r#"{"layer":{"media_type":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824","size":11,"diff_id":"sha256:486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7"},"source":{"Registry":"127.0.0.1:5000/team/cache"},"created":"2026-11-02T10:00:00Z"}"#;
+        let record: CacheRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            record,
+            CacheRecord {
+                layer: Some(LayerBlob {
+                    blob: BlobRef::new(media::OCI_LAYER_GZIP, Digest::of(b"hello"), 11),
+                    diff_id: DiffId(Digest::of(b"world")),
+                }),
+                source: Some(RecordSource::Registry("127.0.0.1:5000/team/cache".into())),
+                created: Some("2026-11-02T10:00:00Z".into()),
+            }
+        );
+        assert_eq!(serde_json::to_string(&record).unwrap(), old);
+        let empty: CacheRecord = serde_json::from_str(r#"{"layer":null}"#).unwrap();
+        assert_eq!(empty.layer, None);
+    }
 
     #[test]
     fn records_round_trip_and_need_their_blob() {
@@ -234,10 +251,8 @@ mod tests {
             })
         );
         let blob = store.write_blob(b"layer bytes").unwrap();
-        let layer = CachedLayer {
-            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            digest: blob.digest.clone(),
-            size: blob.size,
+        let layer = LayerBlob {
+            blob: BlobRef::new(media::OCI_LAYER_GZIP, blob.digest.clone(), blob.size),
             diff_id: DiffId(Digest::of(b"tar")),
         };
         let key2 = Digest::of(b"step2");
@@ -251,7 +266,7 @@ mod tests {
                 },
             )
             .unwrap();
-        assert_eq!(cache.get(&key2).unwrap().layer, Some(layer));
+        assert_eq!(cache.get(&key2).unwrap().layer, Some(layer.clone()));
         assert_eq!(cache.referenced_blobs(), vec![blob.digest.clone()]);
         // A record whose blob is gone is a miss.
         let missing = Digest::of(b"nothing");
@@ -260,9 +275,12 @@ mod tests {
             .put(
                 &key3,
                 &CacheRecord {
-                    layer: Some(CachedLayer {
-                        digest: missing,
-                        ..cache.get(&key2).unwrap().layer.unwrap()
+                    layer: Some(LayerBlob {
+                        blob: BlobRef {
+                            digest: missing,
+                            ..layer.blob
+                        },
+                        diff_id: layer.diff_id,
                     }),
                     source: None,
                     created: None,

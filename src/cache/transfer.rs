@@ -1,5 +1,5 @@
 //! Moving cache records between machines. An exported cache is an OCI image manifest whose
-//! config (media type [`CACHE_CONFIG_MEDIA_TYPE`]) lists the records (step key → index of a
+//! config (media type [`media::KILN_CACHE_CONFIG`]) lists the records (step key → index of a
 //! layer, or none for a step that changed nothing) and whose layers are the layer blobs those
 //! records point at, unchanged. The same manifest goes to a registry (`--cache-to
 //! type=registry`) or into an OCI image layout directory (`type=local`), so registries and CI
@@ -11,14 +11,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Cache, CacheError, CacheRecord, CachedLayer, RecordSource};
+use super::{Cache, CacheError, CacheRecord, RecordSource};
 use crate::oci::manifest::{Descriptor, ImageManifest};
-use crate::oci::Digest;
+use crate::oci::{media, BlobRef, DiffId, Digest, LayerBlob};
 use crate::store::Store;
 
-/// The config of a cache manifest; also the manifest's `artifactType`.
-pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The annotation on an exported cache's layer descriptor that carries the layer's DiffID.
+const DIFF_ID_ANNOTATION: &str = "io.kiln.diff-id";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheConfig {
@@ -51,7 +50,7 @@ impl CacheExport {
         Digest::of(&self.manifest)
     }
     pub fn config_descriptor(&self) -> Descriptor {
-        Descriptor::of(CACHE_CONFIG_MEDIA_TYPE, &self.config)
+        Descriptor::of(media::KILN_CACHE_CONFIG, &self.config)
     }
 }
 
@@ -67,21 +66,22 @@ pub fn build_export(cache: &Cache, keys: &[Digest]) -> CacheExport {
         let Some(record) = cache.get(key) else {
             continue;
         };
-        let layer = record
-            .layer
-            .map(|l| match layers.iter().position(|d| d.digest == l.digest) {
-                Some(i) => i,
-                None => {
-                    let mut d = Descriptor::new(l.media_type, l.digest, l.size);
-                    d.annotations = Some(
-                        [("io.kiln.diff-id".to_string(), l.diff_id.0.to_string())]
-                            .into_iter()
-                            .collect(),
-                    );
-                    layers.push(d);
-                    layers.len() - 1
-                }
-            });
+        let layer =
+            record.layer.map(
+                |l| match layers.iter().position(|d| d.digest == l.blob.digest) {
+                    Some(i) => i,
+                    None => {
+                        let mut d = Descriptor::from(l.blob);
+                        d.annotations = Some(
+                            [(DIFF_ID_ANNOTATION.to_string(), l.diff_id.0.to_string())]
+                                .into_iter()
+                                .collect(),
+                        );
+                        layers.push(d);
+                        layers.len() - 1
+                    }
+                },
+            );
         records.push(ExportedRecord {
             key: key.clone(),
             layer,
@@ -95,9 +95,9 @@ pub fn build_export(cache: &Cache, keys: &[Digest]) -> CacheExport {
     .unwrap_or_default();
     let manifest = ImageManifest {
         schema_version: 2,
-        media_type: Some(OCI_MANIFEST.into()),
-        artifact_type: Some(CACHE_CONFIG_MEDIA_TYPE.into()),
-        config: Descriptor::of(CACHE_CONFIG_MEDIA_TYPE, &config),
+        media_type: Some(media::OCI_MANIFEST.into()),
+        artifact_type: Some(media::KILN_CACHE_CONFIG.into()),
+        config: Descriptor::of(media::KILN_CACHE_CONFIG, &config),
         layers: layers.clone(),
         subject: None,
         annotations: None,
@@ -119,10 +119,11 @@ pub fn records_from(
 ) -> Result<Vec<(Digest, CacheRecord)>, String> {
     let manifest: ImageManifest =
         serde_json::from_slice(manifest).map_err(|e| format!("not a cache manifest: {e}"))?;
-    if manifest.config.media_type != CACHE_CONFIG_MEDIA_TYPE {
+    if manifest.config.media_type != media::KILN_CACHE_CONFIG {
         return Err(format!(
-            "not a kiln cache: its config is {:?}, not {CACHE_CONFIG_MEDIA_TYPE}",
-            manifest.config.media_type
+            "not a kiln cache: its config is {:?}, not {}",
+            manifest.config.media_type,
+            media::KILN_CACHE_CONFIG
         ));
     }
     if Digest::of(config) != manifest.config.digest {
@@ -143,14 +144,12 @@ pub fn records_from(
                     .get(i)
                     .ok_or_else(|| format!("record {} points past the layers", r.key))?;
                 let diff_id = d
-                    .annotation("io.kiln.diff-id")
+                    .annotation(DIFF_ID_ANNOTATION)
                     .and_then(|s| s.parse::<Digest>().ok())
                     .ok_or_else(|| format!("layer {} has no diffID annotation", d.digest))?;
-                Some(CachedLayer {
-                    media_type: d.media_type.clone(),
-                    digest: d.digest.clone(),
-                    size: d.size,
-                    diff_id: crate::oci::DiffId(diff_id),
+                Some(LayerBlob {
+                    blob: BlobRef::from(d),
+                    diff_id: DiffId(diff_id),
                 })
             }
         };
@@ -233,10 +232,10 @@ pub fn export_to_dir(store: &Store, export: &CacheExport, dir: &Path) -> Result<
     write_atomic(&blob_path(dir, &manifest_digest), &export.manifest)?;
     let index = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": media::OCI_INDEX,
         "manifests": [{
-            "mediaType": OCI_MANIFEST,
-            "artifactType": CACHE_CONFIG_MEDIA_TYPE,
+            "mediaType": media::OCI_MANIFEST,
+            "artifactType": media::KILN_CACHE_CONFIG,
             "digest": manifest_digest.to_string(),
             "size": export.manifest.len(),
             "annotations": {"org.opencontainers.image.ref.name": "latest"},
@@ -259,7 +258,7 @@ pub fn import_from_dir(dir: &Path) -> Result<Vec<(Digest, CacheRecord)>, String>
         .as_array()
         .and_then(|m| {
             m.iter()
-                .find(|d| d["artifactType"] == CACHE_CONFIG_MEDIA_TYPE)
+                .find(|d| d["artifactType"] == media::KILN_CACHE_CONFIG)
                 .or(m.first())
         })
         .and_then(|d| d["digest"].as_str())
@@ -285,11 +284,12 @@ pub fn import_from_dir(dir: &Path) -> Result<Vec<(Digest, CacheRecord)>, String>
 }
 
 /// Copies one blob of a cache directory into the store (digest and size checked by the store).
-pub fn fetch_from_dir(store: &Store, dir: &Path, layer: &CachedLayer) -> Result<(), CacheError> {
-    let src = blob_path(dir, &layer.digest);
+pub fn fetch_from_dir(store: &Store, dir: &Path, layer: &LayerBlob) -> Result<(), CacheError> {
+    let blob = &layer.blob;
+    let src = blob_path(dir, &blob.digest);
     let mut input = fs::File::open(&src).map_err(io_err("open", &src))?;
     let mut ingest = store
-        .ingest(Some(&layer.digest), Some(layer.size))
+        .ingest(Some(&blob.digest), Some(blob.size))
         .map_err(|e| io_err("store", &src)(io::Error::other(e.to_string())))?;
     io::copy(&mut input, &mut ingest).map_err(io_err("copy", &src))?;
     ingest
@@ -301,7 +301,6 @@ pub fn fetch_from_dir(store: &Store, dir: &Path, layer: &CachedLayer) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::DiffId;
 
     #[test]
     fn a_cache_round_trips_through_a_directory() {
@@ -310,10 +309,8 @@ mod tests {
         let store = Store::open(&root).unwrap();
         let cache = Cache::open(&root, store.clone()).unwrap();
         let blob = store.write_blob(b"a layer").unwrap();
-        let layer = CachedLayer {
-            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            digest: blob.digest.clone(),
-            size: blob.size,
+        let layer = LayerBlob {
+            blob: BlobRef::new(media::OCI_LAYER_GZIP, blob.digest.clone(), blob.size),
             diff_id: DiffId(Digest::of(b"tar")),
         };
         let (k1, k2, k3) = (Digest::of(b"1"), Digest::of(b"2"), Digest::of(b"3"));
@@ -356,9 +353,9 @@ mod tests {
         let cache2 = Cache::open(&root2, store2.clone()).unwrap();
         assert_eq!(import_records(&cache2, &records).unwrap(), 2);
         let got = cache2.get(&k1).unwrap();
-        assert!(!store2.has_blob(&layer.digest));
+        assert!(!store2.has_blob(&layer.blob.digest));
         fetch_from_dir(&store2, &dir, got.layer.as_ref().unwrap()).unwrap();
-        assert!(store2.has_blob(&layer.digest));
+        assert!(store2.has_blob(&layer.blob.digest));
 
         // A tampered config is refused.
         let cfg = blob_path(&dir, &Digest::of(&export.config));

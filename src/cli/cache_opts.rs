@@ -7,12 +7,11 @@ use anyhow::{bail, Context as _};
 
 use crate::cache::transfer::{
     build_export, export_to_dir, import_from_dir, import_records, records_from,
-    CACHE_CONFIG_MEDIA_TYPE,
 };
 use crate::cache::RecordSource;
 use crate::exec::build::{BuildOutcome, Builder};
 use crate::oci::manifest::ImageManifest;
-use crate::oci::Reference;
+use crate::oci::{media, Reference};
 use crate::progress::Event;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +115,7 @@ async fn import_registry(
     let manifest = builder.puller.fetch_manifest(reference).await?;
     let parsed: ImageManifest = serde_json::from_slice(&manifest.bytes)
         .with_context(|| format!("{reference} is not an image manifest"))?;
-    if parsed.config.media_type != CACHE_CONFIG_MEDIA_TYPE {
+    if parsed.config.media_type != media::KILN_CACHE_CONFIG {
         bail!(
             "{reference} is not a kiln cache (its config is {:?})",
             parsed.config.media_type
@@ -126,9 +125,7 @@ async fn import_registry(
         .puller
         .fetch_blob(
             reference,
-            &parsed.config.media_type,
-            &parsed.config.digest,
-            parsed.config.size,
+            &crate::oci::BlobRef::from(&parsed.config),
             "cache config",
         )
         .await?;

@@ -86,7 +86,7 @@ pub async fn push_built(
         .map_err(anyhow::Error::msg)?;
     for blob in &mut manifest.blobs {
         for (digest, source) in remote {
-            if let (true, RecordSource::Registry(r)) = (*digest == blob.digest, source) {
+            if let (true, RecordSource::Registry(r)) = (*digest == blob.blob.digest, source) {
                 if let Ok(r) = Reference::parse(r) {
                     blob.mount_from.push(r.repository().to_string());
                 }

@@ -1,9 +1,8 @@
 //! Base images: from the store (or pulled), their layers unpacked once into snapshots keyed by
 //! chain ID.
 
-use crate::export::LayerRef;
-use crate::layer::Compression;
 use crate::oci::manifest::ImageConfig;
+use crate::oci::{BlobRef, Compression};
 use crate::oci::{DiffId, Digest, Platform, Reference};
 use crate::registry::pull::{PullOptions, Puller};
 use crate::snapshot::{ChainId, Snapshotter};
@@ -14,7 +13,7 @@ use super::error::BuildError;
 /// One layer of an image being built, with the snapshot that holds it unpacked.
 #[derive(Debug, Clone)]
 pub struct LayerState {
-    pub layer: LayerRef,
+    pub layer: BlobRef,
     pub diff_id: DiffId,
     pub chain: ChainId,
 }
@@ -94,7 +93,7 @@ pub async fn resolve_image(
             )?;
         }
         layers.push(LayerState {
-            layer: LayerRef {
+            layer: BlobRef {
                 media_type: descriptor.media_type.clone(),
                 digest: descriptor.digest.clone(),
                 size: descriptor.size,

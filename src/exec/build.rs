@@ -9,9 +9,9 @@ use crate::cache::{Cache, RecordSource};
 use crate::context::hashcache::FileHashCache;
 use crate::context::ignore::PatternMatcher;
 use crate::dockerfile::Dockerfile;
-use crate::export::{export_image, ExportOptions, LayerRef};
+use crate::export::{export_image, ExportOptions};
 use crate::graph::{Base, StageScope};
-use crate::oci::{Digest, Platform};
+use crate::oci::{BlobRef, Digest, Platform};
 use crate::progress::Reporter;
 use crate::registry::pull::Puller;
 use crate::sandbox::{NetworkMode, Sandbox};
@@ -104,7 +104,7 @@ impl Builder {
                 .layers
                 .iter()
                 .map(|l| l.layer.clone())
-                .collect::<Vec<LayerRef>>(),
+                .collect::<Vec<BlobRef>>(),
             &ExportOptions {
                 oci_media_types: req.oci_media_types,
                 // A tag must never point at blobs the store does not hold.

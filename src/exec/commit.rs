@@ -14,7 +14,7 @@ use crate::store::Store;
 
 use super::base::LayerState;
 use super::error::BuildError;
-use crate::export::LayerRef;
+use crate::oci::BlobRef;
 
 #[derive(Debug, Clone, Copy)]
 pub struct LayerSettings {
@@ -52,7 +52,7 @@ pub fn write_layer(
     store: &Store,
     upper: &Path,
     settings: &LayerSettings,
-) -> Result<Option<(LayerRef, crate::oci::DiffId)>, BuildError> {
+) -> Result<Option<(BlobRef, crate::oci::DiffId)>, BuildError> {
     let ingest = store.ingest(None, None)?;
     let chunk_index = std::sync::Arc::new(ChunkIndex::new(
         store.root().join(GZIP_CHUNKS_DIR),
@@ -79,7 +79,7 @@ pub fn write_layer(
         &info.gzip_chunks,
     );
     Ok(Some((
-        LayerRef {
+        BlobRef {
             media_type: info.media_type.to_string(),
             digest: blob.digest,
             size: blob.size,

@@ -637,7 +637,7 @@ fn unpack_archive(path: &Path, into: &Path) -> Result<bool, BuildError> {
             })?;
         let result = crate::layer::extract_layer(
             stdout,
-            crate::layer::Compression::None,
+            crate::oci::Compression::None,
             into,
             &crate::layer::ExtractOptions::apply(),
         );
@@ -654,22 +654,22 @@ fn unpack_archive(path: &Path, into: &Path) -> Result<bool, BuildError> {
         Ok(true)
     };
     let compression = if head.starts_with(&[0x1f, 0x8b]) {
-        crate::layer::Compression::Gzip
+        crate::oci::Compression::Gzip
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        crate::layer::Compression::Zstd
+        crate::oci::Compression::Zstd
     } else if head.starts_with(b"BZh") {
         return external("bzip2");
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         return external("xz");
     } else if head.len() >= 262 && &head[257..262] == b"ustar" {
-        crate::layer::Compression::None
+        crate::oci::Compression::None
     } else {
         return Ok(false);
     };
-    if compression != crate::layer::Compression::None {
+    if compression != crate::oci::Compression::None {
         // Only a compressed *tar* is unpacked; a lone .gz file is copied as is.
         let mut dec: Box<dyn std::io::Read> = match compression {
-            crate::layer::Compression::Gzip => Box::new(flate2::read::GzDecoder::new(
+            crate::oci::Compression::Gzip => Box::new(flate2::read::GzDecoder::new(
                 std::fs::File::open(path).map_err(BuildError::io("open", path))?,
             )),
             _ => Box::new(

@@ -3,10 +3,10 @@
 //! record it; either way put the layer and the history entry on the image and move the stage's
 //! key on.
 
-use crate::cache::{CacheRecord, CachedLayer};
-use crate::export::{build_time, LayerRef};
+use crate::cache::CacheRecord;
+use crate::export::build_time;
 use crate::graph::{explain_miss, StepMaterial};
-use crate::oci::Digest;
+use crate::oci::{Digest, LayerBlob};
 use crate::progress::Event;
 use crate::snapshot::ChainId;
 
@@ -110,12 +110,12 @@ impl BuildSession<'_> {
         };
         if let Some(layer) = record.layer {
             if let Some(t) = &record.created {
-                self.note_layer_time(&layer.digest, t);
+                self.note_layer_time(&layer.blob.digest, t);
             }
             let parent = image.top_chain().cloned();
             let chain = ChainId::of(parent.as_ref(), &layer.diff_id);
             if !b.snapshots.exists(&chain) {
-                if !b.store.has_blob(&layer.digest) && record.source.is_none() {
+                if !b.store.has_blob(&layer.blob.digest) && record.source.is_none() {
                     // A local record whose blob was pruned: the step must run again.
                     return Ok(false);
                 }
@@ -140,19 +140,15 @@ impl BuildSession<'_> {
             created: Some(build_time(None)),
         };
         if let (Some(l), Some(t)) = (&record.layer, &record.created) {
-            self.note_layer_time(&l.digest, t);
+            self.note_layer_time(&l.blob.digest, t);
         }
         Ok(self.builder.cache.put(key, &record)?)
     }
 }
 
-fn layer_state(layer: CachedLayer, chain: ChainId) -> LayerState {
+fn layer_state(layer: LayerBlob, chain: ChainId) -> LayerState {
     LayerState {
-        layer: LayerRef {
-            media_type: layer.media_type,
-            digest: layer.digest,
-            size: layer.size,
-        },
+        layer: layer.blob,
         diff_id: layer.diff_id,
         chain,
     }

@@ -138,7 +138,7 @@ pub fn prune(
             cache.remove(&key)?;
             report.records_removed += 1;
             if let Some(layer) = &record.layer {
-                total = total.saturating_sub(layer.size);
+                total = total.saturating_sub(layer.blob.size);
             }
         } else {
             kept.push(record);
@@ -146,7 +146,7 @@ pub fn prune(
     }
     let roots: Vec<_> = kept
         .iter()
-        .filter_map(|r| r.layer.as_ref().map(|l| l.digest.clone()))
+        .filter_map(|r| r.layer.as_ref().map(|l| l.blob.digest.clone()))
         .collect();
     let gc = store.gc(&GcOptions {
         // Only blobs of a build still running could be unreferenced and new; builds are

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::cache::{CachedLayer, RecordSource};
+use crate::cache::RecordSource;
 use crate::export::build_time;
 use crate::graph::{plan, Plan, PlanOptions};
 use crate::oci::manifest::ImageConfig;
-use crate::oci::{Digest, Platform};
+use crate::oci::{Digest, LayerBlob, Platform};
 use crate::snapshot::ChainId;
 
 use super::base::{unpack_blob, ImageState, LayerState};
@@ -26,7 +26,7 @@ use super::stages::StageBoard;
 #[derive(Debug, Clone)]
 pub struct LazyLayer {
     pub parent: Option<ChainId>,
-    pub layer: CachedLayer,
+    pub layer: LayerBlob,
     pub source: Option<RecordSource>,
 }
 
@@ -168,11 +168,11 @@ impl<'b> BuildSession<'b> {
             missing.push(lazy);
         }
         for lazy in missing.into_iter().rev() {
-            if !b.store.has_blob(&lazy.layer.digest) {
+            if !b.store.has_blob(&lazy.layer.blob.digest) {
                 self.fetch_imported_layer(&lazy.layer, lazy.source.as_ref())
                     .await
                     .map_err(|e| BuildError::CachedLayerFetch {
-                        digest: lazy.layer.digest.clone(),
+                        digest: lazy.layer.blob.digest.clone(),
                         source: Box::new(e),
                     })?;
             }
@@ -181,8 +181,8 @@ impl<'b> BuildSession<'b> {
                 &b.snapshots,
                 lazy.parent.as_ref(),
                 &lazy.layer.diff_id,
-                &lazy.layer.digest,
-                &lazy.layer.media_type,
+                &lazy.layer.blob.digest,
+                &lazy.layer.blob.media_type,
             )?;
         }
         Ok(())
@@ -191,7 +191,7 @@ impl<'b> BuildSession<'b> {
     /// Brings an imported (`--cache-from`) record's layer into the store.
     pub async fn fetch_imported_layer(
         &self,
-        layer: &CachedLayer,
+        layer: &LayerBlob,
         source: Option<&RecordSource>,
     ) -> Result<(), BuildError> {
         match source {
@@ -205,13 +205,7 @@ impl<'b> BuildSession<'b> {
                 let reference = crate::oci::Reference::parse(repo)?;
                 self.builder
                     .puller
-                    .fetch_blob(
-                        &reference,
-                        &layer.media_type,
-                        &layer.digest,
-                        layer.size,
-                        "cached layer",
-                    )
+                    .fetch_blob(&reference, &layer.blob, "cached layer")
                     .await?;
                 Ok(())
             }
@@ -315,11 +309,9 @@ impl<'b> BuildSession<'b> {
 }
 
 /// A layer of an image as the cache records it.
-pub(super) fn cached_layer(layer: &LayerState) -> CachedLayer {
-    CachedLayer {
-        media_type: layer.layer.media_type.clone(),
-        digest: layer.layer.digest.clone(),
-        size: layer.layer.size,
+pub(super) fn cached_layer(layer: &LayerState) -> LayerBlob {
+    LayerBlob {
+        blob: layer.layer.clone(),
         diff_id: layer.diff_id.clone(),
     }
 }

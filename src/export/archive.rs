@@ -17,11 +17,8 @@
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 
-use crate::layer::Compression;
-use crate::oci::{Digest, DigestingReader, Reference};
-use crate::store::{
-    Store, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, MEDIA_TYPE_OCI_INDEX, OCI_LAYOUT,
-};
+use crate::oci::{media, Compression, Digest, DigestingReader, Reference};
+use crate::store::{Store, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, OCI_LAYOUT};
 
 use super::{ExportError, ExportSource};
 
@@ -54,9 +51,9 @@ pub fn write_archive<W: Write>(
     let mut written = BTreeSet::new();
     let mut docker_layers = Vec::new();
     for image in images {
-        for (digest, size) in image.blobs() {
-            if written.insert(digest.clone()) {
-                append_blob(&mut tar, store, &digest, size)?;
+        for blob in image.blobs() {
+            if written.insert(blob.digest.clone()) {
+                append_blob(&mut tar, store, &blob.digest, blob.size)?;
             }
         }
         if format == ArchiveFormat::Docker {
@@ -111,7 +108,7 @@ fn oci_index(images: &[ExportSource]) -> serde_json::Value {
     }
     serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_OCI_INDEX,
+        "mediaType": media::OCI_INDEX,
         "manifests": manifests,
     })
 }
@@ -252,7 +249,7 @@ fn append_decompressed<W: Write>(
 mod tests {
     use super::*;
     use crate::oci::manifest::{ImageConfig, ImageManifest};
-    use crate::oci::{media, DiffId};
+    use crate::oci::DiffId;
 
     /// A one-layer zstd image in a fresh store.
     fn zstd_image(store: &Store) -> (ExportSource, Vec<u8>) {

@@ -14,9 +14,8 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Component, Path};
 
-use crate::layer::Compression;
 use crate::oci::manifest::{ImageConfig, ImageIndex, ImageManifest, Manifest};
-use crate::oci::{media, Descriptor, DiffId, Digest, DigestingReader, Reference};
+use crate::oci::{media, Compression, Descriptor, DiffId, Digest, DigestingReader, Reference};
 use crate::store::{self, BlobInfo, Store, StoreError};
 
 /// JSON documents (`index.json`, `manifest.json`, manifests, configs) are read into memory;
@@ -507,12 +506,11 @@ impl Loader<'_> {
         for (path, diff_id) in entry.layers.iter().zip(&config.rootfs.diff_ids) {
             let info = find(path, "layer")?;
             let compression = self.check_diff_id(&info, path, diff_id)?;
-            let media_type = match compression {
-                Compression::None => media::DOCKER_LAYER,
-                Compression::Gzip => media::DOCKER_LAYER_GZIP,
-                Compression::Zstd => media::DOCKER_LAYER_ZSTD,
-            };
-            layers.push(Descriptor::new(media_type, info.digest, info.size));
+            layers.push(Descriptor::new(
+                compression.layer_media_type(false),
+                info.digest,
+                info.size,
+            ));
         }
         let manifest = serde_json::json!({
             "schemaVersion": 2,

@@ -11,7 +11,8 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::layer::{extract_layer, Compression, ExtractOptions};
+use crate::layer::{extract_layer, ExtractOptions};
+use crate::oci::Compression;
 use crate::store::Store;
 
 use super::{ExportError, ExportSource};

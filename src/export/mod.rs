@@ -10,7 +10,7 @@ pub mod source;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::oci::manifest::ImageConfig;
-use crate::oci::{media, Digest};
+use crate::oci::{media, BlobRef, Digest};
 use crate::store::{Descriptor, Store, StoreError};
 
 pub use archive::{write_archive, ArchiveFormat};
@@ -64,13 +64,8 @@ impl ExportError {
     }
 }
 
-/// A layer of the image being exported.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayerRef {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-}
+/// A layer blob of the image being exported: `oci`'s blob reference, under the name the build
+/// uses.
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -91,7 +86,7 @@ pub struct ExportedImage {
 pub fn export_image(
     store: &Store,
     config: &ImageConfig,
-    layers: &[LayerRef],
+    layers: &[BlobRef],
     options: &ExportOptions,
 ) -> Result<ExportedImage, ExportError> {
     let config_bytes = serde_json::to_vec(config).map_err(|source| ExportError::Json {
@@ -104,19 +99,14 @@ pub fn export_image(
     } else {
         (media::DOCKER_MANIFEST, media::DOCKER_CONFIG)
     };
-    let layer_docs: Vec<serde_json::Value> = layers
+    let layer_docs: Vec<crate::oci::Descriptor> = layers
         .iter()
         .map(|l| {
-            let media_type = if options.oci_media_types {
-                l.media_type.clone()
-            } else {
-                docker_layer_type(&l.media_type).to_string()
-            };
-            serde_json::json!({
-                "mediaType": media_type,
-                "digest": l.digest.to_string(),
-                "size": l.size,
-            })
+            let mut d = l.descriptor();
+            if !options.oci_media_types {
+                d.media_type = docker_layer_type(&d.media_type).to_string();
+            }
+            d
         })
         .collect();
     let manifest = serde_json::json!({
@@ -203,6 +193,46 @@ pub fn build_time(source_date_epoch: Option<i64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The manifest's bytes decide the image's digest: they are what kiln has always written
+    /// (keys sorted, layer descriptors with exactly the three fields).
+    #[test]
+    fn manifest_bytes_are_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = ImageConfig::default();
+        let layer = BlobRef::new(media::OCI_LAYER_ZSTD, Digest::of(b"layer"), 5);
+        for (oci, layer_type, manifest_type, config_type) in [
+            (
+                true,
+                media::OCI_LAYER_ZSTD,
+                media::OCI_MANIFEST,
+                media::OCI_CONFIG,
+            ),
+            (
+                false,
+                media::DOCKER_LAYER_ZSTD,
+                media::DOCKER_MANIFEST,
+                media::DOCKER_CONFIG,
+            ),
+        ] {
+            let options = ExportOptions {
+                oci_media_types: oci,
+                tags: Vec::new(),
+            };
+            let exported =
+                export_image(&store, &config, std::slice::from_ref(&layer), &options).unwrap();
+            let bytes = store.read_blob(&exported.manifest.digest).unwrap();
+            let config_bytes = serde_json::to_vec(&config).unwrap();
+            let expected = format!(
+                r#"{{"config":{{"digest":"{}","mediaType":"{config_type}","size":{}}},"layers":[{{"digest":"{}","mediaType":"{layer_type}","size":5}}],"mediaType":"{manifest_type}","schemaVersion":2}}"#,
+                Digest::of(&config_bytes),
+                config_bytes.len(),
+                Digest::of(b"layer"),
+            );
+            assert_eq!(String::from_utf8(bytes).unwrap(), expected);
+        }
+    }
 
     #[test]
     fn rfc3339_formatting() {

@@ -2,7 +2,7 @@
 //! names it should carry.
 
 use crate::oci::manifest::{ImageConfig, ImageManifest, Manifest, ManifestKind};
-use crate::oci::{media, Descriptor, Digest};
+use crate::oci::{media, BlobRef, Descriptor, Digest};
 use crate::store::Store;
 
 use super::ExportError;
@@ -71,18 +71,13 @@ impl ExportSource {
     }
 
     /// Every blob the image needs, layers first, then config and manifest.
-    pub fn blobs(&self) -> Vec<(Digest, u64)> {
-        let mut out: Vec<(Digest, u64)> = self
-            .manifest
+    pub fn blobs(&self) -> Vec<BlobRef> {
+        let manifest = &self.manifest;
+        manifest
             .layers
             .iter()
-            .map(|l| (l.digest.clone(), l.size))
-            .collect();
-        out.push((
-            self.manifest.config.digest.clone(),
-            self.manifest.config.size,
-        ));
-        out.push((self.descriptor.digest.clone(), self.descriptor.size));
-        out
+            .chain([&manifest.config, &self.descriptor])
+            .map(BlobRef::from)
+            .collect()
     }
 }

@@ -26,7 +26,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 use tar::EntryType;
 
-use super::Compression;
+use crate::oci::Compression;
 use crate::oci::{DiffId, DigestingReader};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";

@@ -7,11 +7,9 @@ use std::io::{self, Read as _, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use crate::oci::DiffId;
+use crate::oci::{Compression, DiffId, HashAhead};
 
-use crate::oci::HashAhead;
-
-use super::{Compression, LayerError};
+use super::LayerError;
 
 /// What a finished layer blob is. Its digest and size are the sink's to compute: a store ingest
 /// hashes what it is given anyway, and hashing the compressed bytes twice cost a whole sha256
@@ -92,11 +90,8 @@ impl<W: Write> LayerWriter<W> {
             Encoder::Zstd(z) => z.finish().map_err(io_err)?,
             Encoder::Taken => return Err(io_err(io::Error::other("layer encoder missing"))),
         };
-        let media_type = match self.compression {
-            Compression::None => "application/vnd.oci.image.layer.v1.tar",
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-        };
+        // Always the OCI type; the export maps it to Docker's when asked to.
+        let media_type = self.compression.layer_media_type(true);
         Ok((
             LayerInfo {
                 diff_id: DiffId(diff_id),

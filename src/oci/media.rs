@@ -39,13 +39,21 @@ pub const DOCKER_SCHEMA1_MANIFEST: &str = "application/vnd.docker.distribution.m
 pub const DOCKER_SCHEMA1_SIGNED_MANIFEST: &str =
     "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
-/// The `Accept` header for fetching a manifest: every kind kiln can read, indexes first.
-pub const MANIFEST_ACCEPT: &[&str] = &[
-    OCI_INDEX,
-    DOCKER_MANIFEST_LIST,
-    OCI_MANIFEST,
-    DOCKER_MANIFEST,
-];
+/// The `Accept` header for fetching a manifest: every kind kiln can read, indexes first; schema
+/// 1 last, only so that kiln can refuse it clearly instead of getting a 404.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5, \
+application/vnd.docker.distribution.manifest.v1+json;q=0.5";
+
+// OCI artifact manifest (image-spec 1.1 release candidates; removed from the final spec).
+pub const OCI_ARTIFACT_MANIFEST: &str = "application/vnd.oci.artifact.manifest.v1+json";
+
+// kiln's own.
+/// The config of an exported build cache (see `cache::transfer`); also its `artifactType`.
+pub const KILN_CACHE_CONFIG: &str = "application/vnd.kiln.cache.config.v1+json";
 
 /// Whether `media_type` is an image index or Docker manifest list.
 pub fn is_index(media_type: &str) -> bool {
@@ -82,7 +90,8 @@ pub fn is_nondistributable(media_type: &str) -> bool {
         || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
 }
 
-/// How a layer blob is compressed.
+/// How a layer blob is compressed. The choice changes the blob's bytes (and so its digest), never
+/// its DiffID, which is the digest of the uncompressed tar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Compression {
     None,
@@ -91,6 +100,18 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// Guesses the compression from the first bytes of a blob (gzip and zstd magic numbers);
+    /// anything else is taken to be a plain tar.
+    pub fn sniff(prefix: &[u8]) -> Compression {
+        if prefix.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if prefix.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
     /// The compression of a layer media type, or `None` when it is not a layer type kiln knows
     /// (for example an encrypted `+encrypted` layer or a non-layer blob). Besides the named
     /// constants, OCI layer types with a `+gzip` / `+zstd` suffix are recognised.
@@ -187,6 +208,17 @@ mod tests {
     }
 
     #[test]
+    fn sniffs_magic_numbers() {
+        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
+        assert_eq!(
+            Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
+            Compression::Zstd
+        );
+        assert_eq!(Compression::sniff(b"etc/\0\0\0"), Compression::None);
+        assert_eq!(Compression::sniff(b""), Compression::None);
+    }
+
+    #[test]
     fn classification() {
         assert!(is_index(OCI_INDEX) && is_index(DOCKER_MANIFEST_LIST) && !is_index(OCI_MANIFEST));
         assert!(is_manifest(DOCKER_MANIFEST) && is_manifest(OCI_MANIFEST));
@@ -196,5 +228,24 @@ mod tests {
         assert!(is_nondistributable(OCI_LAYER_NONDISTRIBUTABLE_GZIP));
         assert!(!is_nondistributable(OCI_LAYER_GZIP));
         assert_eq!(Compression::Zstd.to_string(), "zstd");
+    }
+
+    #[test]
+    fn manifest_accept_lists_every_manifest_type() {
+        let accepted: Vec<&str> = MANIFEST_ACCEPT
+            .split(", ")
+            .map(|t| t.split(';').next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            accepted,
+            [
+                OCI_INDEX,
+                DOCKER_MANIFEST_LIST,
+                OCI_MANIFEST,
+                DOCKER_MANIFEST,
+                DOCKER_SCHEMA1_SIGNED_MANIFEST,
+                DOCKER_SCHEMA1_MANIFEST
+            ]
+        );
     }
 }

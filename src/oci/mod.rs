@@ -1,6 +1,8 @@
 //! OCI wire-level vocabulary shared by the registry, store and build: validated digests, image
-//! references, platforms, media types and hashing readers/writers.
+//! references, platforms, media types, descriptors and blob references, and hashing
+//! readers/writers.
 
+pub mod blob;
 pub mod digest;
 mod hashahead;
 pub mod manifest;
@@ -9,6 +11,7 @@ pub mod pipe;
 pub mod platform;
 pub mod reference;
 
+pub use blob::{BlobRef, LayerBlob};
 pub use digest::{DiffId, Digest, DigestError, DigestingReader, DigestingWriter};
 pub use hashahead::HashAhead;
 pub use manifest::{

@@ -16,7 +16,7 @@ use reqwest::header::{
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
-use crate::oci::Digest;
+use crate::oci::{media, Digest};
 
 use super::challenge::{parse_challenges, Challenge};
 use super::credentials::Credential;
@@ -24,14 +24,6 @@ use super::error::{summarize_body, RegistryError};
 
 /// Manifests larger than this are refused (distribution's own limit is 4 MiB).
 pub const MANIFEST_SIZE_LIMIT: u64 = 4 << 20;
-
-/// What kiln accepts as a manifest, most preferred first.
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-application/vnd.docker.distribution.manifest.list.v2+json, \
-application/vnd.oci.image.manifest.v1+json, \
-application/vnd.docker.distribution.manifest.v2+json, \
-application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5, \
-application/vnd.docker.distribution.manifest.v1+json;q=0.5";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -235,7 +227,7 @@ impl RegistryClient {
         let scope = format!("repository:{repository}:pull");
         let resp = self
             .send(
-                |c| c.get(&url).header(ACCEPT, MANIFEST_ACCEPT),
+                |c| c.get(&url).header(ACCEPT, media::MANIFEST_ACCEPT),
                 &scope,
                 &what,
             )

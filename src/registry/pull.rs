@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::oci::{Digest, Platform, Reference};
+use crate::oci::{self, media, BlobRef, Digest, Platform, Reference};
 use crate::progress::{Direction, Event, Reporter, TransferOutcome};
 use crate::store::{Descriptor, Ingest, Store, StoreError};
 
@@ -19,10 +19,6 @@ use super::config::RegistryConfig;
 use super::credentials::CredentialSources;
 use super::error::RegistryError;
 
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// The manifest digest as the registry knows it (what `docker images --digests` shows).
 pub const ANNOTATION_SOURCE_DIGEST: &str = "dev.kiln.image.registry-digest";
 
@@ -81,23 +77,12 @@ pub struct PulledImage {
     pub tag: String,
     /// The platform-specific manifest that the tag points at.
     pub manifest: Descriptor,
-    pub config: WireDescriptor,
-    pub layers: Vec<WireDescriptor>,
+    pub config: BlobRef,
+    pub layers: Vec<BlobRef>,
     /// Which endpoint served the image (a mirror or the registry itself).
     pub endpoint: String,
     /// Bytes downloaded now (0 when everything was already present).
     pub downloaded: u64,
-}
-
-/// The fields of a descriptor a pull needs.
-#[derive(Debug, Clone, Deserialize)]
-pub struct WireDescriptor {
-    #[serde(rename = "mediaType", default)]
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    #[serde(default)]
-    pub platform: Option<Platform>,
 }
 
 #[derive(Deserialize)]
@@ -107,11 +92,11 @@ struct WireDocument {
     #[serde(rename = "mediaType", default)]
     media_type: Option<String>,
     #[serde(default)]
-    manifests: Option<Vec<WireDescriptor>>,
+    manifests: Option<Vec<oci::Descriptor>>,
     #[serde(default)]
-    config: Option<WireDescriptor>,
+    config: Option<oci::Descriptor>,
     #[serde(default)]
-    layers: Option<Vec<WireDescriptor>>,
+    layers: Option<Vec<oci::Descriptor>>,
     #[serde(default, rename = "fsLayers")]
     fs_layers: Option<serde_json::Value>,
 }
@@ -119,10 +104,10 @@ struct WireDocument {
 // Short-lived and never stored in bulk, so the size difference does not matter.
 #[allow(clippy::large_enum_variant)]
 enum ManifestKind {
-    Index(Vec<WireDescriptor>),
+    Index(Vec<oci::Descriptor>),
     Image {
-        config: WireDescriptor,
-        layers: Vec<WireDescriptor>,
+        config: BlobRef,
+        layers: Vec<BlobRef>,
         media_type: String,
     },
 }
@@ -201,17 +186,9 @@ impl Puller {
     pub async fn fetch_blob(
         &self,
         reference: &Reference,
-        media_type: &str,
-        digest: &Digest,
-        size: u64,
+        blob: &BlobRef,
         label: &str,
     ) -> Result<u64, PullError> {
-        let desc = WireDescriptor {
-            media_type: media_type.to_string(),
-            digest: digest.clone(),
-            size,
-            platform: None,
-        };
         let endpoints = self
             .config
             .endpoints(reference.registry(), &self.credentials)?;
@@ -223,7 +200,7 @@ impl Puller {
                 &self.store,
                 &*self.reporter,
                 reference.repository(),
-                &desc,
+                blob,
                 label,
             )
             .await
@@ -277,15 +254,14 @@ impl Puller {
             unreachable!("indexes were resolved above");
         };
 
-        let blobs: Vec<(WireDescriptor, String)> =
-            std::iter::once((config.clone(), "config".to_string()))
-                .chain(
-                    layers
-                        .iter()
-                        .enumerate()
-                        .map(|(i, l)| (l.clone(), format!("layer {}", i + 1))),
-                )
-                .collect();
+        let blobs: Vec<(BlobRef, String)> = std::iter::once((config.clone(), "config".to_string()))
+            .chain(
+                layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (l.clone(), format!("layer {}", i + 1))),
+            )
+            .collect();
         let downloaded = self
             .fetch_blobs(client, &repo, blobs, options.concurrency)
             .await?;
@@ -294,7 +270,7 @@ impl Puller {
         // media types there: a Docker schema 2 manifest is rewritten with OCI types. Config and
         // layer blobs are byte-identical, so only the manifest digest changes; the registry's
         // digest is kept in an annotation.
-        let (bytes, media_type, source_digest) = if media_type == DOCKER_MANIFEST {
+        let (bytes, media_type, source_digest) = if media_type == media::DOCKER_MANIFEST {
             let converted = docker_manifest_to_oci(&manifest.bytes).map_err(|message| {
                 PullError::InvalidManifest {
                     reference: reference.to_string(),
@@ -304,7 +280,7 @@ impl Puller {
             })?;
             (
                 converted,
-                OCI_MANIFEST.to_string(),
+                media::OCI_MANIFEST.to_string(),
                 Some(manifest.digest.clone()),
             )
         } else {
@@ -368,15 +344,13 @@ impl Puller {
                 reference: reference.to_string(),
             });
         }
-        let is_index = declared == OCI_INDEX
-            || declared == DOCKER_MANIFEST_LIST
-            || (declared.is_empty() && doc.manifests.is_some());
+        let is_index =
+            media::is_index(&declared) || (declared.is_empty() && doc.manifests.is_some());
         if is_index {
             return Ok(ManifestKind::Index(doc.manifests.unwrap_or_default()));
         }
-        let is_image = declared == OCI_MANIFEST
-            || declared == DOCKER_MANIFEST
-            || (declared.is_empty() && doc.config.is_some());
+        let is_image =
+            media::is_manifest(&declared) || (declared.is_empty() && doc.config.is_some());
         if !is_image {
             return Err(PullError::UnsupportedManifest {
                 reference: reference.to_string(),
@@ -388,20 +362,20 @@ impl Puller {
             .config
             .ok_or_else(|| invalid("the manifest has no config".into()))?;
         let media_type = if declared.is_empty() {
-            OCI_MANIFEST.to_string()
+            media::OCI_MANIFEST.to_string()
         } else {
             declared
         };
         Ok(ManifestKind::Image {
-            config,
-            layers: doc.layers.unwrap_or_default(),
+            config: BlobRef::from(&config),
+            layers: doc.layers.iter().flatten().map(BlobRef::from).collect(),
             media_type,
         })
     }
 
     fn choose_platform(
         &self,
-        entries: &[WireDescriptor],
+        entries: &[oci::Descriptor],
         reference: &Reference,
         wanted: &Platform,
     ) -> Result<Digest, PullError> {
@@ -435,7 +409,7 @@ impl Puller {
         &self,
         client: &Arc<RegistryClient>,
         repo: &str,
-        blobs: Vec<(WireDescriptor, String)>,
+        blobs: Vec<(BlobRef, String)>,
         concurrency: usize,
     ) -> Result<u64, PullError> {
         let semaphore = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -507,7 +481,7 @@ async fn fetch_one(
     store: &Store,
     reporter: &dyn Reporter,
     repo: &str,
-    desc: &WireDescriptor,
+    desc: &BlobRef,
     label: &str,
 ) -> Result<u64, PullError> {
     let id = desc.digest.to_string();
@@ -616,12 +590,11 @@ async fn fetch_one(
 /// Rewrites a Docker schema 2 manifest with the equivalent OCI media types, keeping every other
 /// field.
 pub fn docker_manifest_to_oci(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    use crate::oci::media;
     let mut doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let obj = doc
         .as_object_mut()
         .ok_or("the manifest is not a JSON object")?;
-    obj.insert("mediaType".into(), OCI_MANIFEST.into());
+    obj.insert("mediaType".into(), media::OCI_MANIFEST.into());
     if let Some(config) = obj.get_mut("config").and_then(|c| c.as_object_mut()) {
         config.insert("mediaType".into(), media::OCI_CONFIG.into());
     }
@@ -654,15 +627,9 @@ mod tests {
         let docker = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":1,"digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},"layers":[{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":2,"digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}]}"#;
         let oci: serde_json::Value =
             serde_json::from_slice(&docker_manifest_to_oci(docker).unwrap()).unwrap();
-        assert_eq!(oci["mediaType"], OCI_MANIFEST);
-        assert_eq!(
-            oci["config"]["mediaType"],
-            "application/vnd.oci.image.config.v1+json"
-        );
-        assert_eq!(
-            oci["layers"][0]["mediaType"],
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-        );
+        assert_eq!(oci["mediaType"], media::OCI_MANIFEST);
+        assert_eq!(oci["config"]["mediaType"], media::OCI_CONFIG);
+        assert_eq!(oci["layers"][0]["mediaType"], media::OCI_LAYER_GZIP);
         assert_eq!(oci["layers"][0]["size"], 2);
         let bad = br#"{"layers":[{"mediaType":"x/y"}]}"#;
         assert!(docker_manifest_to_oci(bad).is_err());

@@ -22,7 +22,8 @@ use reqwest::{Response, StatusCode, Url};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::oci::{media, Digest, Reference};
+use crate::oci::manifest::ImageManifest;
+use crate::oci::{media, BlobRef, Descriptor, Digest, Reference};
 use crate::progress::{Direction, Event, Reporter, TransferOutcome};
 use crate::store::{Store, StoreError};
 
@@ -108,9 +109,7 @@ impl Default for PushOptions {
 /// A blob a manifest refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushBlob {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
+    pub blob: BlobRef,
     /// Repositories of the destination registry known to hold the blob (`library/busybox`,
     /// without the registry), tried as mount sources. A blob absent from the local store must
     /// be in the destination repository already or mountable from one of these.
@@ -139,31 +138,24 @@ impl ManifestPush {
             .as_str()
             .unwrap_or(fallback_media_type)
             .to_string();
-        if media_type == media::OCI_INDEX || media_type == media::DOCKER_MANIFEST_LIST {
+        if media::is_index(&media_type) {
             return Err("it is an index (multi-platform image), which kiln cannot push yet".into());
         }
-        let descriptor = |v: &serde_json::Value| -> Result<PushBlob, String> {
-            let digest = v["digest"]
-                .as_str()
-                .and_then(|d| d.parse::<Digest>().ok())
-                .ok_or("a descriptor without a valid digest")?;
-            let size = v["size"].as_u64().ok_or("a descriptor without a size")?;
-            Ok(PushBlob {
-                media_type: v["mediaType"].as_str().unwrap_or_default().to_string(),
-                digest,
-                size,
-                mount_from: Vec::new(),
-            })
+        let manifest: ImageManifest =
+            serde_json::from_value(doc).map_err(|e| format!("not an image manifest: {e}"))?;
+        let push = |d: &Descriptor| PushBlob {
+            blob: BlobRef::from(d),
+            mount_from: Vec::new(),
         };
-        let mut blobs = vec![descriptor(&doc["config"])?];
-        for layer in doc["layers"].as_array().into_iter().flatten() {
-            let blob = descriptor(layer)?;
-            // Foreign layers stay where their URLs point, as Docker leaves them.
-            if blob.media_type.contains("nondistributable") || blob.media_type.contains("foreign") {
-                continue;
-            }
-            if !blobs.iter().any(|b| b.digest == blob.digest) {
-                blobs.push(blob);
+        let mut blobs = vec![push(&manifest.config)];
+        // Foreign layers stay where their URLs point, as Docker leaves them.
+        for layer in manifest
+            .layers
+            .iter()
+            .filter(|l| !media::is_nondistributable(&l.media_type))
+        {
+            if !blobs.iter().any(|b| b.blob.digest == layer.digest) {
+                blobs.push(push(layer));
             }
         }
         Ok(ManifestPush {
@@ -336,7 +328,7 @@ impl Pusher {
             }
             let name = format!("{registry}/{repository}");
             for b in &manifest.blobs {
-                let _ = self.store.record_blob_source(&b.digest, &name);
+                let _ = self.store.record_blob_source(&b.blob.digest, &name);
             }
             repositories.push(PushedRepository {
                 name,
@@ -365,7 +357,10 @@ impl Pusher {
             .blobs
             .iter()
             .map(|blob| {
-                let remembered = self.store.blob_sources(&blob.digest).unwrap_or_default();
+                let remembered = self
+                    .store
+                    .blob_sources(&blob.blob.digest)
+                    .unwrap_or_default();
                 let mut sources: Vec<String> = Vec::new();
                 let candidates = blob
                     .mount_from
@@ -423,7 +418,7 @@ async fn push_blobs(
         tasks.spawn(async move {
             let _permit = semaphore.acquire_owned().await;
             let outcome = target.push_blob(&blob).await;
-            outcome.map(|o| (blob.digest, o))
+            outcome.map(|o| (blob.blob.digest, o))
         });
     }
     super::tasks::join_first_error(tasks, |message| PushError::Task {
@@ -581,7 +576,8 @@ impl Target {
         resp.url().join(value).map_err(|_| no_location())
     }
 
-    async fn push_blob(&self, blob: &PushBlob) -> Result<BlobOutcome, PushError> {
+    async fn push_blob(&self, push: &PushBlob) -> Result<BlobOutcome, PushError> {
+        let blob = &push.blob;
         let label = blob.digest.short().to_string();
         let id = format!("push {}/{} {}", self.name(), self.repository, blob.digest);
         let done = |outcome: TransferOutcome, started: Instant| {
@@ -599,7 +595,7 @@ impl Target {
         }
         let mut session: Option<Url> = None;
         let mut tried = Vec::new();
-        for source in blob.mount_from.iter().take(MAX_MOUNT_SOURCES) {
+        for source in push.mount_from.iter().take(MAX_MOUNT_SOURCES) {
             tried.push(source.clone());
             match self.mount(&blob.digest, source).await? {
                 Mount::Mounted => {
@@ -752,7 +748,7 @@ impl Target {
     /// Uploads a blob from the store into `session` (or a new one), retrying and resuming.
     async fn upload(
         &self,
-        blob: &PushBlob,
+        blob: &BlobRef,
         session: Option<Url>,
         id: &str,
         label: &str,
@@ -820,7 +816,7 @@ impl Target {
 
     async fn upload_attempt(
         &self,
-        blob: &PushBlob,
+        blob: &BlobRef,
         file: &Arc<std::fs::File>,
         state: &mut UploadState,
         id: &str,
@@ -1061,7 +1057,7 @@ mod tests {
         let p = ManifestPush::from_image_manifest(m.into_bytes(), media::OCI_MANIFEST).unwrap();
         assert_eq!(p.media_type, media::DOCKER_MANIFEST);
         assert_eq!(p.blobs.len(), 2);
-        assert_eq!(p.blobs[1].size, 2);
+        assert_eq!(p.blobs[1].blob, BlobRef::new("l", d2, 2));
         let index = format!(
             r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[]}}"#,
             media::OCI_INDEX
@@ -1073,9 +1069,7 @@ mod tests {
     #[test]
     fn scope_asks_pull_on_mount_sources() {
         let blob = |from: &[&str]| PushBlob {
-            media_type: String::new(),
-            digest: Digest::of(b"x"),
-            size: 1,
+            blob: BlobRef::new("", Digest::of(b"x"), 1),
             mount_from: from.iter().map(|s| s.to_string()).collect(),
         };
         assert_eq!(

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 pub use chain::{chain_ids, ChainId};
 
-use crate::layer::{extract_layer, Compression, ExtractOptions, LayerError};
-use crate::oci::DiffId;
+use crate::layer::{extract_layer, ExtractOptions, LayerError};
+use crate::oci::{Compression, DiffId};
 
 /// A mount to make, as data: `mount -t <kind> -o <options joined by ','> <source> <target>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

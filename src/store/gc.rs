@@ -11,15 +11,15 @@ use serde_json::Value;
 use super::error::{Result, StoreError};
 use super::index::Descriptor;
 use super::Store;
-use crate::oci::Digest;
+use crate::oci::{media, Digest};
 
 /// Media types whose blobs reference other blobs.
 const GRAPH_MEDIA_TYPES: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.oci.artifact.manifest.v1+json",
+    media::OCI_INDEX,
+    media::OCI_MANIFEST,
+    media::DOCKER_MANIFEST_LIST,
+    media::DOCKER_MANIFEST,
+    media::OCI_ARTIFACT_MANIFEST,
 ];
 
 /// Blobs of an unrecognised media type this small are sniffed for manifest-shaped JSON.

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Result, StoreError};
 use super::fsutil::replace_file;
-use super::{Store, MEDIA_TYPE_OCI_INDEX};
-use crate::oci::Digest;
+use super::Store;
+use crate::oci::{media, Digest};
 
 /// The OCI annotation naming an `index.json` entry; skopeo's `oci:<dir>:<name>` looks it up.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -66,7 +66,7 @@ impl ImageIndex {
     pub(crate) fn empty() -> ImageIndex {
         ImageIndex {
             schema_version: 2,
-            media_type: Some(MEDIA_TYPE_OCI_INDEX.to_string()),
+            media_type: Some(media::OCI_INDEX.to_string()),
             manifests: Vec::new(),
             extra: serde_json::Map::new(),
         }

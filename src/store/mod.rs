@@ -50,8 +50,6 @@ use fsutil::{create_dir_all, replace_file, LockGuard};
 
 /// Content of `oci-layout`.
 pub const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
-/// `mediaType` of `index.json` and of OCI image indexes.
-pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// A store root. Cheap to clone; every clone and every other process opening the same root
 /// coordinate through `<root>/lock`.

@@ -347,6 +347,87 @@ fn save_and_load_round_trip_into_a_fresh_root() {
     assert_eq!(ok(&out), "Loaded image: app:by-id");
 }
 
+/// Regression: a layer stored with Docker's zstd media type
+/// (`application/vnd.docker.image.rootfs.diff.tar.zstd`, what `--compression zstd
+/// --oci-mediatypes=false` writes) was not recognised as zstd, so `kiln save --format docker`
+/// put the zstd blob itself into the docker-archive, which Docker before 23 cannot load.
+#[test]
+fn save_docker_archive_decompresses_docker_zstd_layers() {
+    let p = Project::new();
+    ok(&p.build(&[
+        "--compression",
+        "zstd",
+        "--oci-mediatypes=false",
+        "-t",
+        "app:zstd",
+    ]));
+    let archive = p.out("saved.tar");
+    ok(&p.kiln(&[
+        "save",
+        "app:zstd",
+        "--format",
+        "docker",
+        "-o",
+        archive.to_str().unwrap(),
+    ]));
+    let mut files = BTreeMap::new();
+    for entry in tar::Archive::new(fs::File::open(&archive).unwrap())
+        .entries()
+        .unwrap()
+    {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        files.insert(name, data);
+    }
+    let json = |path: &str| -> serde_json::Value {
+        serde_json::from_slice(files.get(path).unwrap_or_else(|| panic!("no {path}"))).unwrap()
+    };
+    let index = json("index.json");
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest = json(&format!(
+        "blobs/sha256/{}",
+        manifest_digest.trim_start_matches("sha256:")
+    ));
+    let zstd_layers = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["mediaType"] == "application/vnd.docker.image.rootfs.diff.tar.zstd")
+        .count();
+    assert_eq!(zstd_layers, 2, "the RUN and COPY layers: {manifest}");
+
+    let docker = json("manifest.json");
+    let config = json(docker[0]["Config"].as_str().unwrap());
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+    let layers = docker[0]["Layers"].as_array().unwrap();
+    assert_eq!(layers.len(), diff_ids.len());
+    for (path, diff_id) in layers.iter().zip(diff_ids) {
+        let path = path.as_str().unwrap();
+        let bytes = &files[path];
+        assert!(
+            !bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
+            "{path} in the docker-archive is still zstd"
+        );
+        // Docker decompresses gzip itself (the busybox layer); anything else is the plain tar.
+        let tar = if bytes.starts_with(&[0x1f, 0x8b]) {
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(&bytes[..])
+                .read_to_end(&mut plain)
+                .unwrap();
+            plain
+        } else {
+            bytes.clone()
+        };
+        assert_eq!(
+            crate::support::sha256sum(&tar),
+            diff_id.as_str().unwrap(),
+            "{path} is not the layer's tar"
+        );
+    }
+}
+
 #[test]
 fn local_and_tar_outputs_are_the_image_filesystem() {
     let p = Project::new();

@@ -418,9 +418,11 @@ fn uploads_cut_midway_or_answered_500_and_429_still_complete() {
 
     let mut missing = push.clone();
     missing.blobs.push(kiln::registry::push::PushBlob {
-        media_type: "application/octet-stream".into(),
-        digest: kiln::oci::Digest::of(b"in no repository"),
-        size: 16,
+        blob: kiln::oci::BlobRef::new(
+            "application/octet-stream",
+            kiln::oci::Digest::of(b"in no repository"),
+            16,
+        ),
         mount_from: vec!["team/app".into()],
     });
     let err = rt
