@@ -77,7 +77,7 @@ fn child(role: &str, root: &Path) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
-        "child_process_entry",
+        "store::child_process_entry",
         "--ignored",
         "--nocapture",
         "--test-threads=1",
