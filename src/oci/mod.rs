@@ -1,5 +1,6 @@
 //! OCI wire-level vocabulary shared by the registry, store and build: validated digests, image
-//! references, platforms, media types and hashing readers/writers.
+//! references, platforms, media types and hashing readers/writers; and [`SafeRoot`], resolving
+//! paths inside a root filesystem without escaping it, which every module may need.
 
 pub mod digest;
 mod hashahead;
@@ -8,6 +9,7 @@ pub mod media;
 pub mod pipe;
 pub mod platform;
 pub mod reference;
+pub mod saferoot;
 
 pub use digest::{DiffId, Digest, DigestError, DigestingReader, DigestingWriter};
 pub use hashahead::HashAhead;
@@ -18,3 +20,4 @@ pub use manifest::{
 pub use media::Compression;
 pub use platform::{Platform, PlatformError};
 pub use reference::{Reference, ReferenceError};
+pub use saferoot::{NewDir, SafeRoot, SafeRootError};

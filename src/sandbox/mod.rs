@@ -92,6 +92,16 @@ impl SandboxError {
     }
 }
 
+impl From<crate::oci::SafeRootError> for SandboxError {
+    fn from(e: crate::oci::SafeRootError) -> SandboxError {
+        SandboxError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// Which OCI runtime a [`Runtime`] is, as far as its command-line quirks matter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeKind {
