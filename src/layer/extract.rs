@@ -2,8 +2,8 @@
 //!
 //! The `tar` crate only *reads* the archive (headers, PAX records, GNU long names); every file is
 //! written by this module relative to a directory fd of the target. Parent directories are
-//! resolved with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` (a [`SafeRoot`]), so `..`, absolute symlinks and
-//! symlinks that climb out are all resolved *inside* the target, and the last component is always
+//! resolved in a [`SafeRoot`] (`openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`), so `..`,
+//! absolute symlinks and symlinks that climb out are all resolved *inside* the target, and the last component is always
 //! created with a `*at` call that does not follow symlinks. Entry names are cleaned lexically
 //! first: `..` stops at the root and a leading `/` is dropped, so `../evil` and `/abs/evil` land at
 //! `evil` and `abs/evil` inside the target (as containerd does).
