@@ -682,6 +682,13 @@ mod tests {
                 .push(format!("unmount {}", target.display()));
             Ok(())
         }
+        fn detach(&self, target: &Path) -> Result<(), SandboxError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("detach {}", target.display()));
+            Ok(())
+        }
     }
 
     #[test]
