@@ -1,7 +1,8 @@
 //! COPY/ADD file operations with BuildKit's semantics: sources (globs, directories copied by
 //! their contents, `.dockerignore` and `--exclude` applied, symlinks copied as symlinks and never
 //! followed out of the source root) into a destination inside a root filesystem, every path
-//! there resolved with `openat2(RESOLVE_IN_ROOT)` so no symlink in the image can lead outside.
+//! there resolved in a [`SafeRoot`] (`openat2(RESOLVE_IN_ROOT)`) so no symlink in the image can
+//! lead outside.
 
 use std::fs;
 use std::io::{self, Write};
@@ -9,11 +10,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
 use super::gosyntax::clean;
 use super::ignore::PatternMatcher;
-use crate::oci::Digest;
+use crate::oci::{Digest, NewDir, SafeRoot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -481,8 +482,7 @@ fn walk_source(
 
 /// A root directory that every path is resolved in, symlinks included.
 struct DestRoot {
-    fd: OwnedFd,
-    path: PathBuf,
+    root: SafeRoot,
     /// The directory `mkdir_all` resolved last: the files of a source directory are copied one
     /// after another into the same destination directory, and resolving its path component by
     /// component for each of them was most of a large COPY's system calls. Forgotten whenever
@@ -525,19 +525,13 @@ impl ResolvedDir {
 
 impl DestRoot {
     fn open(path: &Path) -> Result<DestRoot, CopyError> {
-        let fd = rustix::fs::open(
-            path,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| CopyError::Io {
-            op: "open",
-            path: path.to_path_buf(),
-            source: e.into(),
+        let root = SafeRoot::open(path).map_err(|e| CopyError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
         })?;
         Ok(DestRoot {
-            fd,
-            path: path.to_path_buf(),
+            root,
             last_dir: Default::default(),
             real_root: fs::canonicalize(path).ok(),
             links: Default::default(),
@@ -561,27 +555,21 @@ impl DestRoot {
         *self.last_dir.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    fn resolve(&self, rel: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
-        let rel = if rel.is_empty() { "." } else { rel };
-        rustix::fs::openat2(
-            self.fd.as_fd(),
-            rel,
-            flags | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        )
+    /// Directory `rel` (an `O_PATH` fd), resolved inside the root.
+    fn open_dir(&self, rel: &str) -> rustix::io::Result<OwnedFd> {
+        self.root.open_dir(rel)
     }
 
     fn is_dir(&self, rel: &str) -> bool {
-        self.resolve(rel, OFlags::PATH | OFlags::DIRECTORY).is_ok()
+        self.open_dir(rel).is_ok()
     }
 
-    /// `mkdir -p` inside the root; new directories get `owner` and mode 0755.
+    /// `mkdir -p` inside the root, through dangling symlinks (their targets are made, inside
+    /// the root); new directories get `owner` and mode 0755.
     fn mkdir_all(
         &self,
         rel: &str,
         owner: (u32, u32),
-        mtime: Option<i64>,
     ) -> Result<std::sync::Arc<ResolvedDir>, CopyError> {
         let mut last = self.last_dir.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((dir, fd)) = last.as_ref() {
@@ -589,86 +577,40 @@ impl DestRoot {
                 return Ok(fd.clone());
             }
         }
+        let made = |d: &NewDir<'_>| {
+            rustix::fs::chownat(
+                d.parent,
+                d.name,
+                Some(rustix::fs::Uid::from_raw(owner.0)),
+                Some(rustix::fs::Gid::from_raw(owner.1)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| self.root.error("chown", d.rel, e))?;
+            // 0755 whatever the umask.
+            rustix::fs::chmodat(
+                d.parent,
+                d.name,
+                Mode::from_raw_mode(0o755),
+                AtFlags::empty(),
+            )
+            .map_err(|e| self.root.error("chmod", d.rel, e))
+        };
+        let fd = self.root.mkdir_all_following(rel, made).map_err(|e| {
+            if e.errno() == Some(rustix::io::Errno::NOTDIR) {
+                let inside = e.path.strip_prefix(self.root.path()).unwrap_or(&e.path);
+                return CopyError::NotADirectory(format!("/{}", inside.display()));
+            }
+            CopyError::Io {
+                op: e.op,
+                path: e.path,
+                source: e.source,
+            }
+        })?;
         let fd = std::sync::Arc::new(ResolvedDir {
-            fd: self.mkdir_all_depth(rel, owner, mtime, 0)?,
+            fd,
             real: Default::default(),
         });
         *last = Some((rel.to_string(), fd.clone()));
-        Ok(fd)
-    }
-
-    fn mkdir_all_depth(
-        &self,
-        rel: &str,
-        owner: (u32, u32),
-        mtime: Option<i64>,
-        depth: usize,
-    ) -> Result<OwnedFd, CopyError> {
-        if depth > 40 {
-            return Err(CopyError::Io {
-                op: "resolve",
-                path: PathBuf::from(rel),
-                source: io::Error::other("too many levels of symbolic links"),
-            });
-        }
-        let mut prefix = String::new();
-        let mut fd = self
-            .resolve("", OFlags::PATH | OFlags::DIRECTORY)
-            .map_err(errno("open", rel))?;
-        for part in rel.split('/').filter(|p| !p.is_empty()) {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(part);
-            match self.resolve(&prefix, OFlags::PATH | OFlags::DIRECTORY) {
-                Ok(next) => fd = next,
-                Err(rustix::io::Errno::NOENT) => {
-                    // A dangling symlink: create what it points to, inside the root.
-                    if let Ok(target) = rustix::fs::readlinkat(&fd, part, Vec::new()) {
-                        let t = target.to_string_lossy().to_string();
-                        let parent = prefix.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
-                        let resolved = if t.starts_with('/') {
-                            clean(&t)
-                        } else {
-                            clean(&format!("/{parent}/{t}"))
-                        };
-                        self.mkdir_all_depth(
-                            resolved.trim_start_matches('/'),
-                            owner,
-                            mtime,
-                            depth + 1,
-                        )?;
-                        fd = self
-                            .resolve(&prefix, OFlags::PATH | OFlags::DIRECTORY)
-                            .map_err(errno("open", rel))?;
-                        continue;
-                    }
-                    rustix::fs::mkdirat(&fd, part, Mode::from_raw_mode(0o755))
-                        .map_err(errno("create directory", rel))?;
-                    rustix::fs::chownat(
-                        &fd,
-                        part,
-                        Some(rustix::fs::Uid::from_raw(owner.0)),
-                        Some(rustix::fs::Gid::from_raw(owner.1)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(errno("chown", &prefix))?;
-                    // 0755 whatever the umask.
-                    rustix::fs::chmodat(&fd, part, Mode::from_raw_mode(0o755), AtFlags::empty())
-                        .map_err(errno("chmod", &prefix))?;
-                    if let Some(t) = mtime {
-                        set_times(&fd, part, t, 0);
-                    }
-                    fd = self
-                        .resolve(&prefix, OFlags::PATH | OFlags::DIRECTORY)
-                        .map_err(errno("open", rel))?;
-                }
-                Err(rustix::io::Errno::NOTDIR) => {
-                    return Err(CopyError::NotADirectory(format!("/{prefix}")))
-                }
-                Err(e) => return Err(errno("open", rel)(e)),
-            }
-        }
         Ok(fd)
     }
 }
@@ -743,7 +685,7 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
         };
         let created_owner = req.chown.unwrap_or((0, 0));
         if meta.is_dir() {
-            let fd = root.mkdir_all(&target, created_owner, None)?;
+            let fd = root.mkdir_all(&target, created_owner)?;
             if req.parents {
                 apply_meta(&root, &target, &meta, owner_of(&meta), req.chmod.as_ref())?;
             }
@@ -771,13 +713,13 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
             })?;
             for (rel, secs, nanos) in dirs {
                 let (parent, name) = split_parent(&rel);
-                if let Ok(pfd) = root.resolve(parent, OFlags::PATH | OFlags::DIRECTORY) {
+                if let Ok(pfd) = root.open_dir(parent) {
                     set_times(&pfd, name, secs, nanos);
                 }
             }
         } else {
             let (parent, _) = split_parent(&target);
-            root.mkdir_all(parent, created_owner, None)?;
+            root.mkdir_all(parent, created_owner)?;
             write_entry(
                 &root,
                 req,
@@ -814,9 +756,7 @@ fn apply_meta(
     chmod: Option<&ChmodSpec>,
 ) -> Result<(), CopyError> {
     let (parent, name) = split_parent(rel);
-    let pfd = root
-        .resolve(parent, OFlags::PATH | OFlags::DIRECTORY)
-        .map_err(errno("open", rel))?;
+    let pfd = root.open_dir(parent).map_err(errno("open", rel))?;
     rustix::fs::chownat(
         &pfd,
         name,
@@ -851,7 +791,7 @@ fn write_entry(
 ) -> Result<(), CopyError> {
     let chmod = req.chmod.as_ref();
     let (parent, name) = split_parent(rel);
-    let pfd = root.mkdir_all(parent, owner, None)?;
+    let pfd = root.mkdir_all(parent, owner)?;
     let ft = meta.file_type();
     let source_digest = match req.contents {
         Some(log) if ft.is_file() => log.hashes.digest(source_key, src, meta).ok(),
@@ -921,7 +861,7 @@ fn write_entry(
         if let Some(first) = link_to {
             let (first_parent, first_name) = split_parent(&first);
             let first_dir = root
-                .resolve(first_parent, OFlags::PATH | OFlags::DIRECTORY)
+                .open_dir(first_parent)
                 .map_err(errno("open", first_parent))?;
             rustix::fs::linkat(&first_dir, first_name, &pfd, name, AtFlags::empty())
                 .map_err(errno("link", rel))?;
@@ -947,7 +887,8 @@ fn write_entry(
             let mut out = fs::File::from(fd);
             let mut input = fs::File::open(src).map_err(io_err("open", src))?;
             let copied = io::copy(&mut input, &mut out).map_err(io_err("copy", src))?;
-            out.flush().map_err(io_err("write", root.path.join(rel)))?;
+            out.flush()
+                .map_err(io_err("write", root.root.host_path(rel)))?;
             // A file that changed size since it was hashed is not logged (it is then compared
             // byte for byte if it is ever seeded).
             if let (Some(log), Some(d)) = (req.contents, source_digest) {

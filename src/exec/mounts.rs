@@ -1,9 +1,11 @@
 //! Mounting a snapshot's mount description somewhere, for file operations (COPY, WORKDIR) done
-//! by kiln itself rather than in the sandbox. The mount is undone when the guard drops.
+//! by kiln itself rather than in the sandbox. The mount is undone when the guard drops. Mounts
+//! are made through the sandbox's [`Mounter`], the one seam around mount(2).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::Arc;
 
+use crate::sandbox::{Mounter, SystemMounter};
 use crate::snapshot::Mount;
 
 use super::error::BuildError;
@@ -11,11 +13,21 @@ use super::error::BuildError;
 pub struct MountGuard {
     target: PathBuf,
     mounted: bool,
+    mounter: Arc<dyn Mounter>,
 }
 
 impl MountGuard {
     /// Mounts `mounts` (one overlay or bind, as snapshots describe them) at `target`.
     pub fn mount(mounts: &[Mount], target: &Path) -> Result<MountGuard, BuildError> {
+        MountGuard::mount_with(Arc::new(SystemMounter), mounts, target)
+    }
+
+    /// [`MountGuard::mount`] through `mounter`.
+    pub fn mount_with(
+        mounter: Arc<dyn Mounter>,
+        mounts: &[Mount],
+        target: &Path,
+    ) -> Result<MountGuard, BuildError> {
         let [m] = mounts else {
             return Err(BuildError::Invalid(format!(
                 "expected one mount for a snapshot, got {}",
@@ -23,26 +35,13 @@ impl MountGuard {
             )));
         };
         std::fs::create_dir_all(target).map_err(BuildError::io("create", target))?;
-        let mut cmd = Command::new("mount");
-        if m.kind == "bind" {
-            cmd.arg("--bind");
-            let ro = m.options.iter().any(|o| o == "ro");
-            cmd.arg(&m.source).arg(target);
-            run_mount(&mut cmd, target)?;
-            if ro {
-                let mut remount = Command::new("mount");
-                remount.args(["-o", "remount,bind,ro"]).arg(target);
-                run_mount(&mut remount, target)?;
-            }
-        } else {
-            cmd.args(["-t", &m.kind, "-o", &m.options_string()])
-                .arg(&m.source)
-                .arg(target);
-            run_mount(&mut cmd, target)?;
-        }
+        mounter.mount(m, target).map_err(|e| {
+            BuildError::Invalid(format!("{e} (kiln needs root and overlayfs to build)"))
+        })?;
         Ok(MountGuard {
             target: target.to_path_buf(),
             mounted: true,
+            mounter,
         })
     }
 
@@ -50,56 +49,94 @@ impl MountGuard {
         &self.target
     }
 
+    /// Unmounts, lazily (`MNT_DETACH`) if something still holds the mount, so the build can go on.
     pub fn unmount(mut self) -> Result<(), BuildError> {
         self.mounted = false;
-        unmount(&self.target)
+        self.mounter
+            .unmount(&self.target)
+            .map_err(|e| BuildError::Invalid(e.to_string()))
     }
 }
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
         if self.mounted {
-            let _ = unmount(&self.target);
+            let _ = self.mounter.unmount(&self.target);
         }
     }
 }
 
-fn run_mount(cmd: &mut Command, target: &Path) -> Result<(), BuildError> {
-    let out = cmd
-        .output()
-        .map_err(BuildError::io("run mount for", target))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(BuildError::Invalid(format!(
-            "cannot mount {}: {} (kiln needs root and overlayfs to build)",
-            target.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::SandboxError;
+    use std::sync::Mutex;
 
-fn unmount(target: &Path) -> Result<(), BuildError> {
-    let out = Command::new("umount")
-        .arg(target)
-        .output()
-        .map_err(BuildError::io("run umount for", target))?;
-    if out.status.success() {
-        return Ok(());
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
     }
-    // Something still holds it: detach lazily so the build can go on.
-    let lazy = Command::new("umount")
-        .arg("-l")
-        .arg(target)
-        .output()
-        .map_err(BuildError::io("run umount -l for", target))?;
-    if lazy.status.success() {
-        Ok(())
-    } else {
-        Err(BuildError::Invalid(format!(
-            "cannot unmount {}: {}",
-            target.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+
+    impl Recorder {
+        fn push(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Mounter for Recorder {
+        fn mount(&self, m: &Mount, target: &Path) -> Result<(), SandboxError> {
+            self.push(format!("mount {} {}", m.kind, target.display()));
+            Ok(())
+        }
+        fn unmount(&self, target: &Path) -> Result<(), SandboxError> {
+            self.push(format!("unmount {}", target.display()));
+            Ok(())
+        }
+        fn detach(&self, target: &Path) -> Result<(), SandboxError> {
+            self.push(format!("detach {}", target.display()));
+            Ok(())
+        }
+    }
+
+    fn overlay() -> Mount {
+        Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec!["lowerdir=/l".into()],
+        }
+    }
+
+    #[test]
+    fn mounts_through_the_mounter_and_unmounts_once() {
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("a/merged");
+        let rec = Arc::new(Recorder::default());
+        let guard = MountGuard::mount_with(rec.clone(), &[overlay()], &target).unwrap();
+        assert!(target.is_dir());
+        assert_eq!(guard.path(), target);
+        guard.unmount().unwrap();
+        let dropped = MountGuard::mount_with(rec.clone(), &[overlay()], &target).unwrap();
+        drop(dropped);
+        let t = target.display();
+        assert_eq!(
+            rec.calls(),
+            [
+                format!("mount overlay {t}"),
+                format!("unmount {t}"),
+                format!("mount overlay {t}"),
+                format!("unmount {t}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn one_mount_per_snapshot() {
+        let rec = Arc::new(Recorder::default());
+        let e = MountGuard::mount_with(rec.clone(), &[], Path::new("/nonexistent")).err();
+        assert!(matches!(e, Some(BuildError::Invalid(_))));
+        assert!(rec.calls().is_empty());
     }
 }

@@ -5,9 +5,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use crate::sandbox::Runtime;
+use crate::sandbox::{Mounter, Runtime, SystemMounter};
 use crate::snapshot::Snapshotter;
 
 /// The owning process of a name like `copy-123-4` or `kiln-123-4-0badc0de`.
@@ -107,14 +107,7 @@ pub fn sweep_stale(root: &Path, snapshots: &Snapshotter, runtime: Option<&Runtim
         .collect();
     stale.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for m in stale {
-        let detached = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH).is_ok()
-            || Command::new("umount")
-                .arg("-l")
-                .arg(&m)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-        if detached {
+        if SystemMounter.detach(&m).is_ok() {
             report.unmounted += 1;
         }
     }

@@ -2,8 +2,8 @@
 //!
 //! The `tar` crate only *reads* the archive (headers, PAX records, GNU long names); every file is
 //! written by this module relative to a directory fd of the target. Parent directories are
-//! resolved with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so `..`, absolute symlinks and
-//! symlinks that climb out are all resolved *inside* the target, and the last component is always
+//! resolved in a [`SafeRoot`] (`openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`), so `..`,
+//! absolute symlinks and symlinks that climb out are all resolved *inside* the target, and the last component is always
 //! created with a `*at` call that does not follow symlinks. Entry names are cleaned lexically
 //! first: `..` stops at the root and a leading `/` is dropped, so `../evil` and `/abs/evil` land at
 //! `evil` and `abs/evil` inside the target (as containerd does).
@@ -20,14 +20,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{
-    self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags,
-};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 use tar::EntryType;
 
-use crate::oci::Compression;
-use crate::oci::{DiffId, DigestingReader};
+use crate::oci::{Compression, DiffId, DigestingReader, NewDir, SafeRoot, SafeRootError};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
@@ -116,6 +113,16 @@ pub enum LayerError {
     },
 }
 
+impl From<SafeRootError> for LayerError {
+    fn from(e: SafeRootError) -> LayerError {
+        LayerError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// Extracts one layer tar read from `reader` (compressed as `compression`) into `target`, which
 /// must be an existing directory. Streams: nothing is held in memory beyond one copy buffer and a
 /// set of the paths the layer wrote.
@@ -125,14 +132,9 @@ pub fn extract_layer(
     target: &Path,
     opts: &ExtractOptions,
 ) -> Result<ExtractStats, LayerError> {
-    let root = rfs::open(
-        target,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| LayerError::Target {
+    let root = SafeRoot::open(target).map_err(|e| LayerError::Target {
         path: target.to_path_buf(),
-        source: e.into(),
+        source: e.source,
     })?;
     let read_err = |source: io::Error| LayerError::Read {
         target: target.to_path_buf(),
@@ -141,7 +143,6 @@ pub fn extract_layer(
     let decoder = Decoder::new(reader, compression).map_err(read_err)?;
     let mut ex = Extractor {
         root,
-        target,
         opts,
         added: HashSet::new(),
         dirs: HashMap::new(),
@@ -229,8 +230,7 @@ struct DirMeta {
 }
 
 struct Extractor<'a> {
-    root: OwnedFd,
-    target: &'a Path,
+    root: SafeRoot,
     opts: &'a ExtractOptions,
     /// Cleaned paths (`a/b/c`) this layer created, for opaque whiteouts in apply mode.
     added: HashSet<Vec<u8>>,
@@ -300,7 +300,7 @@ fn parse_pax_time(value: &[u8]) -> Option<(i64, u32)> {
 
 impl<'a> Extractor<'a> {
     fn path(&self, rel: &[u8]) -> PathBuf {
-        self.target.join(os(rel))
+        self.root.host_path(os(rel))
     }
 
     fn io(&self, op: &'static str, rel: &[u8], e: impl Into<io::Error>) -> LayerError {
@@ -320,7 +320,7 @@ impl<'a> Extractor<'a> {
 
     fn read_err(&self, source: io::Error) -> LayerError {
         LayerError::Read {
-            target: self.target.to_path_buf(),
+            target: self.root.path().to_path_buf(),
             source,
         }
     }
@@ -330,43 +330,20 @@ impl<'a> Extractor<'a> {
     /// Without it, a missing directory is `Ok(None)`.
     fn open_dir(&mut self, comps: &[&[u8]], create: bool) -> Result<Option<OwnedFd>, LayerError> {
         let full = join(comps);
-        match self.resolve_dir(&full) {
-            Ok(fd) => return Ok(Some(fd)),
-            Err(e) if e == Errno::NOENT => {}
-            Err(e) => return Err(self.io("open directory", &full, e)),
-        }
         if !create {
-            return Ok(None);
-        }
-        let mut dir = self
-            .resolve_dir(b"")
-            .map_err(|e| self.io("open directory", b"", e))?;
-        for i in 0..comps.len() {
-            let prefix = join(&comps[..=i]);
-            dir = match self.resolve_dir(&prefix) {
-                Ok(fd) => fd,
-                Err(e) if e == Errno::NOENT => {
-                    rfs::mkdirat(&dir, os(comps[i]), Mode::from_raw_mode(0o755))
-                        .map_err(|e| self.io("create directory", &prefix, e))?;
-                    self.added.insert(prefix.clone());
-                    self.resolve_dir(&prefix)
-                        .map_err(|e| self.io("open directory", &prefix, e))?
-                }
-                Err(e) => return Err(self.io("open directory", &prefix, e)),
+            return match self.root.open_dir(os(&full)) {
+                Ok(fd) => Ok(Some(fd)),
+                Err(e) if e == Errno::NOENT => Ok(None),
+                Err(e) => Err(self.io("open directory", &full, e)),
             };
         }
-        Ok(Some(dir))
-    }
-
-    fn resolve_dir(&self, rel: &[u8]) -> rustix::io::Result<OwnedFd> {
-        let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
-        rfs::openat2(
-            &self.root,
-            os(rel),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        )
+        let added = &mut self.added;
+        self.root
+            .mkdir_all(os(&full), |d: &NewDir<'_>| {
+                added.insert(d.rel.as_bytes().to_vec());
+                Ok::<_, LayerError>(())
+            })
+            .map(Some)
     }
 
     fn meta<R: Read>(
@@ -569,7 +546,7 @@ impl<'a> Extractor<'a> {
             .ok_or_else(|| Self::invalid(rel, "hardlink without a target"))?
             .into_owned();
         let link_comps = clean(&raw_link);
-        let (path, target) = (self.path(rel), self.target.to_path_buf());
+        let (path, target) = (self.path(rel), self.root.path().to_path_buf());
         let missing = || LayerError::MissingHardlinkTarget {
             path: path.clone(),
             link_name: String::from_utf8_lossy(&raw_link).into_owned(),
@@ -615,19 +592,10 @@ impl<'a> Extractor<'a> {
             return match self.opts.whiteouts {
                 WhiteoutMode::Overlay => {
                     self.open_dir(parent, true)?;
-                    let rel: &[u8] = if parent_rel.is_empty() {
-                        b"."
-                    } else {
-                        &parent_rel
-                    };
-                    let fd = rfs::openat2(
-                        &self.root,
-                        os(rel),
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                        Mode::empty(),
-                        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-                    )
-                    .map_err(|e| self.io("open directory", &parent_rel, e))?;
+                    let fd = self
+                        .root
+                        .open_at(os(&parent_rel), OFlags::RDONLY | OFlags::DIRECTORY)
+                        .map_err(|e| self.io("open directory", &parent_rel, e))?;
                     rfs::fsetxattr(&fd, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
                         .map_err(|e| self.io("set opaque xattr on", &parent_rel, e))
                 }
@@ -901,13 +869,9 @@ impl<'a> Extractor<'a> {
     fn finish_dirs(&mut self) -> Result<(), LayerError> {
         let dirs = std::mem::take(&mut self.dirs);
         for (rel, meta) in dirs {
-            let target: &[u8] = if rel.is_empty() { b"." } else { &rel };
-            let fd = match rfs::openat2(
-                &self.root,
-                os(target),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            let fd = match self.root.open_at(
+                os(&rel),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
             ) {
                 Ok(fd) => fd,
                 // Replaced by a later entry or removed by a whiteout: nothing to do.

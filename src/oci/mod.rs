@@ -1,6 +1,7 @@
 //! OCI wire-level vocabulary shared by the registry, store and build: validated digests, image
 //! references, platforms, media types, descriptors and blob references, and hashing
-//! readers/writers.
+//! readers/writers; and [`SafeRoot`], resolving paths inside a root filesystem without escaping
+//! it, which every module may need.
 
 pub mod blob;
 pub mod digest;
@@ -10,6 +11,7 @@ pub mod media;
 pub mod pipe;
 pub mod platform;
 pub mod reference;
+pub mod saferoot;
 
 pub use blob::{BlobRef, LayerBlob};
 pub use digest::{DiffId, Digest, DigestError, DigestingReader, DigestingWriter};
@@ -21,3 +23,4 @@ pub use manifest::{
 pub use media::Compression;
 pub use platform::{Platform, PlatformError};
 pub use reference::{Reference, ReferenceError};
+pub use saferoot::{NewDir, SafeRoot, SafeRootError};

@@ -92,6 +92,16 @@ impl SandboxError {
     }
 }
 
+impl From<crate::oci::SafeRootError> for SandboxError {
+    fn from(e: crate::oci::SafeRootError) -> SandboxError {
+        SandboxError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// Which OCI runtime a [`Runtime`] is, as far as its command-line quirks matter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeKind {
@@ -712,6 +722,13 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(format!("unmount {}", target.display()));
+            Ok(())
+        }
+        fn detach(&self, target: &Path) -> Result<(), SandboxError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("detach {}", target.display()));
             Ok(())
         }
     }

@@ -1,21 +1,20 @@
-//! Paths inside a container's root filesystem, resolved on the host without escaping it:
-//! every lookup is `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so `..` and absolute
-//! symlinks stay inside the root, as they would for a process chrooted there.
+//! Paths inside a container's root filesystem, resolved on the host without escaping it
+//! (through [`SafeRoot`]), so `..` and absolute symlinks stay inside the root, as they would for
+//! a process chrooted there.
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{self as rfs, AtFlags, FileType, OFlags};
 use rustix::io::Errno;
 
 use super::SandboxError;
+use crate::oci::{NewDir, SafeRoot};
 
 /// A rootfs directory opened once; paths below are relative to it, absolute or not.
 pub struct Root {
-    path: PathBuf,
-    fd: OwnedFd,
+    root: SafeRoot,
 }
 
 /// Lexically normalised components of `path` (`.` dropped, `..` pops, never above the root).
@@ -35,39 +34,17 @@ pub fn components(path: &str) -> Vec<&str> {
 
 impl Root {
     pub fn open(path: &Path) -> Result<Root, SandboxError> {
-        let fd = rfs::open(
-            path,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| SandboxError::io("open rootfs", path, e.into()))?;
-        Ok(Root {
-            path: path.to_path_buf(),
-            fd,
-        })
+        let root =
+            SafeRoot::open(path).map_err(|e| SandboxError::io("open rootfs", path, e.source))?;
+        Ok(Root { root })
     }
 
     fn host_path(&self, comps: &[&str]) -> PathBuf {
-        let mut p = self.path.clone();
-        for c in comps {
-            p.push(c);
-        }
-        p
+        self.root.host_path(comps.join("/"))
     }
 
-    fn open_at(&self, comps: &[&str], flags: OFlags) -> rustix::io::Result<OwnedFd> {
-        let rel = if comps.is_empty() {
-            ".".to_string()
-        } else {
-            comps.join("/")
-        };
-        rfs::openat2(
-            &self.fd,
-            rel.as_str(),
-            flags | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        )
+    fn open_at(&self, comps: &[&str], flags: OFlags) -> rustix::io::Result<rustix::fd::OwnedFd> {
+        self.root.open_at(comps.join("/"), flags)
     }
 
     /// Reads a file inside the root (at most `limit` bytes); `None` if it does not exist.
@@ -129,57 +106,44 @@ impl Root {
     /// (as BuildKit does for a missing working directory, and runc for a missing mount point).
     pub fn mkdir_all(&self, path: &str, uid: u32, gid: u32) -> Result<(), SandboxError> {
         let comps = components(path);
-        let mut dir = self
-            .open_at(&[], OFlags::PATH | OFlags::DIRECTORY)
-            .map_err(|e| SandboxError::io("open", &self.path, e.into()))?;
-        for i in 0..comps.len() {
-            let here = &comps[..=i];
-            dir = match self.open_at(here, OFlags::PATH | OFlags::DIRECTORY) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) => {
-                    let name = comps[i];
-                    rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)).map_err(|e| {
-                        SandboxError::io("create directory", &self.host_path(here), e.into())
-                    })?;
-                    // 0755 whatever kiln's umask: the mode ends up in the layer.
-                    rfs::chmodat(&dir, name, Mode::from_raw_mode(0o755), AtFlags::empty())
-                        .map_err(|e| SandboxError::io("chmod", &self.host_path(here), e.into()))?;
-                    rfs::chownat(
-                        &dir,
-                        name,
-                        Some(rustix::fs::Uid::from_raw(uid)),
-                        Some(rustix::fs::Gid::from_raw(gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| SandboxError::io("chown", &self.host_path(here), e.into()))?;
-                    self.open_at(here, OFlags::PATH | OFlags::DIRECTORY)
-                        .map_err(|e| SandboxError::io("open", &self.host_path(here), e.into()))?
-                }
-                Err(e) => return Err(SandboxError::io("open", &self.host_path(here), e.into())),
-            };
-        }
-        Ok(())
+        self.root
+            .mkdir_all(comps.join("/"), |d: &NewDir<'_>| {
+                // 0755 whatever kiln's umask: the mode ends up in the layer.
+                rfs::chmodat(
+                    d.parent,
+                    d.name,
+                    rfs::Mode::from_raw_mode(0o755),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| SandboxError::from(self.root.error("chmod", d.rel, e)))?;
+                rfs::chownat(
+                    d.parent,
+                    d.name,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| SandboxError::from(self.root.error("chown", d.rel, e)))
+            })
+            .map(drop)
     }
 
     /// Removes `path` if it is an empty directory or an empty regular file (a mount point the
     /// runtime created); anything else is left alone.
     pub fn remove_stub(&self, path: &str) {
-        let comps = components(path);
-        let Some((name, parent)) = comps.split_last() else {
+        let rel = components(path).join("/");
+        let Ok((dir, name)) = self.root.open_parent(&rel) else {
             return;
         };
-        let Ok(dir) = self.open_at(parent, OFlags::PATH | OFlags::DIRECTORY) else {
-            return;
-        };
-        let Ok(st) = rfs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW) else {
+        let Ok(st) = rfs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
             return;
         };
         match FileType::from_raw_mode(st.st_mode) {
             FileType::Directory => {
-                let _ = rfs::unlinkat(&dir, *name, AtFlags::REMOVEDIR);
+                let _ = rfs::unlinkat(&dir, name, AtFlags::REMOVEDIR);
             }
             FileType::RegularFile if st.st_size == 0 => {
-                let _ = rfs::unlinkat(&dir, *name, AtFlags::empty());
+                let _ = rfs::unlinkat(&dir, name, AtFlags::empty());
             }
             _ => {}
         }

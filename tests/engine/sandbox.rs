@@ -442,3 +442,54 @@ fn detect_prefers_crun() {
         }
     }
 }
+
+/// `count` lower dirs named like snapshots (`<64 hex>/fs`, about 100 bytes of options each) on
+/// top of the fixture's busybox layer, top first; layer `i` holds `/layer-i` and `/top` says
+/// which layer is on top. With 150 of them the overlay options are ~15 kB, far past the 4096
+/// bytes mount(2) takes.
+fn many_lowers(f: &Fixture, count: usize) -> String {
+    let mut lowers = Vec::new();
+    for i in (0..count).rev() {
+        let dir = f.path(&format!("snapshots/{i:064x}/fs"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("layer-{i}")), format!("{i}\n")).unwrap();
+        fs::write(dir.join("top"), format!("{i}\n")).unwrap();
+        lowers.push(dir.display().to_string());
+    }
+    lowers.push(f.path("lower").display().to_string());
+    format!("lowerdir={}", lowers.join(":"))
+}
+
+#[test]
+fn a_rootfs_of_many_layers_mounts_past_the_page_limit() {
+    let f = Fixture::new();
+    let lowerdir = many_lowers(&f, 150);
+    assert!(lowerdir.len() > 4096 * 3);
+    for rt in runtimes() {
+        let mut spec = f.spec("cat /top /layer-0 /layer-149; echo w > /written");
+        spec.rootfs[0].options[0] = lowerdir.clone();
+        let (code, out, err) = f.run(&rt, &spec);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "149\n0\n149\n");
+        assert_eq!(fs::read_to_string(f.path("upper/written")).unwrap(), "w\n");
+        fs::remove_file(f.path("upper/written")).unwrap();
+    }
+}
+
+#[test]
+fn a_mount_guard_mounts_many_layers_and_unmounts() {
+    use kiln::exec::mounts::MountGuard;
+    let f = Fixture::new();
+    let mut rootfs = f.rootfs();
+    rootfs[0].options[0] = many_lowers(&f, 150);
+    let target = f.path("merged");
+    let guard = MountGuard::mount(&rootfs, &target).unwrap();
+    assert_eq!(fs::read_to_string(target.join("top")).unwrap(), "149\n");
+    assert_eq!(fs::read_to_string(target.join("layer-0")).unwrap(), "0\n");
+    assert!(target.join("bin/busybox").exists());
+    fs::write(target.join("copied"), "c").unwrap();
+    guard.unmount().unwrap();
+    assert_eq!(fs::read_to_string(f.path("upper/copied")).unwrap(), "c");
+    assert!(!target.join("top").exists());
+    f.assert_clean();
+}
