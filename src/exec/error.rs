@@ -26,8 +26,11 @@ pub enum BuildError {
     Metadata(#[from] super::metadata::MetadataError),
     #[error(transparent)]
     Sandbox(#[from] Box<crate::sandbox::SandboxError>),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("expected one mount for a snapshot, got {0}")]
+    SnapshotMounts(usize),
+    /// Mounting a snapshot for a file step (COPY, WORKDIR, `--mount=from`).
+    #[error("{0} (kiln needs root and overlayfs to build)")]
+    Mount(#[source] Box<crate::sandbox::SandboxError>),
     #[error(transparent)]
     Copy(#[from] crate::context::copy::CopyError),
     #[error("cannot set up HTTP: {0}")]

@@ -29,15 +29,12 @@ impl MountGuard {
         target: &Path,
     ) -> Result<MountGuard, BuildError> {
         let [m] = mounts else {
-            return Err(BuildError::Invalid(format!(
-                "expected one mount for a snapshot, got {}",
-                mounts.len()
-            )));
+            return Err(BuildError::SnapshotMounts(mounts.len()));
         };
         std::fs::create_dir_all(target).map_err(BuildError::io("create", target))?;
-        mounter.mount(m, target).map_err(|e| {
-            BuildError::Invalid(format!("{e} (kiln needs root and overlayfs to build)"))
-        })?;
+        mounter
+            .mount(m, target)
+            .map_err(|e| BuildError::Mount(Box::new(e)))?;
         Ok(MountGuard {
             target: target.to_path_buf(),
             mounted: true,
@@ -52,9 +49,7 @@ impl MountGuard {
     /// Unmounts, lazily (`MNT_DETACH`) if something still holds the mount, so the build can go on.
     pub fn unmount(mut self) -> Result<(), BuildError> {
         self.mounted = false;
-        self.mounter
-            .unmount(&self.target)
-            .map_err(|e| BuildError::Invalid(e.to_string()))
+        self.mounter.unmount(&self.target).map_err(BuildError::from)
     }
 }
 
@@ -136,7 +131,7 @@ mod tests {
     fn one_mount_per_snapshot() {
         let rec = Arc::new(Recorder::default());
         let e = MountGuard::mount_with(rec.clone(), &[], Path::new("/nonexistent")).err();
-        assert!(matches!(e, Some(BuildError::Invalid(_))));
+        assert!(matches!(e, Some(BuildError::SnapshotMounts(0))));
         assert!(rec.calls().is_empty());
     }
 }
