@@ -18,12 +18,8 @@ pub const CACHE_DIR: &str = "cache-v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::oci::IoError),
 }
 
 /// The layer a cached step produced: `oci`'s layer type, under the name the build uses. Its
@@ -61,10 +57,12 @@ pub struct Cache {
 impl Cache {
     pub fn open(root: &Path, store: Store) -> Result<Cache, CacheError> {
         let dir = root.join(CACHE_DIR);
-        fs::create_dir_all(&dir).map_err(|source| CacheError::Io {
-            op: "create",
-            path: dir.clone(),
-            source,
+        fs::create_dir_all(&dir).map_err(|source| {
+            CacheError::Io(crate::oci::IoError {
+                op: "create",
+                path: dir.clone(),
+                source,
+            })
         })?;
         Ok(Cache { dir, store })
     }
@@ -110,10 +108,12 @@ impl Cache {
         let dir = self.dir.join("steps");
         let io = |op: &'static str, p: &Path| {
             let p = p.to_path_buf();
-            move |source| CacheError::Io {
-                op,
-                path: p,
-                source,
+            move |source| {
+                CacheError::Io(crate::oci::IoError {
+                    op,
+                    path: p,
+                    source,
+                })
             }
         };
         fs::create_dir_all(&dir).map_err(io("create", &dir))?;
@@ -135,10 +135,12 @@ impl Cache {
             .join(format!(".{}.{}.tmp", key.hex(), std::process::id()));
         let io = |op: &'static str, p: &Path| {
             let p = p.to_path_buf();
-            move |source| CacheError::Io {
-                op,
-                path: p,
-                source,
+            move |source| {
+                CacheError::Io(crate::oci::IoError {
+                    op,
+                    path: p,
+                    source,
+                })
             }
         };
         let bytes = serde_json::to_vec(record).unwrap_or_default();
@@ -176,11 +178,11 @@ impl Cache {
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(CacheError::Io {
+            Err(source) => Err(CacheError::Io(crate::oci::IoError {
                 op: "remove",
                 path,
                 source,
-            }),
+            })),
         }
     }
 

@@ -183,7 +183,7 @@ pub fn import_records(
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CacheError {
     let path = path.to_path_buf();
-    move |source| CacheError::Io { op, path, source }
+    move |source| CacheError::Io(crate::oci::IoError { op, path, source })
 }
 
 /// Writes `bytes` at `path` through a temp file, fsync and rename.

@@ -26,27 +26,25 @@ pub enum CopyError {
     BadChmod(String),
     #[error("invalid pattern {0:?}")]
     BadPattern(String),
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::oci::IoError),
     #[error("cannot copy a directory onto the non-directory {0}")]
     NotADirectory(String),
 }
 
 fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> CopyError {
     let path = path.into();
-    move |source| CopyError::Io { op, path, source }
+    move |source| CopyError::Io(crate::oci::IoError { op, path, source })
 }
 
 fn errno(op: &'static str, path: &str) -> impl FnOnce(rustix::io::Errno) -> CopyError {
     let path = PathBuf::from(path);
-    move |e| CopyError::Io {
-        op,
-        path,
-        source: e.into(),
+    move |e| {
+        CopyError::Io(crate::oci::IoError {
+            op,
+            path,
+            source: e.into(),
+        })
     }
 }
 
@@ -525,10 +523,12 @@ impl ResolvedDir {
 
 impl DestRoot {
     fn open(path: &Path) -> Result<DestRoot, CopyError> {
-        let root = SafeRoot::open(path).map_err(|e| CopyError::Io {
-            op: e.op,
-            path: e.path,
-            source: e.source,
+        let root = SafeRoot::open(path).map_err(|e| {
+            CopyError::Io(crate::oci::IoError {
+                op: e.op,
+                path: e.path,
+                source: e.source,
+            })
         })?;
         Ok(DestRoot {
             root,
@@ -600,11 +600,11 @@ impl DestRoot {
                 let inside = e.path.strip_prefix(self.root.path()).unwrap_or(&e.path);
                 return CopyError::NotADirectory(format!("/{}", inside.display()));
             }
-            CopyError::Io {
+            CopyError::Io(crate::oci::IoError {
                 op: e.op,
                 path: e.path,
                 source: e.source,
-            }
+            })
         })?;
         let fd = std::sync::Arc::new(ResolvedDir {
             fd,
@@ -1164,13 +1164,16 @@ mod tests {
             apply_meta(&dest, "locked", &meta, (1000, 1000), None).unwrap_err()
         };
         assert!(
-            matches!(&e, CopyError::Io { op: "chown", path, .. } if path == Path::new("locked")),
+            matches!(&e, CopyError::Io(crate::oci::IoError { op: "chown", path, .. }) if path == Path::new("locked")),
             "{e}"
         );
         assert!(e.to_string().starts_with("cannot chown locked: "), "{e}");
         // An entry that vanished under the copy fails it too, instead of passing unnoticed.
         let e = apply_meta(&dest, "gone", &meta, (0, 0), None).unwrap_err();
-        assert!(matches!(&e, CopyError::Io { op: "chown", .. }), "{e}");
+        assert!(
+            matches!(&e, CopyError::Io(crate::oci::IoError { op: "chown", .. })),
+            "{e}"
+        );
         // A symlink gets its owner but no mode (Linux has none for it), and that is no error.
         std::os::unix::fs::symlink("a.txt", root.join("l")).unwrap();
         let link_meta = fs::symlink_metadata(ctx.join("link")).unwrap();

@@ -127,12 +127,8 @@ pub enum BuildError {
         host: String,
         qemu: String,
     },
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::oci::IoError),
     /// A failure while executing one instruction.
     #[error("{instruction}: {source}")]
     Step {
@@ -183,7 +179,7 @@ impl BuildError {
         path: impl Into<std::path::PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> BuildError {
         let path = path.into();
-        move |source| BuildError::Io { op, path, source }
+        move |source| BuildError::Io(crate::oci::IoError { op, path, source })
     }
 
     pub fn in_step(self, instruction: &str, span: &Span) -> BuildError {

@@ -33,13 +33,8 @@ pub enum ExportError {
     BlobChanged { expected: Digest, actual: Digest },
     #[error("writing the archive: {0}")]
     Write(#[source] std::io::Error),
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::oci::IoError),
     #[error("unpacking layer {digest}: {source}")]
     Layer {
         digest: Digest,
@@ -60,7 +55,7 @@ impl ExportError {
         path: impl AsRef<std::path::Path>,
     ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.as_ref().to_path_buf();
-        move |source| ExportError::Io { op, path, source }
+        move |source| ExportError::Io(crate::oci::IoError { op, path, source })
     }
 }
 

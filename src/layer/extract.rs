@@ -24,7 +24,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timesta
 use rustix::io::Errno;
 use tar::EntryType;
 
-use crate::oci::{Compression, DiffId, DigestingReader, NewDir, SafeRoot, SafeRootError};
+use crate::oci::{Compression, DiffId, DigestingReader, NewDir, SafeRoot};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
@@ -97,12 +97,8 @@ pub enum LayerError {
     Target { path: PathBuf, source: io::Error },
     #[error("reading layer for {target}: {source}")]
     Read { target: PathBuf, source: io::Error },
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::oci::IoError),
     #[error("invalid layer entry {name:?}: {reason}")]
     InvalidEntry { name: String, reason: String },
     #[error("hardlink {path} -> {link_name:?}: the target does not exist in {target}")]
@@ -111,16 +107,6 @@ pub enum LayerError {
         link_name: String,
         target: PathBuf,
     },
-}
-
-impl From<SafeRootError> for LayerError {
-    fn from(e: SafeRootError) -> LayerError {
-        LayerError::Io {
-            op: e.op,
-            path: e.path,
-            source: e.source,
-        }
-    }
 }
 
 /// Extracts one layer tar read from `reader` (compressed as `compression`) into `target`, which
@@ -304,11 +290,11 @@ impl<'a> Extractor<'a> {
     }
 
     fn io(&self, op: &'static str, rel: &[u8], e: impl Into<io::Error>) -> LayerError {
-        LayerError::Io {
+        LayerError::Io(crate::oci::IoError {
             op,
             path: self.path(rel),
             source: e.into(),
-        }
+        })
     }
 
     fn invalid(name: &[u8], reason: impl Into<String>) -> LayerError {
@@ -854,14 +840,14 @@ impl<'a> Extractor<'a> {
                 self.stats.xattrs_skipped += 1;
                 Ok(())
             }
-            Err(e) => Err(LayerError::Io {
+            Err(e) => Err(LayerError::Io(crate::oci::IoError {
                 op: "set xattr",
                 path: self.path(rel),
                 source: io::Error::new(
                     io::Error::from(e).kind(),
                     format!("{name}: {}", io::Error::from(e)),
                 ),
-            }),
+            })),
         }
     }
 

@@ -48,10 +48,12 @@ impl<W: Write> LayerWriter<W> {
             }
             Compression::Zstd => Encoder::Zstd(
                 zstd::stream::write::Encoder::new(blob, level.unwrap_or(3) as i32).map_err(
-                    |e| LayerError::Io {
-                        op: "start zstd",
-                        path: Default::default(),
-                        source: e,
+                    |e| {
+                        LayerError::Io(crate::oci::IoError {
+                            op: "start zstd",
+                            path: Default::default(),
+                            source: e,
+                        })
                     },
                 )?,
             ),
@@ -73,10 +75,12 @@ impl<W: Write> LayerWriter<W> {
     }
 
     pub fn finish(self) -> Result<(LayerInfo, W), LayerError> {
-        let io_err = |source| LayerError::Io {
-            op: "finish layer compression",
-            path: Default::default(),
-            source,
+        let io_err = |source| {
+            LayerError::Io(crate::oci::IoError {
+                op: "finish layer compression",
+                path: Default::default(),
+                source,
+            })
         };
         let (diff_id, uncompressed_size, encoder) = self.tar.finish().map_err(io_err)?;
         let mut gzip_chunks = Vec::new();
@@ -146,7 +150,7 @@ pub struct DiffStats {
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayerError {
     let path = path.to_path_buf();
-    move |source| LayerError::Io { op, path, source }
+    move |source| LayerError::Io(crate::oci::IoError { op, path, source })
 }
 
 fn is_whiteout(meta: &fs::Metadata) -> bool {

@@ -6,6 +6,7 @@
 pub mod blob;
 pub mod digest;
 mod hashahead;
+pub mod io_error;
 pub mod manifest;
 pub mod media;
 pub mod pipe;
@@ -16,6 +17,7 @@ pub mod saferoot;
 pub use blob::{BlobRef, LayerBlob};
 pub use digest::{DiffId, Digest, DigestError, DigestingReader, DigestingWriter};
 pub use hashahead::HashAhead;
+pub use io_error::IoError;
 pub use manifest::{
     sniff_manifest, ContainerConfig, Descriptor, Healthcheck, History, ImageConfig, ImageIndex,
     ImageManifest, Manifest, ManifestError, ManifestKind, RootFs,
@@ -23,4 +25,4 @@ pub use manifest::{
 pub use media::Compression;
 pub use platform::{Platform, PlatformError};
 pub use reference::{Reference, ReferenceError};
-pub use saferoot::{NewDir, SafeRoot, SafeRootError};
+pub use saferoot::{NewDir, SafeRoot};

@@ -8,7 +8,7 @@
 //! import (`layer` may import nothing else). It uses nothing but std and rustix.
 
 use std::ffi::OsStr;
-use std::io;
+
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -16,26 +16,11 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
+use super::io_error::IoError;
+
 /// Symlinks [`SafeRoot::mkdir_all_following`] follows to a missing target before giving up
 /// (the kernel's own limit for one path is 40).
 const MAX_DANGLING: usize = 40;
-
-/// A failed operation on a path inside a [`SafeRoot`], naming it on the host.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} {}: {source}", path.display())]
-pub struct SafeRootError {
-    pub op: &'static str,
-    /// The path on the host (the root's path joined with the path inside it).
-    pub path: PathBuf,
-    pub source: io::Error,
-}
-
-impl SafeRootError {
-    /// The errno behind it, for callers that decide by it (`ENOTDIR`, `ENOENT`).
-    pub fn errno(&self) -> Option<Errno> {
-        self.source.raw_os_error().map(Errno::from_raw_os_error)
-    }
-}
 
 /// A directory [`SafeRoot::mkdir_all`] has just created.
 pub struct NewDir<'a> {
@@ -67,13 +52,13 @@ fn as_os<P: AsRef<OsStr> + ?Sized>(p: &P) -> &OsStr {
 
 impl SafeRoot {
     /// Opens `path` (an existing directory; symlinks in `path` itself are followed).
-    pub fn open(path: &Path) -> Result<SafeRoot, SafeRootError> {
+    pub fn open(path: &Path) -> Result<SafeRoot, IoError> {
         let fd = rfs::open(
             path,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| SafeRootError {
+        .map_err(|e| IoError {
             op: "open",
             path: path.to_path_buf(),
             source: e.into(),
@@ -97,8 +82,8 @@ impl SafeRoot {
     }
 
     /// An error for `op` on `rel`, named on the host.
-    pub fn error(&self, op: &'static str, rel: impl AsRef<OsStr>, e: Errno) -> SafeRootError {
-        SafeRootError {
+    pub fn error(&self, op: &'static str, rel: impl AsRef<OsStr>, e: Errno) -> IoError {
+        IoError {
             op,
             path: self.host_path(rel),
             source: e.into(),
@@ -152,7 +137,7 @@ impl SafeRoot {
     /// One `openat2` when the directory exists already.
     pub fn mkdir_all<E, F>(&self, rel: impl AsRef<OsStr>, mut made: F) -> Result<OwnedFd, E>
     where
-        E: From<SafeRootError>,
+        E: From<IoError>,
         F: FnMut(&NewDir<'_>) -> Result<(), E>,
     {
         self.mkdir_all_at(rel.as_ref(), false, 0, &mut made)
@@ -166,7 +151,7 @@ impl SafeRoot {
         mut made: F,
     ) -> Result<OwnedFd, E>
     where
-        E: From<SafeRootError>,
+        E: From<IoError>,
         F: FnMut(&NewDir<'_>) -> Result<(), E>,
     {
         self.mkdir_all_at(rel.as_ref(), true, 0, &mut made)
@@ -180,7 +165,7 @@ impl SafeRoot {
         made: &mut F,
     ) -> Result<OwnedFd, E>
     where
-        E: From<SafeRootError>,
+        E: From<IoError>,
         F: FnMut(&NewDir<'_>) -> Result<(), E>,
     {
         if depth > MAX_DANGLING {
@@ -280,10 +265,10 @@ mod tests {
 
     fn read(root: &SafeRoot, rel: &str) -> rustix::io::Result<String> {
         let fd = root.open_at(rel, OFlags::RDONLY)?;
-        Ok(io::read_to_string(fs::File::from(fd)).unwrap())
+        Ok(std::io::read_to_string(fs::File::from(fd)).unwrap())
     }
 
-    fn none(_: &NewDir<'_>) -> Result<(), SafeRootError> {
+    fn none(_: &NewDir<'_>) -> Result<(), IoError> {
         Ok(())
     }
 
@@ -366,7 +351,7 @@ mod tests {
         let mut made = Vec::new();
         r.mkdir_all("/etc/up/work/dir", |d: &NewDir<'_>| {
             made.push(d.rel.to_string_lossy().into_owned());
-            Ok::<_, SafeRootError>(())
+            Ok::<_, IoError>(())
         })
         .unwrap();
         // `etc/up` resolves to the root itself.
@@ -377,7 +362,7 @@ mod tests {
         made.clear();
         r.mkdir_all("work/dir", |d: &NewDir<'_>| {
             made.push(d.rel.to_string_lossy().into_owned());
-            Ok::<_, SafeRootError>(())
+            Ok::<_, IoError>(())
         })
         .unwrap();
         assert!(made.is_empty());

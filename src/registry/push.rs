@@ -754,10 +754,12 @@ impl Target {
         label: &str,
     ) -> Result<(), PushError> {
         let path = self.store.blob_path(&blob.digest);
-        let file = Arc::new(std::fs::File::open(&path).map_err(|e| StoreError::Io {
-            op: "open blob",
-            path: path.clone(),
-            source: e,
+        let file = Arc::new(std::fs::File::open(&path).map_err(|e| {
+            StoreError::Io(crate::oci::IoError {
+                op: "open blob",
+                path: path.clone(),
+                source: e,
+            })
         })?);
         let policy = self.client.retry_policy();
         let chunked = blob.size >= self.chunk_size;

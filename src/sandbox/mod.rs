@@ -40,12 +40,8 @@ pub enum SandboxError {
     NoRuntime,
     #[error("OCI runtime {0} not found or not executable")]
     RuntimeNotFound(PathBuf),
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::oci::IoError),
     #[error("mount {kind} {source_path} on {target} (options {options:?}): {source}")]
     Mount {
         kind: String,
@@ -84,21 +80,11 @@ pub enum SandboxError {
 
 impl SandboxError {
     fn io(op: &'static str, path: &Path, source: io::Error) -> SandboxError {
-        SandboxError::Io {
+        SandboxError::Io(crate::oci::IoError {
             op,
             path: path.to_path_buf(),
             source,
-        }
-    }
-}
-
-impl From<crate::oci::SafeRootError> for SandboxError {
-    fn from(e: crate::oci::SafeRootError) -> SandboxError {
-        SandboxError::Io {
-            op: e.op,
-            path: e.path,
-            source: e.source,
-        }
+        })
     }
 }
 

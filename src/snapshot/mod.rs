@@ -65,12 +65,8 @@ struct ActiveInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::oci::IoError),
     #[error("snapshot metadata {path}: {source}")]
     Metadata {
         path: PathBuf,
@@ -106,10 +102,12 @@ pub enum SnapshotError {
 type Result<T> = std::result::Result<T, SnapshotError>;
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
-    move |source| SnapshotError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        SnapshotError::Io(crate::oci::IoError {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 

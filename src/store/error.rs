@@ -7,13 +7,8 @@ use crate::oci::Digest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::oci::IoError),
     #[error("{}: invalid JSON: {source}", path.display())]
     Json {
         path: PathBuf,
@@ -55,7 +50,7 @@ fn for_digest(d: &Option<Digest>) -> String {
 impl StoreError {
     pub(crate) fn io(op: &'static str, path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> Self {
         let path = path.as_ref().to_path_buf();
-        move |source| StoreError::Io { op, path, source }
+        move |source| StoreError::Io(crate::oci::IoError { op, path, source })
     }
 }
 
