@@ -252,6 +252,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         } else {
             None
         },
+        allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
     };
     let rt = runtime()?;
     // Ctrl-C: the running step's runtime is killed (the sandbox then deletes its container), the

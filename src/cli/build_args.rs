@@ -33,6 +33,12 @@ pub struct BuildArgs {
     /// Network for RUN steps
     #[arg(long, value_parser = ["default", "host", "none"], default_value = "default")]
     pub network: String,
+    /// Extra privileges (buildx's entitlements, comma-separated or repeated):
+    /// `security.insecure` lets `RUN --security=insecure` run with every capability and no
+    /// seccomp filter; `network.host` is accepted (RUN already uses the host's network)
+    #[arg(long = "allow", value_name = "ENTITLEMENT", value_delimiter = ',',
+          value_parser = ["security.insecure", "network.host"])]
+    pub allow: Vec<String>,
     /// Secret for RUN --mount=type=secret: `id=ID,src=PATH` or `id=ID,env=VAR` (repeatable)
     #[arg(long = "secret", value_name = "id=..,src=..|env=..")]
     pub secrets: Vec<String>,

@@ -60,6 +60,8 @@ pub struct BuildRequest {
     /// registry holds but the store lacks are left there (the push mounts them) instead of
     /// being downloaded, and the image is tagged in the store only when all its blobs are here.
     pub remote_layers_in: Option<String>,
+    /// `--allow security.insecure`: `RUN --security=insecure` may run unconfined.
+    pub allow_insecure: bool,
 }
 
 #[derive(Debug, Clone)]

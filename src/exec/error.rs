@@ -119,6 +119,9 @@ pub enum BuildError {
     TargetNotBuilt,
     #[error("stage {0} stopped: another stage failed")]
     StageStopped(String),
+    /// `RUN --security=insecure` in a build started without the entitlement (BuildKit's words).
+    #[error("security.insecure is not allowed: RUN --security=insecure needs `kiln build --allow security.insecure`")]
+    InsecureNotAllowed,
     #[error("invalid ONBUILD trigger {trigger:?} in the base image: {message}")]
     OnbuildTrigger { trigger: String, message: String },
     #[error("cannot RUN for platform {platform} on this {host} machine: no binfmt_misc emulation for {qemu} is registered (install qemu-user-static and binfmt-support), or build for {host}")]

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::cache::RecordSource;
+use crate::dockerfile::instructions::{Command, SecurityMode};
+use crate::dockerfile::Dockerfile;
 use crate::export::build_time;
 use crate::graph::{plan, Plan, PlanOptions};
 use crate::oci::manifest::ImageConfig;
@@ -81,6 +83,9 @@ impl<'b> BuildSession<'b> {
                 build_platform: &Platform::host(),
             },
         )?;
+        if !req.allow_insecure {
+            refuse_insecure_runs(&req.dockerfile, &plan.order)?;
+        }
         let source_date_epoch = req
             .build_args
             .get("SOURCE_DATE_EPOCH")
@@ -314,4 +319,20 @@ pub(super) fn cached_layer(layer: &LayerState) -> LayerBlob {
         blob: layer.layer.clone(),
         diff_id: layer.diff_id.clone(),
     }
+}
+
+/// `RUN --security=insecure` in a stage the build needs fails the build before anything runs
+/// when it lacks the entitlement (the RUN step checks again, for ONBUILD triggers).
+fn refuse_insecure_runs(dockerfile: &Dockerfile, order: &[usize]) -> Result<(), BuildError> {
+    for instr in order
+        .iter()
+        .flat_map(|i| &dockerfile.stages[*i].instructions)
+    {
+        if let Command::Run(run) = &instr.command {
+            if run.security == Some(SecurityMode::Insecure) {
+                return Err(BuildError::InsecureNotAllowed.in_step(&instr.original, &instr.span));
+            }
+        }
+    }
+    Ok(())
 }

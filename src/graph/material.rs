@@ -7,7 +7,8 @@
 //!   diffID, plus the platform; `FROM <stage>`: that stage's last key; `scratch`: the platform);
 //! - the step's fields, sorted by name: for RUN the command after expansion (through SHELL),
 //!   every variable it sees (`env:NAME`: image ENV, stage ENV, ARGs in scope), WORKDIR, USER,
-//!   network mode, and each `--mount` as written (a secret mount names its id, never its value);
+//!   network mode, `--security=insecure`, and each `--mount` as written (a secret mount names
+//!   its id, never its value);
 //!   for COPY/ADD the sources, destination, WORKDIR, `--chown`/`--chmod`/`--parents`/`--exclude`,
 //!   heredoc bodies, downloaded URL digests, the `--from` snapshot, and `content`: the digest of
 //!   exactly the selected files (paths, types, modes, symlink targets, file contents, and owners
@@ -81,7 +82,8 @@ impl StepMaterial {
     }
 
     /// RUN: the command after SHELL, every variable it sees, where and as whom it runs, its
-    /// network, and each `--mount` as written (a secret mount names its id, never its value).
+    /// network and security mode, and each `--mount` as written (a secret mount names its id,
+    /// never its value).
     pub fn run(parent: &Digest, run: &RunInputs<'_>) -> StepMaterial {
         let mut material = StepMaterial::new("RUN", Some(parent))
             .field("cmd", serde_json::to_string(run.args).unwrap_or_default())
@@ -89,6 +91,9 @@ impl StepMaterial {
             .field("workdir", run.workdir)
             .field("user", run.user)
             .field("network", run.network);
+        if run.insecure {
+            material = material.field("security", "insecure");
+        }
         for (i, m) in run.mounts.iter().enumerate() {
             material = material.field(&format!("mount:{i}"), m.clone());
         }
@@ -141,6 +146,8 @@ pub struct RunInputs<'a> {
     pub network: &'a str,
     /// Each `--mount` as written.
     pub mounts: &'a [String],
+    /// `--security=insecure` (a sandboxed RUN adds nothing, so its keys stay as they were).
+    pub insecure: bool,
 }
 
 /// Why `now` missed where `before` (the same step in an earlier build) had a key: a few
@@ -321,6 +328,16 @@ mod constructor_tests {
     use super::*;
 
     fn run_key(args: &[&str], env: &[&str], network: &str, mounts: &[&str]) -> Digest {
+        run_key_in_mode(args, env, network, mounts, false)
+    }
+
+    fn run_key_in_mode(
+        args: &[&str],
+        env: &[&str],
+        network: &str,
+        mounts: &[&str],
+        insecure: bool,
+    ) -> Digest {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let env: Vec<String> = env.iter().map(|s| s.to_string()).collect();
         let mounts: Vec<String> = mounts.iter().map(|s| s.to_string()).collect();
@@ -333,9 +350,21 @@ mod constructor_tests {
                 user: "",
                 network,
                 mounts: &mounts,
+                insecure,
             },
         )
         .key()
+    }
+
+    #[test]
+    fn an_insecure_run_has_its_own_key() {
+        let sandboxed = run_key(&["sh", "-c", "make"], &[], "Host", &[]);
+        let insecure = run_key_in_mode(&["sh", "-c", "make"], &[], "Host", &[], true);
+        assert_ne!(sandboxed, insecure);
+        assert_eq!(
+            insecure,
+            run_key_in_mode(&["sh", "-c", "make"], &[], "Host", &[], true)
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 mod mounter;
 mod rootfs;
+pub mod seccomp;
 mod spec;
 mod user;
 
@@ -24,7 +25,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use mounter::{plan as mount_plan, MountPlan, Mounter, SystemMounter};
 pub use rootfs::Root;
-pub use spec::{build_spec, effective_env, DEFAULT_CAPABILITIES, DEFAULT_PATH, NOFILE};
+pub use spec::{
+    build_spec, effective_env, ALL_CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_PATH, NOFILE,
+};
 pub use user::{resolve_user, resolve_user_from};
 
 use crate::snapshot::Mount;
@@ -291,6 +294,18 @@ pub struct RunSpec {
     pub readonly_rootfs: bool,
     /// Extra `/etc/hosts` lines (`--add-host`): host name and address.
     pub extra_hosts: Vec<(String, String)>,
+    pub security: Security,
+}
+
+/// How far the command is confined (`RUN --security`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Security {
+    /// Docker's default capabilities and seccomp profile, masked and read-only `/proc` paths.
+    #[default]
+    Sandbox,
+    /// BuildKit's `security.insecure`: every capability, no seccomp filter, nothing masked or
+    /// read-only, `/sys` writable (with the host's network).
+    Insecure,
 }
 
 impl Default for RunSpec {
@@ -306,6 +321,7 @@ impl Default for RunSpec {
             mounts: Vec::new(),
             readonly_rootfs: false,
             extra_hosts: Vec::new(),
+            security: Security::Sandbox,
         }
     }
 }

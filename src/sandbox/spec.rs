@@ -1,5 +1,6 @@
 //! [`RunSpec`] → the OCI runtime `Spec` written as the bundle's `config.json`, with Docker's and
-//! BuildKit's defaults (capabilities, masked paths, `/dev` mounts, NOFILE rlimit).
+//! BuildKit's defaults (capabilities, seccomp profile, masked paths, `/dev` mounts, NOFILE
+//! rlimit), or BuildKit's `security.insecure` for an insecure RUN.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -10,7 +11,8 @@ use oci_spec::runtime::{
     RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
-use super::{ExtraMountKind, NetworkMode, RunSpec, SandboxError};
+use super::seccomp::{default_profile, Arch};
+use super::{ExtraMountKind, NetworkMode, RunSpec, SandboxError, Security};
 
 /// `PATH` for processes whose environment has none (BuildKit's `system.DefaultPathEnvUnix`).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -32,6 +34,68 @@ pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
     Capability::Kill,
     Capability::AuditWrite,
 ];
+
+/// Every capability, in the kernel's numbering (CAP_CHOWN is 0).
+pub const ALL_CAPABILITIES: [Capability; 41] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::DacReadSearch,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::LinuxImmutable,
+    Capability::NetBindService,
+    Capability::NetBroadcast,
+    Capability::NetAdmin,
+    Capability::NetRaw,
+    Capability::IpcLock,
+    Capability::IpcOwner,
+    Capability::SysModule,
+    Capability::SysRawio,
+    Capability::SysChroot,
+    Capability::SysPtrace,
+    Capability::SysPacct,
+    Capability::SysAdmin,
+    Capability::SysBoot,
+    Capability::SysNice,
+    Capability::SysResource,
+    Capability::SysTime,
+    Capability::SysTtyConfig,
+    Capability::Mknod,
+    Capability::Lease,
+    Capability::AuditWrite,
+    Capability::AuditControl,
+    Capability::Setfcap,
+    Capability::MacOverride,
+    Capability::MacAdmin,
+    Capability::Syslog,
+    Capability::WakeAlarm,
+    Capability::BlockSuspend,
+    Capability::AuditRead,
+    Capability::Perfmon,
+    Capability::Bpf,
+    Capability::CheckpointRestore,
+];
+
+/// The capabilities kiln's own bounding set holds (`CapBnd` in `/proc/self/status`), as
+/// BuildKit's insecure mode gives all current ones: the runtime cannot grant any other (capset
+/// fails), and inside a container that is less than the kernel knows.
+fn current_capabilities() -> Vec<Capability> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+    ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding.is_none_or(|b| b & (1 << bit) != 0))
+        .map(|(_, cap)| *cap)
+        .collect()
+}
 
 /// Docker's default `linux.maskedPaths`.
 pub const MASKED_PATHS: [&str; 11] = [
@@ -88,7 +152,13 @@ pub fn build_spec(
     resolv: &Path,
     nofile: u64,
 ) -> Result<Spec, SandboxError> {
-    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let insecure = spec.security == Security::Insecure;
+    let cap_list = if insecure {
+        current_capabilities()
+    } else {
+        DEFAULT_CAPABILITIES.to_vec()
+    };
+    let caps: HashSet<Capability> = cap_list.iter().copied().collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -154,12 +224,18 @@ pub fn build_spec(
         )?,
     ];
     // A new network namespace may not mount sysfs of the host's namespace read-write, and no
-    // build needs it writable.
+    // sandboxed build needs it writable; an insecure RUN gets it writable as under BuildKit.
+    let sys_rw = insecure && spec.network == NetworkMode::Host;
     mounts.push(mount(
         "/sys",
         "sysfs",
         "sysfs",
-        &["nosuid", "noexec", "nodev", "ro"],
+        &[
+            "nosuid",
+            "noexec",
+            "nodev",
+            if sys_rw { "rw" } else { "ro" },
+        ],
     )?);
     for (dest, src) in [("/etc/hosts", hosts), ("/etc/resolv.conf", resolv)] {
         mounts.push(
@@ -220,21 +296,22 @@ pub fn build_spec(
         .into_iter()
         .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
         .collect::<Result<Vec<_>, _>>()?;
+    // Empty lists, not unset ones: oci-spec's defaults would mask its own list of paths.
+    let (masked, readonly): (&[&str], &[&str]) = if insecure {
+        (&[], &[])
+    } else {
+        (&MASKED_PATHS, &READONLY_PATHS)
+    };
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .masked_paths(
-            MASKED_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            READONLY_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .build()?;
+        .masked_paths(masked.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .readonly_paths(readonly.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let linux = if insecure {
+        linux
+    } else {
+        linux.seccomp(default_profile(Arch::host(), &cap_list)?)
+    }
+    .build()?;
 
     Ok(SpecBuilder::default()
         .version("1.0.2")
@@ -363,5 +440,39 @@ mod tests {
             .as_array()
             .unwrap()
             .contains(&serde_json::json!({"type": "network"})));
+    }
+
+    #[test]
+    fn a_sandboxed_run_gets_dockers_seccomp_profile_and_masks() {
+        let s = build_spec(&sample(), Path::new("/h"), Path::new("/r"), NOFILE).unwrap();
+        let v = serde_json::to_value(&s).unwrap();
+        let seccomp = &v["linux"]["seccomp"];
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(seccomp["defaultErrnoRet"], 1);
+        assert!(seccomp["syscalls"].as_array().unwrap().len() > 10);
+        assert_eq!(v["linux"]["maskedPaths"].as_array().unwrap().len(), 11);
+        assert_eq!(v["linux"]["readonlyPaths"].as_array().unwrap().len(), 6);
+        assert_eq!(v["mounts"][5]["options"][3], "ro");
+    }
+
+    #[test]
+    fn an_insecure_run_gets_every_capability_and_no_seccomp_or_masks() {
+        let mut r = sample();
+        r.security = Security::Insecure;
+        let s = build_spec(&r, Path::new("/h"), Path::new("/r"), NOFILE).unwrap();
+        let v = serde_json::to_value(&s).unwrap();
+        assert!(v["linux"].get("seccomp").is_none(), "{}", v["linux"]);
+        assert_eq!(v["linux"]["maskedPaths"], serde_json::json!([]));
+        assert_eq!(v["linux"]["readonlyPaths"], serde_json::json!([]));
+        let bounding = v["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert_eq!(bounding.len(), current_capabilities().len());
+        assert!(bounding.contains(&serde_json::json!("CAP_SYS_ADMIN")));
+        assert_eq!(v["mounts"][5]["destination"], "/sys");
+        assert_eq!(v["mounts"][5]["options"][3], "rw");
+        // Without the host's network, sysfs stays read-only (the kernel refuses it writable).
+        r.network = NetworkMode::None;
+        let s = build_spec(&r, Path::new("/h"), Path::new("/r"), NOFILE).unwrap();
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["mounts"][5]["options"][3], "ro");
     }
 }

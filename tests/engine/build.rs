@@ -1122,3 +1122,82 @@ fn an_ignored_directory_named_by_an_exception_is_still_in_the_context() {
         );
     }
 }
+
+/// `kiln build` of the scratch context with extra options; the output, whatever the outcome.
+fn build_with(p: &Scratch, tag: &str, extra: &[&str]) -> std::process::Output {
+    let ctx = p.ctx();
+    let mut args = vec!["build", "--progress=plain", "-t", tag];
+    args.extend_from_slice(extra);
+    args.push(ctx.to_str().unwrap());
+    kiln(&p.root(), &p.reg, &args)
+}
+
+#[test]
+fn run_gets_dockers_seccomp_profile() {
+    // unshare(CLONE_NEWUSER) needs no capability; only Docker's seccomp profile (unshare only
+    // with CAP_SYS_ADMIN) refuses it, with EPERM, as under `docker build`.
+    let p = Scratch::new(&[("Dockerfile", "FROM busybox\nRUN busybox unshare -U true\n")]);
+    let out = build_with(&p, "seccomp:1", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Operation not permitted") && err.contains("Dockerfile:2"),
+        "{err}"
+    );
+    // So does `kiln run`.
+    p.write("Dockerfile", "FROM busybox\n");
+    p.build("plain:1");
+    let out = kiln(
+        &p.root(),
+        &p.reg,
+        &["run", "plain:1", "busybox", "unshare", "-U", "true"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+}
+
+#[test]
+fn an_insecure_run_needs_the_entitlement_and_then_runs_unconfined() {
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo sandboxed > /before\n\
+         RUN --security=insecure busybox unshare -U true && grep CapEff /proc/self/status > /caps\n",
+    )]);
+    // Refused before anything runs, at the RUN's line, naming the flag.
+    let out = build_with(&p, "insecure:1", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("security.insecure is not allowed")
+            && err.contains("--allow security.insecure")
+            && err.contains("Dockerfile:3"),
+        "{err}"
+    );
+    assert!(!err.contains("sandboxed"), "a step ran: {err}");
+
+    ok(&build_with(
+        &p,
+        "insecure:1",
+        &["--allow", "security.insecure"],
+    ));
+    let caps = p.run(&["insecure:1", "cat", "/caps"]);
+    // Every capability kiln itself may hold (in a container that can be fewer than all).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap()
+        .trim();
+    assert_eq!(caps, format!("CapEff:\t{bounding}"));
+    // The same RUN sandboxed is another step: its cached insecure result is not reused.
+    p.write(
+        "Dockerfile",
+        "FROM busybox\nRUN echo sandboxed > /before\n\
+         RUN busybox unshare -U true && grep CapEff /proc/self/status > /caps\n",
+    );
+    let out = build_with(&p, "insecure:2", &["--allow", "security.insecure"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+}

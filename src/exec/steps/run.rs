@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::dockerfile::instructions::mount::NetworkMode as RunNetwork;
-use crate::dockerfile::instructions::Run;
+use crate::dockerfile::instructions::{Run, SecurityMode};
 use crate::graph::{stage_ref, RunInputs, StepMaterial};
 use crate::oci::Platform;
 use crate::progress::Event;
-use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec};
+use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec, Security};
 use crate::snapshot::ChainId;
 
 use super::super::base::{resolve_image, LayerState};
@@ -35,6 +35,7 @@ struct RunCommand<'a> {
     workdir: String,
     user: String,
     network: NetworkMode,
+    security: Security,
 }
 
 impl BuildSession<'_> {
@@ -46,6 +47,7 @@ impl BuildSession<'_> {
     ) -> Result<bool, BuildError> {
         self.step_started(step);
         check_can_run(&self.plan.stages[stage.index].platform)?;
+        let security = run_security(run, self.req.allow_insecure)?;
         let shell = metadata::current_shell(&stage.image.config);
         let command = RunCommand {
             run,
@@ -60,6 +62,7 @@ impl BuildSession<'_> {
                 Some(_) => NetworkMode::Host,
                 None => self.req.network,
             },
+            security,
         };
         let mounts: Vec<String> = run.mounts.iter().map(|m| m.raw.clone()).collect();
         let material = StepMaterial::run(
@@ -71,6 +74,7 @@ impl BuildSession<'_> {
                 user: &command.user,
                 network: &format!("{:?}", command.network),
                 mounts: &mounts,
+                insecure: security == Security::Insecure,
             },
         );
         let line = run_created_by(
@@ -120,6 +124,7 @@ impl BuildSession<'_> {
             user,
             network: command.network,
             mounts: prepared.mounts,
+            security: command.security,
             ..RunSpec::default()
         };
         let active = unique("run");
@@ -203,6 +208,16 @@ impl BuildSession<'_> {
             }
         }
         Ok((roots, guards))
+    }
+}
+
+/// How the RUN is confined: `--security=insecure` only with the `security.insecure`
+/// entitlement (`kiln build --allow security.insecure`), as BuildKit has it.
+fn run_security(run: &Run, allow_insecure: bool) -> Result<Security, BuildError> {
+    match run.security {
+        Some(SecurityMode::Insecure) if allow_insecure => Ok(Security::Insecure),
+        Some(SecurityMode::Insecure) => Err(BuildError::InsecureNotAllowed),
+        Some(SecurityMode::Sandbox) | None => Ok(Security::Sandbox),
     }
 }
 
