@@ -60,6 +60,9 @@ pub struct BuildRequest {
     /// registry holds but the store lacks are left there (the push mounts them) instead of
     /// being downloaded, and the image is tagged in the store only when all its blobs are here.
     pub remote_layers_in: Option<String>,
+    /// Where this build's step events go instead of the builder's reporter (`kiln bake` tags
+    /// each target's events with its name); pulls still report to the builder's.
+    pub reporter: Option<Arc<dyn Reporter>>,
 }
 
 #[derive(Debug, Clone)]
