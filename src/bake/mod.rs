@@ -171,25 +171,28 @@ impl Plan {
         units
     }
 
-    /// `docker buildx bake --print`'s document.
-    pub fn print_json(&self) -> serde_json::Value {
-        let groups: serde_json::Map<String, serde_json::Value> = self
-            .groups
-            .iter()
-            .map(|(name, targets)| (name.clone(), serde_json::json!({ "targets": targets })))
-            .collect();
-        let targets: serde_json::Map<String, serde_json::Value> = self
-            .targets
-            .iter()
-            .map(|(name, t)| {
-                (
-                    name.clone(),
-                    serde_json::to_value(t).unwrap_or(serde_json::Value::Null),
-                )
-            })
-            .collect();
-        serde_json::json!({ "group": groups, "target": targets })
+    /// `docker buildx bake --print`'s document (serialize it; fields keep buildx's order).
+    pub fn print(&self) -> PrintDoc<'_> {
+        PrintDoc {
+            group: self
+                .groups
+                .iter()
+                .map(|(name, targets)| (name.as_str(), PrintGroup { targets }))
+                .collect(),
+            target: self.targets.iter().map(|(n, t)| (n.as_str(), t)).collect(),
+        }
     }
+}
+
+#[derive(Debug, Serialize)]
+pub struct PrintDoc<'a> {
+    pub group: BTreeMap<&'a str, PrintGroup<'a>>,
+    pub target: BTreeMap<&'a str, &'a Target>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PrintGroup<'a> {
+    pub targets: &'a [String],
 }
 
 /// What to read and how.
@@ -286,7 +289,7 @@ pub fn load(opts: &LoadOptions) -> Result<Plan, BakeError> {
         opts.files
             .iter()
             .map(|f| {
-                if f.is_absolute() {
+                if f.is_absolute() || opts.dir == Path::new(".") {
                     f.clone()
                 } else {
                     opts.dir.join(f)

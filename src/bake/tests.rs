@@ -382,7 +382,7 @@ fn print_shape() {
     let d = Dir::new();
     d.write("docker-bake.hcl", BAKE);
     let p = plan(&d, &[], &env(&[]), &[], &[]).unwrap();
-    let doc = p.print_json();
+    let doc = serde_json::to_value(p.print()).unwrap();
     assert_eq!(
         doc["group"]["default"]["targets"],
         serde_json::json!(["app", "tools"])
