@@ -213,7 +213,13 @@ pub struct LoadOptions<'a> {
 pub fn default_files(dir: &Path) -> Vec<PathBuf> {
     DEFAULT_FILES
         .iter()
-        .map(|n| dir.join(n))
+        .map(|n| {
+            if dir == Path::new(".") {
+                PathBuf::from(n)
+            } else {
+                dir.join(n)
+            }
+        })
         .filter(|p| p.is_file())
         .collect()
 }
