@@ -21,7 +21,7 @@ enum Parsed {
 }
 
 /// One variable's default, as written.
-enum Default {
+enum VarDefault {
     Expr(Expression),
     Json(Json),
 }
@@ -38,7 +38,7 @@ pub(super) fn load_files(
             _ => Parsed::Hcl(parse_hcl(path, text)?),
         });
     }
-    let mut defaults: Vec<(String, Option<Default>, PathBuf)> = Vec::new();
+    let mut defaults: Vec<(String, Option<VarDefault>, PathBuf)> = Vec::new();
     for ((path, _, _), p) in files.iter().zip(&parsed) {
         match p {
             Parsed::Hcl(body) => {
@@ -48,14 +48,14 @@ pub(super) fn load_files(
                         .body()
                         .attributes()
                         .find(|a| a.key() == "default")
-                        .map(|a| Default::Expr(a.expr().clone()));
+                        .map(|a| VarDefault::Expr(a.expr().clone()));
                     defaults.push((name, default, path.clone()));
                 }
             }
             Parsed::Json(doc) => {
                 if let Some(Json::Object(vars)) = doc.get("variable") {
                     for (name, v) in vars {
-                        let default = v.get("default").cloned().map(Default::Json);
+                        let default = v.get("default").cloned().map(VarDefault::Json);
                         defaults.push((name.clone(), default, path.clone()));
                     }
                 }
@@ -119,20 +119,21 @@ fn one_label(path: &Path, block: &hcl::Block) -> Result<String, BakeError> {
 /// evaluated. Defaults may use other variables, so they are evaluated until none is left
 /// that the others can settle.
 fn eval_variables(
-    defaults: &[(String, Option<Default>, PathBuf)],
+    defaults: &[(String, Option<VarDefault>, PathBuf)],
     env: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, HclValue>, BakeError> {
     let mut vars: BTreeMap<String, HclValue> = BTreeMap::new();
-    let mut pending: Vec<&(String, Option<Default>, PathBuf)> = Vec::new();
+    let mut pending: Vec<&(String, Option<VarDefault>, PathBuf)> = Vec::new();
     for entry in defaults {
         let (name, default, _) = entry;
         if let Some(value) = env.get(name) {
             let typed = match default {
-                Some(Default::Expr(Expression::Bool(_))) | Some(Default::Json(Json::Bool(_))) => {
+                Some(VarDefault::Expr(Expression::Bool(_)))
+                | Some(VarDefault::Json(Json::Bool(_))) => {
                     value.parse::<bool>().map(HclValue::Bool).ok()
                 }
-                Some(Default::Expr(Expression::Number(_)))
-                | Some(Default::Json(Json::Number(_))) => {
+                Some(VarDefault::Expr(Expression::Number(_)))
+                | Some(VarDefault::Json(Json::Number(_))) => {
                     value.parse::<i64>().map(HclValue::from).ok()
                 }
                 _ => None,
@@ -153,8 +154,8 @@ fn eval_variables(
             let (name, default, path) = entry;
             let result = match default {
                 None => Ok(HclValue::from("")),
-                Some(Default::Expr(e)) => e.evaluate(&ctx).map_err(|e| e.to_string()),
-                Some(Default::Json(j)) => eval_json(j, &ctx)
+                Some(VarDefault::Expr(e)) => e.evaluate(&ctx).map_err(|e| e.to_string()),
+                Some(VarDefault::Json(j)) => eval_json(j, &ctx)
                     .and_then(|j| serde_json::from_value::<HclValue>(j).map_err(|e| e.to_string())),
             };
             match result {

@@ -298,6 +298,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tagged_steps_start_with_their_target() {
+        assert_eq!(step_ref("web|3"), "[web] #3");
+        assert_eq!(step_ref("3"), "#3");
+    }
+
+    #[test]
     fn human_sizes() {
         assert_eq!(human_bytes(999), "999 B");
         assert_eq!(human_bytes(1_500), "1.5 kB");

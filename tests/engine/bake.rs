@@ -132,3 +132,29 @@ fn bake_print_builds_nothing() {
         "--print opened no store"
     );
 }
+
+#[test]
+fn bake_a_failing_target_fails_the_run_and_the_others_still_build() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let dir = work.path().join("proj");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("docker-bake.hcl"),
+        "group \"default\" {\n  targets = [\"good\", \"bad\"]\n}\n\
+         target \"good\" {\n  dockerfile-inline = \"FROM busybox\\nRUN echo ok > /ok\\n\"\n  tags = [\"good:1\"]\n}\n\
+         target \"bad\" {\n  dockerfile-inline = \"FROM busybox\\nRUN exit 3\\n\"\n  tags = [\"bad:1\"]\n}\n",
+    )
+    .unwrap();
+    let out = bake(&root, &reg, &dir, &[], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error: [bad]"), "{stderr}");
+    assert!(stderr.contains("1 of 2 builds failed: bad"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("good sha256:"));
+    assert_eq!(
+        ok(&kiln(&root, &reg, &["run", "good:1", "cat", "/ok"])),
+        "ok"
+    );
+}
