@@ -95,7 +95,7 @@ pub(super) fn load_project(
                     .unwrap_or_default()
             )),
             Some(_) => {
-                let target = ctx.service_target(name, service)?;
+                let target = ctx.service_target(name, service, &mut def.notes)?;
                 def.targets.insert(name.clone(), target);
                 def.origin.insert(name.clone(), first.clone());
                 built.push(name.clone());
@@ -297,6 +297,26 @@ pub fn normalize_project_name(raw: &str) -> String {
     kept.trim_start_matches(['_', '-']).to_string()
 }
 
+/// The `build:` keys kiln reads; others (ssh, shm_size, extra_hosts, ...) get a note.
+const BUILD_KEYS: [&str; 16] = [
+    "context",
+    "dockerfile",
+    "dockerfile_inline",
+    "args",
+    "labels",
+    "target",
+    "tags",
+    "cache_from",
+    "cache_to",
+    "platforms",
+    "secrets",
+    "network",
+    "pull",
+    "no_cache",
+    "additional_contexts",
+    "x-bake",
+];
+
 struct ServiceCtx<'a> {
     file: &'a Path,
     project_dir: &'a Path,
@@ -381,11 +401,23 @@ impl ServiceCtx<'_> {
         Ok(out)
     }
 
-    fn service_target(&self, name: &str, service: &Mapping) -> Result<RawTarget, BakeError> {
+    fn service_target(
+        &self,
+        name: &str,
+        service: &Mapping,
+        notes: &mut Vec<String>,
+    ) -> Result<RawTarget, BakeError> {
         let build = match service.get("build") {
             Some(Yaml::Mapping(b)) => b,
             _ => return Err(self.bad(name, "build must be a string or a mapping")),
         };
+        for key in build.keys().filter_map(scalar) {
+            if !BUILD_KEYS.contains(&key.as_str()) && !key.starts_with("x-") {
+                notes.push(format!(
+                    "service {name:?}: build.{key} is not supported by kiln bake and is ignored"
+                ));
+            }
+        }
         let mut t = RawTarget::new();
         let context = build
             .get("context")

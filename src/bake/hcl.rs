@@ -62,7 +62,12 @@ pub(super) fn load_files(
             }
         }
     }
-    let vars = eval_variables(&defaults, env)?;
+    let mut vars = eval_variables(&defaults, env)?;
+    // buildx's built-in variables (a file may declare its own of these names).
+    vars.entry("BAKE_CMD_CONTEXT".into())
+        .or_insert_with(|| HclValue::from("."));
+    vars.entry("BAKE_LOCAL_PLATFORM".into())
+        .or_insert_with(|| HclValue::from(crate::oci::Platform::host().to_string()));
     let ctx = context(&vars);
     files
         .iter()

@@ -175,6 +175,25 @@ fn compose_files_merge_in_order() {
     assert_eq!(app.tags, ["reg/app:prod", "one", "two"]);
     assert_eq!(app.platforms, ["linux/amd64"]);
     assert_eq!(app.no_cache, Some(true));
+    d.write(
+        "compose.prod.yaml",
+        "services:\n  app:\n    build:\n      shm_size: 2g\n",
+    );
+    let p = plan(
+        &d,
+        &["compose.yaml", "compose.prod.yaml"],
+        &env(&[]),
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("build.shm_size") && n.contains("ignored")),
+        "{:?}",
+        p.notes
+    );
 }
 
 #[test]
@@ -290,6 +309,16 @@ fn hcl_variables_inherits_functions() {
     assert_eq!(tools.dockerfile.as_deref(), Some("app.Dockerfile"));
     assert_eq!(tools.target.as_deref(), Some("tools"));
     // A typed variable from the environment.
+    d.write(
+        "docker-bake.override.hcl",
+        "target \"tools\" {\n  platforms = [BAKE_LOCAL_PLATFORM]\n}\n",
+    );
+    let p = plan(&d, &[], &env(&[]), &[], &["tools"]).unwrap();
+    assert_eq!(
+        target(&p, "tools").platforms,
+        [crate::oci::Platform::host().to_string()]
+    );
+    std::fs::remove_file(d.path().join("docker-bake.override.hcl")).unwrap();
     let p = plan(&d, &[], &env(&[("DEBUG", "true")]), &[], &["app"]).unwrap();
     assert_eq!(target(&p, "app").args["MODE"], "debug");
     // Groups of groups.
