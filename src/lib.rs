@@ -3,6 +3,7 @@
 //! Data flows one way (see DESIGN.md): Dockerfile text → [`dockerfile`] (AST) → [`graph`] → [`exec`] → [`export`],
 //! with [`context`] reading the build context. Only [`cli`] prints or uses `anyhow`.
 
+pub mod bake;
 pub mod cache;
 pub mod cli;
 pub mod context;

@@ -28,7 +28,7 @@ use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec, Runtime, Sandbox, 
 use crate::snapshot::Snapshotter;
 use crate::store::Store;
 
-fn open_builder(
+pub(super) fn open_builder(
     store: Store,
     registry: &RegistryOpts,
     reporter: Arc<dyn Reporter>,
@@ -59,7 +59,7 @@ fn open_builder(
 }
 
 /// Renders a build error: the Dockerfile line with a caret for step failures.
-fn render_build_error(err: &BuildError, source: &SourceFile) -> String {
+pub(super) fn render_build_error(err: &BuildError, source: &SourceFile) -> String {
     match err {
         BuildError::Step {
             span,
@@ -107,7 +107,7 @@ fn context_from_stdin() -> anyhow::Result<tempfile::TempDir> {
 
 /// The one registry every name is pushed to, if they share one: imported cache layers that
 /// live there need not be downloaded for the push.
-fn push_registry(names: &[String]) -> Option<String> {
+pub(super) fn push_registry(names: &[String]) -> Option<String> {
     let registries: BTreeSet<String> = names
         .iter()
         .filter_map(|n| crate::oci::Reference::parse(n).ok())
@@ -247,6 +247,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         oci_media_types: args.oci_mediatypes,
         // A push-only build may leave layers an imported cache holds in the registry pushed to;
         // not when a cache goes to a directory, which needs every layer's bytes here.
+        reporter: None,
         remote_layers_in: if push && !cache_to_dir {
             push_registry(&names)
         } else {
@@ -483,7 +484,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Sends `signal` to this process's child processes (the OCI runtime of a running step).
-fn signal_children(signal: rustix::process::Signal) {
+pub(super) fn signal_children(signal: rustix::process::Signal) {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return;
     };
@@ -504,7 +505,7 @@ fn signal_children(signal: rustix::process::Signal) {
 
 /// Kills the init process of every container this process started (their bundles are named
 /// `kiln-<our pid>-…` and hold the runtime's pid file); the whole PID namespace goes with it.
-fn kill_own_containers(bundles: &Path) {
+pub(super) fn kill_own_containers(bundles: &Path) {
     let prefix = format!("kiln-{}-", std::process::id());
     let Ok(entries) = std::fs::read_dir(bundles) else {
         return;

@@ -1,6 +1,7 @@
 //! Command line: clap definitions, rendering of results and errors, exit codes. The only module that
 //! prints or uses `anyhow`.
 
+mod bake;
 mod build;
 mod build_args;
 mod cache_opts;
@@ -36,6 +37,8 @@ enum Commands {
     Check(check::CheckArgs),
     /// Build an image from a Dockerfile
     Build(Box<build_args::BuildArgs>),
+    /// Build every service of a compose file or every target of a docker-bake.hcl/.json, side by side
+    Bake(Box<bake::BakeArgs>),
     /// Run a command in an image from the store
     Run(build::RunArgs),
     /// Pull an image from a registry into the local store
@@ -80,6 +83,7 @@ pub fn main() -> ExitCode {
         Commands::Parse(args) => parse::run(args),
         Commands::Check(args) => check::run(args),
         Commands::Build(args) => build::build(*args),
+        Commands::Bake(args) => bake::run(*args),
         Commands::Run(args) => build::run(args),
         Commands::Pull(args) => pull::run(args),
         Commands::Push(args) => push::run(args),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::progress::{Direction, Event, Reporter, TransferOutcome};
+use crate::progress::{split_tag, Direction, Event, Reporter, TransferOutcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressMode {
@@ -82,6 +82,14 @@ fn outcome_text(
     }
 }
 
+/// How a plain line names a step: `#3`, or `[web] #3` for a `kiln bake` target's step.
+fn step_ref(id: &str) -> String {
+    match split_tag(id) {
+        (Some(tag), own) => format!("[{tag}] #{own}"),
+        (None, own) => format!("#{own}"),
+    }
+}
+
 impl Reporter for PlainRenderer {
     fn report(&self, event: Event) {
         let mut err = std::io::stderr().lock();
@@ -89,11 +97,11 @@ impl Reporter for PlainRenderer {
         let _ = match event {
             Event::Status { message } => writeln!(err, "{message}"),
             Event::Warning { message } => writeln!(err, "warning: {message}"),
-            Event::StepStarted { id, name } => writeln!(err, "#{id} {name}"),
-            Event::StepOutput { id, line } => writeln!(err, "#{id} {line}"),
+            Event::StepStarted { id, name } => writeln!(err, "{} {name}", step_ref(&id)),
+            Event::StepOutput { id, line } => writeln!(err, "{} {line}", step_ref(&id)),
             Event::CacheMiss { id, reasons } => {
                 for reason in reasons {
-                    let _ = writeln!(err, "#{id} cache miss: {reason}");
+                    let _ = writeln!(err, "{} cache miss: {reason}", step_ref(&id));
                 }
                 Ok(())
             }
@@ -103,9 +111,9 @@ impl Reporter for PlainRenderer {
                 elapsed,
             } => {
                 if cached {
-                    writeln!(err, "#{id} CACHED")
+                    writeln!(err, "{} CACHED", step_ref(&id))
                 } else {
-                    writeln!(err, "#{id} DONE {:.1}s", elapsed.as_secs_f64())
+                    writeln!(err, "{} DONE {:.1}s", step_ref(&id), elapsed.as_secs_f64())
                 }
             }
             Event::TransferStarted {
@@ -193,7 +201,10 @@ impl Reporter for TtyRenderer {
                     ProgressStyle::with_template("{spinner} {prefix:.bold} {msg} {elapsed}")
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
-                bar.set_prefix(name);
+                bar.set_prefix(match split_tag(&id) {
+                    (Some(tag), _) => format!("[{tag}] {name}"),
+                    (None, _) => name,
+                });
                 bar.enable_steady_tick(Duration::from_millis(120));
                 bars.insert(format!("step-{id}"), bar);
             }
@@ -201,7 +212,7 @@ impl Reporter for TtyRenderer {
                 let prefix = bars
                     .get(&format!("step-{id}"))
                     .map(|b| b.prefix())
-                    .unwrap_or_else(|| format!("#{id}"));
+                    .unwrap_or_else(|| step_ref(&id));
                 for reason in reasons {
                     let _ = self
                         .multi
@@ -285,6 +296,12 @@ impl Reporter for TtyRenderer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tagged_steps_start_with_their_target() {
+        assert_eq!(step_ref("web|3"), "[web] #3");
+        assert_eq!(step_ref("3"), "#3");
+    }
 
     #[test]
     fn human_sizes() {

@@ -62,6 +62,9 @@ pub struct BuildRequest {
     pub remote_layers_in: Option<String>,
     /// `--allow security.insecure`: `RUN --security=insecure` may run unconfined.
     pub allow_insecure: bool,
+    /// Where this build's step events go instead of the builder's reporter (`kiln bake` tags
+    /// each target's events with its name); pulls still report to the builder's.
+    pub reporter: Option<Arc<dyn Reporter>>,
 }
 
 #[derive(Debug, Clone)]

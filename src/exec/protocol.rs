@@ -82,7 +82,7 @@ impl BuildSession<'_> {
                     explain_miss(previous.as_ref(), material, self.explain_detail())
                 }
             };
-            self.builder.reporter.report(Event::CacheMiss {
+            self.reporter().report(Event::CacheMiss {
                 id: step.id.clone(),
                 reasons,
             });

@@ -14,6 +14,7 @@ use crate::export::build_time;
 use crate::graph::{plan, Plan, PlanOptions};
 use crate::oci::manifest::ImageConfig;
 use crate::oci::{Digest, LayerBlob, Platform};
+use crate::registry::pull::Puller;
 use crate::snapshot::ChainId;
 
 use super::base::{unpack_blob, ImageState, LayerState};
@@ -35,6 +36,8 @@ pub struct LazyLayer {
 pub(super) struct BuildSession<'b> {
     pub builder: &'b Builder,
     pub req: &'b BuildRequest,
+    /// The builder's puller reporting to the request's reporter, when it has its own.
+    own_puller: Option<Puller>,
     pub settings: LayerSettings,
     pub plan: Plan,
     pub board: StageBoard<StageResult>,
@@ -73,6 +76,19 @@ pub(super) fn unique(prefix: &str) -> String {
 }
 
 impl<'b> BuildSession<'b> {
+    /// Pulls for this build (their progress goes where its steps' does).
+    pub fn puller(&self) -> &Puller {
+        self.own_puller.as_ref().unwrap_or(&self.builder.puller)
+    }
+
+    /// Where this build's step events go.
+    pub fn reporter(&self) -> &dyn crate::progress::Reporter {
+        match &self.req.reporter {
+            Some(r) => &**r,
+            None => &*self.builder.reporter,
+        }
+    }
+
     pub fn new(builder: &'b Builder, req: &'b BuildRequest) -> Result<Self, BuildError> {
         let plan = plan(
             &req.dockerfile,
@@ -101,9 +117,16 @@ impl<'b> BuildSession<'b> {
         let width = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
+        let own_puller = req.reporter.as_ref().map(|r| Puller {
+            config: builder.puller.config.clone(),
+            credentials: builder.puller.credentials.clone(),
+            store: builder.puller.store.clone(),
+            reporter: r.clone(),
+        });
         Ok(BuildSession {
             builder,
             req,
+            own_puller,
             settings: LayerSettings {
                 source_date_epoch,
                 ..req.layer
@@ -208,8 +231,7 @@ impl<'b> BuildSession<'b> {
             )?),
             Some(RecordSource::Registry(repo)) => {
                 let reference = crate::oci::Reference::parse(repo)?;
-                self.builder
-                    .puller
+                self.puller()
                     .fetch_blob(&reference, &layer.blob, "cached layer")
                     .await?;
                 Ok(())

@@ -113,7 +113,7 @@ impl BuildSession<'_> {
     }
 
     pub fn step_started(&self, step: &StepInfo) {
-        self.builder.reporter.report(Event::StepStarted {
+        self.reporter().report(Event::StepStarted {
             id: step.id.clone(),
             name: step.name.clone(),
         });
@@ -129,7 +129,7 @@ impl BuildSession<'_> {
             .stage_base(index, &from)
             .await
             .map_err(|e| e.in_step(&stage.from.original, &stage.from.span))?;
-        self.builder.reporter.report(Event::StepDone {
+        self.reporter().report(Event::StepDone {
             id: from.id,
             cached: false,
             elapsed: started.elapsed(),
@@ -174,7 +174,7 @@ impl BuildSession<'_> {
             self.note_used_args(args.iter().map(|a| a.key.clone()));
         }
         if let Some(cached) = self.dispatch(state, &expanded, &step).await? {
-            self.builder.reporter.report(Event::StepDone {
+            self.reporter().report(Event::StepDone {
                 id: step.id,
                 cached,
                 elapsed: started.elapsed(),
@@ -222,7 +222,7 @@ impl BuildSession<'_> {
             Base::Image(reference) => {
                 let b = self.builder;
                 let (resolved, image) = resolve_image(
-                    &b.puller,
+                    self.puller(),
                     &b.snapshots,
                     reference,
                     &planned.platform,
@@ -240,7 +240,7 @@ impl BuildSession<'_> {
                     .as_ref()
                     .is_some_and(|p| p.fields != material.fields)
                 {
-                    b.reporter.report(Event::CacheMiss {
+                    self.reporter().report(Event::CacheMiss {
                         id: from.id.clone(),
                         reasons: explain_miss(previous.as_ref(), &material, self.explain_detail()),
                     });

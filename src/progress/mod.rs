@@ -1,7 +1,7 @@
 //! What kiln reports while it works, as data: the library emits [`Event`]s to a [`Reporter`]
 //! and never renders; the CLI turns them into indicatif bars or plain lines.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One thing that happened.
@@ -94,6 +94,101 @@ impl Reporter for NullReporter {
     fn report(&self, _event: Event) {}
 }
 
+/// Passes events on marked with a name (a `kiln bake` target), so that builds reporting to
+/// one renderer side by side stay apart: ids become `name|id` (see [`split_tag`]), and
+/// messages and transfer labels start with `[name] `.
+pub struct Tagged {
+    tag: String,
+    inner: Arc<dyn Reporter>,
+}
+
+impl Tagged {
+    pub fn new(tag: impl Into<String>, inner: Arc<dyn Reporter>) -> Tagged {
+        Tagged {
+            tag: tag.into(),
+            inner,
+        }
+    }
+
+    fn id(&self, id: String) -> String {
+        format!("{}|{id}", self.tag)
+    }
+
+    fn text(&self, text: String) -> String {
+        format!("[{}] {text}", self.tag)
+    }
+}
+
+/// A tagged id's name and own id (`web|3` → `(Some("web"), "3")`); untagged ids as they are.
+pub fn split_tag(id: &str) -> (Option<&str>, &str) {
+    match id.split_once('|') {
+        Some((tag, rest)) => (Some(tag), rest),
+        None => (None, id),
+    }
+}
+
+impl Reporter for Tagged {
+    fn report(&self, event: Event) {
+        self.inner.report(match event {
+            Event::Status { message } => Event::Status {
+                message: self.text(message),
+            },
+            Event::Warning { message } => Event::Warning {
+                message: self.text(message),
+            },
+            Event::StepStarted { id, name } => Event::StepStarted {
+                id: self.id(id),
+                name,
+            },
+            Event::StepOutput { id, line } => Event::StepOutput {
+                id: self.id(id),
+                line,
+            },
+            Event::StepDone {
+                id,
+                cached,
+                elapsed,
+            } => Event::StepDone {
+                id: self.id(id),
+                cached,
+                elapsed,
+            },
+            Event::CacheMiss { id, reasons } => Event::CacheMiss {
+                id: self.id(id),
+                reasons,
+            },
+            Event::TransferStarted {
+                id,
+                label,
+                total,
+                offset,
+                direction,
+            } => Event::TransferStarted {
+                id: self.id(id),
+                label: self.text(label),
+                total,
+                offset,
+                direction,
+            },
+            Event::TransferProgress { id, bytes } => Event::TransferProgress {
+                id: self.id(id),
+                bytes,
+            },
+            Event::TransferDone {
+                id,
+                label,
+                outcome,
+                elapsed,
+            } => Event::TransferDone {
+                id: self.id(id),
+                label: self.text(label),
+                outcome,
+                elapsed,
+            },
+        });
+    }
+}
+
 /// Keeps every event, for tests.
 #[derive(Default)]
 pub struct RecordingReporter {
@@ -115,5 +210,39 @@ impl Reporter for RecordingReporter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tagged_events_name_their_target() {
+        let rec = Arc::new(RecordingReporter::default());
+        let web = Tagged::new("web", rec.clone());
+        web.report(Event::StepStarted {
+            id: "3".into(),
+            name: "[1/2] RUN true".into(),
+        });
+        web.report(Event::Status {
+            message: "Resolving busybox".into(),
+        });
+        let events = rec.events();
+        assert_eq!(
+            events[0],
+            Event::StepStarted {
+                id: "web|3".into(),
+                name: "[1/2] RUN true".into()
+            }
+        );
+        assert_eq!(
+            events[1],
+            Event::Status {
+                message: "[web] Resolving busybox".into()
+            }
+        );
+        assert_eq!(split_tag("web|3"), (Some("web"), "3"));
+        assert_eq!(split_tag("3"), (None, "3"));
     }
 }

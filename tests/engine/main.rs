@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod bake;
 mod build;
 mod cache;
 mod export;

@@ -117,7 +117,7 @@ impl BuildSession<'_> {
             None => {
                 let b = self.builder;
                 let (_, image) = resolve_image(
-                    &b.puller,
+                    self.puller(),
                     &b.snapshots,
                     from,
                     &self.req.platform,

@@ -129,7 +129,7 @@ impl BuildSession<'_> {
         };
         let active = unique("run");
         let mut on_output = |line: &str| {
-            b.reporter.report(Event::StepOutput {
+            self.reporter().report(Event::StepOutput {
                 id: command.step_id.to_string(),
                 line: line.to_string(),
             })
@@ -182,7 +182,7 @@ impl BuildSession<'_> {
                     .top_chain()
                     .cloned(),
                 None => resolve_image(
-                    &b.puller,
+                    self.puller(),
                     &b.snapshots,
                     from,
                     &self.req.platform,
