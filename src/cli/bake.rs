@@ -63,7 +63,8 @@ pub struct BakeArgs {
     #[arg(long)]
     pub pull: bool,
     /// Grant an entitlement to every target, as `kiln build --allow` (`security.insecure`).
-    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    #[arg(long = "allow", value_name = "ENTITLEMENT", value_delimiter = ',',
+          value_parser = ["security.insecure", "network.host"])]
     pub allow: Vec<String>,
     /// Progress output
     #[arg(long, value_parser = ["auto", "plain", "tty", "quiet"], default_value = "auto")]
