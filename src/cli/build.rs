@@ -39,7 +39,10 @@ fn open_builder(
     let snapshots =
         Snapshotter::new(root.join("snapshots")).context("opening the snapshot directory")?;
     let cache = Cache::open(&root, store.clone())?;
-    let rt = Runtime::detect(runtime_path)?;
+    let mut rt = Runtime::detect(runtime_path)?;
+    if crate::sandbox::userns::inside() {
+        rt = rt.with_state_root(root.join("runtime"));
+    }
     let sandbox = Sandbox::new(rt, root.join("bundles"));
     let puller = Puller {
         config: registry.load()?,

@@ -88,7 +88,7 @@ fn stub_paths(mounts: &[ExtraMount]) -> Vec<String> {
 
 fn is_opaque(dir: &Path) -> bool {
     let mut buf = [0u8; 4];
-    matches!(rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut buf), Ok(n) if n > 0)
+    matches!(rustix::fs::lgetxattr(dir, crate::snapshot::opaque_xattr(), &mut buf), Ok(n) if n > 0)
 }
 
 /// Does `path` exist in the stack of `lowers` (top first), honouring whiteouts?

@@ -151,7 +151,9 @@ fn append_xattrs<W: Write>(tar: &mut tar::Builder<W>, path: &Path) -> Result<(),
         let Ok(name) = std::str::from_utf8(name) else {
             continue;
         };
-        if name.starts_with("trusted.overlay.") {
+        if name.starts_with("trusted.overlay.")
+            || name.starts_with(crate::snapshot::overlay_xattr_prefix())
+        {
             continue;
         }
         let mut value = vec![0u8; 64 * 1024];

@@ -26,6 +26,26 @@ use serde::{Deserialize, Serialize};
 
 pub use chain::{chain_ids, ChainId};
 
+/// The prefix of overlayfs's own xattrs: `trusted.overlay.`, or `user.overlay.` in rootless
+/// kiln's user namespace, where `trusted.*` is out of reach and overlays are mounted with
+/// `userxattr`.
+pub fn overlay_xattr_prefix() -> &'static str {
+    if crate::sandbox::userns::inside() {
+        "user.overlay."
+    } else {
+        "trusted.overlay."
+    }
+}
+
+/// The xattr overlayfs marks an opaque directory with (see [`overlay_xattr_prefix`]).
+pub fn opaque_xattr() -> &'static str {
+    if crate::sandbox::userns::inside() {
+        "user.overlay.opaque"
+    } else {
+        "trusted.overlay.opaque"
+    }
+}
+
 use crate::layer::{extract_layer, Compression, ExtractOptions, LayerError};
 use crate::oci::DiffId;
 

@@ -82,6 +82,12 @@ impl Store {
         };
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
+        // Root of rootless kiln's user namespace is still the ordinary user's state root.
+        let euid = if crate::sandbox::userns::inside() {
+            u32::MAX
+        } else {
+            euid
+        };
         default_root_from(var("KILN_ROOT"), euid, var("XDG_DATA_HOME"), var("HOME"))
     }
 
