@@ -74,6 +74,25 @@ pub fn needed() -> bool {
     euid != 0 && std::env::var_os(MARKER).is_none()
 }
 
+/// Whether `id` is inside one of the ranges of `/proc/PID/uid_map`-format `text` (`INSIDE
+/// OUTSIDE COUNT` lines).
+pub fn in_id_map(text: &str, id: u32) -> bool {
+    text.lines().any(|line| {
+        let mut f = line.split_whitespace().map(|v| v.parse::<u64>().ok());
+        match (f.next().flatten(), f.next().flatten(), f.next().flatten()) {
+            (Some(inside), Some(_), Some(count)) => {
+                (inside..inside.saturating_add(count)).contains(&u64::from(id))
+            }
+            _ => false,
+        }
+    })
+}
+
+/// Whether this process's user namespace maps group `gid`.
+pub fn gid_mapped(gid: u32) -> bool {
+    fs::read_to_string("/proc/self/gid_map").is_ok_and(|t| in_id_map(&t, gid))
+}
+
 /// A subordinate ID range from `/etc/subuid` or `/etc/subgid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubIdRange {
@@ -416,6 +435,18 @@ mod tests {
         assert_eq!(parse_subids(text, "dave", 1003), None);
         assert_eq!(parse_subids("eve:4294967295:2\n", "eve", 1), None);
         assert_eq!(parse_subids("eve:1:2:3\n", "eve", 1), None);
+    }
+
+    #[test]
+    fn id_maps() {
+        let single = "         0       1000          1\n";
+        assert!(in_id_map(single, 0));
+        assert!(!in_id_map(single, 5));
+        let ranged = "0 1000 1\n1 100000 65536\n";
+        assert!(in_id_map(ranged, 5));
+        assert!(in_id_map(ranged, 65536));
+        assert!(!in_id_map(ranged, 65537));
+        assert!(!in_id_map("garbage\n", 0));
     }
 
     #[test]

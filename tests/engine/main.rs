@@ -9,6 +9,7 @@ mod build;
 mod cache;
 mod export;
 mod extract;
+mod rootless;
 mod sandbox;
 mod store;
 mod sweep;
