@@ -346,15 +346,11 @@ impl PreparedMounts {
                 std::fs::create_dir_all(scratch.join(d))
                     .map_err(BuildError::io("create", scratch.join(d)))?;
             }
-            let overlay = crate::snapshot::Mount {
-                kind: "overlay".into(),
-                source: "overlay".into(),
-                options: vec![
-                    format!("lowerdir={}", source.display()),
-                    format!("upperdir={}", scratch.join("upper").display()),
-                    format!("workdir={}", scratch.join("work").display()),
-                ],
-            };
+            let overlay = crate::snapshot::overlay_mount(vec![
+                format!("lowerdir={}", source.display()),
+                format!("upperdir={}", scratch.join("upper").display()),
+                format!("workdir={}", scratch.join("work").display()),
+            ]);
             let guard = super::mounts::MountGuard::mount(&[overlay], &scratch.join("merged"))?;
             let merged = guard.path().to_path_buf();
             self.guards.push(guard);

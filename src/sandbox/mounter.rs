@@ -99,16 +99,7 @@ impl Mounter for SystemMounter {
             }
             return Ok(());
         }
-        let mut data = p.data.clone();
-        if p.fstype == "overlay" && super::userns::inside() {
-            // trusted.* xattrs (whiteouts, opaque dirs) need real root; use user.overlay.*.
-            data.push_str(if data.is_empty() {
-                "userxattr"
-            } else {
-                ",userxattr"
-            });
-        }
-        let data = CString::new(data).map_err(|_| SandboxError::Mount {
+        let data = CString::new(p.data.clone()).map_err(|_| SandboxError::Mount {
             kind: m.kind.clone(),
             source_path: m.source.clone(),
             target: target.to_path_buf(),

@@ -37,6 +37,19 @@ pub fn overlay_xattr_prefix() -> &'static str {
     }
 }
 
+/// An overlay mount with `options`, plus `userxattr` in rootless kiln's user namespace (see
+/// [`overlay_xattr_prefix`]), so every mounter sees the same opaque marks as the differ.
+pub fn overlay_mount(mut options: Vec<String>) -> Mount {
+    if crate::sandbox::userns::inside() {
+        options.push("userxattr".to_string());
+    }
+    Mount {
+        kind: "overlay".to_string(),
+        source: PathBuf::from("overlay"),
+        options,
+    }
+}
+
 /// The xattr overlayfs marks an opaque directory with (see [`overlay_xattr_prefix`]).
 pub fn opaque_xattr() -> &'static str {
     if crate::sandbox::userns::inside() {
@@ -426,15 +439,11 @@ impl Snapshotter {
             }]);
         };
         let lowers = self.lower_dirs(&parent)?;
-        Ok(vec![Mount {
-            kind: "overlay".to_string(),
-            source: PathBuf::from("overlay"),
-            options: vec![
-                lowerdir_option(&lowers),
-                format!("upperdir={}", upper.display()),
-                format!("workdir={}", dir.join("work").display()),
-            ],
-        }])
+        Ok(vec![overlay_mount(vec![
+            lowerdir_option(&lowers),
+            format!("upperdir={}", upper.display()),
+            format!("workdir={}", dir.join("work").display()),
+        ])])
     }
 
     /// A read-only view of committed snapshot `chain_id`: a read-only bind of a single layer, or
@@ -448,11 +457,7 @@ impl Snapshotter {
                 options: vec!["rbind".to_string(), "ro".to_string()],
             }]);
         }
-        Ok(vec![Mount {
-            kind: "overlay".to_string(),
-            source: PathBuf::from("overlay"),
-            options: vec![lowerdir_option(&lowers)],
-        }])
+        Ok(vec![overlay_mount(vec![lowerdir_option(&lowers)])])
     }
 
     /// Turns active snapshot `key` into committed snapshot `ChainID(parent, diff_id)`, where

@@ -201,20 +201,19 @@ fn rootless_busybox_app_builds_and_runs() {
     ok(&ws.kiln(&reg, &["prune"], &[]));
 }
 
-#[test]
-fn rootless_and_root_builds_give_the_same_image_id() {
-    ensure_user(RANGED, true);
-    let reg = registry_with_busybox();
-    let ws = Workspace::new(RANGED, "busybox");
+/// Builds the workspace's context rootless and as root with SOURCE_DATE_EPOCH=0 and `--no-cache`;
+/// returns both image IDs and the root state dir (holding the image tagged `same:1`).
+fn build_both(ws: &Workspace, reg: &Registry) -> (String, String, tempfile::TempDir) {
     let ctx = ws.ctx();
     let args = [
         "build",
         "--progress=plain",
         "--no-cache",
+        "-t",
+        "same:1",
         ctx.to_str().unwrap(),
     ];
-    let epoch = [("SOURCE_DATE_EPOCH", "0")];
-    let rootless = ok(&ws.kiln(&reg, &args, &epoch));
+    let rootless = ok(&ws.kiln(reg, &args, &[("SOURCE_DATE_EPOCH", "0")]));
     let root_state = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
     cmd.arg("build")
@@ -227,7 +226,41 @@ fn rootless_and_root_builds_give_the_same_image_id() {
         .env_remove("KILN_CONFIG");
     let root = ok(&cmd.output().unwrap());
     assert!(rootless.starts_with("sha256:"), "{rootless}");
+    (rootless, root, root_state)
+}
+
+#[test]
+fn rootless_and_root_builds_give_the_same_image_id() {
+    ensure_user(RANGED, true);
+    let reg = registry_with_busybox();
+    let ws = Workspace::new(RANGED, "busybox");
+    let (rootless, root, _state) = build_both(&ws, &reg);
     assert_eq!(rootless, root);
+}
+
+#[test]
+fn rootless_opaque_directories_and_whiteouts_match_root() {
+    ensure_user(RANGED, true);
+    let reg = registry_with_busybox();
+    let ws = Workspace::new(RANGED, "busybox");
+    // A directory of an earlier layer deleted and made again is opaque; a deleted file is a
+    // whiteout. In the user namespace overlayfs keeps both marks in user.overlay.* xattrs.
+    std::fs::write(
+        ws.ctx().join("Dockerfile"),
+        "FROM busybox:latest\n\
+         RUN mkdir -p /d/sub && touch /d/a /d/sub/c /gone\n\
+         RUN rm -rf /d /gone && mkdir /d && touch /d/b\n\
+         COPY files/ /d/\n\
+         RUN ls -A /d > /listing\n\
+         CMD [\"sh\", \"-c\", \"cat /listing; ls -A /d; test ! -e /gone && echo gone\"]\n",
+    )
+    .unwrap();
+    let (rootless, root, _state) = build_both(&ws, &reg);
+    assert_eq!(rootless, root);
+    assert_eq!(
+        ok(&ws.kiln(&reg, &["run", "same:1"], &[])),
+        "b\none.txt\ntwo.txt\nb\none.txt\ntwo.txt\ngone"
+    );
 }
 
 #[test]
