@@ -41,6 +41,7 @@ fn open_builder(
     let cache = Cache::open(&root, store.clone())?;
     let mut rt = Runtime::detect(runtime_path)?;
     if crate::sandbox::userns::inside() {
+        crate::sandbox::userns::probe_overlay(&root)?;
         rt = rt.with_state_root(root.join("runtime"));
     }
     let sandbox = Sandbox::new(rt, root.join("bundles"));

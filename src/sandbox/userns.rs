@@ -43,6 +43,13 @@ pub enum UsernsError {
     Unshare(io::Error),
     #[error("kiln has no CAP_SYS_ADMIN in its user namespace (CapEff {0:#x}): it cannot mount")]
     NoCapabilities(u64),
+    #[error(
+        "overlayfs cannot be mounted in kiln's user namespace under {root}: {cause}. Rootless \
+         kiln needs Linux >= 5.11 and a state root on a filesystem with user xattrs (ext4, xfs, \
+         btrfs; tmpfs from Linux 6.6): pass --root (or set KILN_ROOT) elsewhere, or run kiln as \
+         root"
+    )]
+    OverlayRefused { root: PathBuf, cause: io::Error },
     #[error("{tool} {args}: {detail}")]
     Map {
         tool: String,
@@ -400,6 +407,46 @@ pub fn check_capabilities() -> Result<(), UsernsError> {
     } else {
         Err(UsernsError::NoCapabilities(caps))
     }
+}
+
+/// In the final stage: mounts a throwaway overlay (as snapshots are mounted) under the state
+/// root `root`, so a kernel or filesystem that refuses it fails the command up front with the
+/// fix rather than at the first step.
+pub fn probe_overlay(root: &Path) -> Result<(), UsernsError> {
+    fs::create_dir_all(root).map_err(io_err("create directory", root))?;
+    let dir = tempfile::Builder::new()
+        .prefix(".overlay-probe-")
+        .tempdir_in(root)
+        .map_err(io_err("create a directory in", root))?;
+    let sub = |name: &str| -> Result<PathBuf, UsernsError> {
+        let p = dir.path().join(name);
+        fs::create_dir(&p).map_err(io_err("create directory", &p))?;
+        Ok(p)
+    };
+    let (lower, upper, work, merged) = (sub("l")?, sub("u")?, sub("w")?, sub("m")?);
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let data = std::ffi::CString::new(data).map_err(|_| UsernsError::OverlayRefused {
+        root: root.to_path_buf(),
+        cause: io::Error::new(io::ErrorKind::InvalidInput, "NUL in the state root's path"),
+    })?;
+    use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
+    mount(
+        "overlay",
+        &merged,
+        "overlay",
+        MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .map_err(|e| UsernsError::OverlayRefused {
+        root: root.to_path_buf(),
+        cause: e.into(),
+    })?;
+    unmount(&merged, UnmountFlags::DETACH).map_err(|e| io_err("unmount", &merged)(e.into()))
 }
 
 #[cfg(test)]

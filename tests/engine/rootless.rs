@@ -121,12 +121,17 @@ impl Workspace {
 
     /// `kiln ARGS` as the user, with the state root in the workspace.
     fn kiln(&self, reg: &Registry, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.kiln_in(&self.root(), reg, args, env)
+    }
+
+    /// `kiln ARGS` as the user, with state root `root`.
+    fn kiln_in(&self, root: &Path, reg: &Registry, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", self.user, "--"])
             .arg(&self.kiln)
             .arg(args[0])
             .arg("--root")
-            .arg(self.root());
+            .arg(root);
         if args[0] == "build" {
             cmd.args(["--registry-mirror", reg.addr.as_str()]);
         }
@@ -291,4 +296,51 @@ fn single_id_fallback_builds_and_warns_once() {
     assert_eq!(log.matches("maps only one ID").count(), 1, "{log}");
     assert!(log.contains("COPY --chown"), "{log}");
     assert_eq!(ok(&ws.kiln(&reg, &["run", "one:1"], &[])), "single\n0");
+}
+
+/// Unmounts a test's overlay whatever way the test ends.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn rootless_state_root_refusing_overlay_names_the_fix() {
+    ensure_user(RANGED, true);
+    let reg = registry_with_busybox();
+    let ws = Workspace::new(RANGED, "busybox");
+    // overlayfs is no upper filesystem for another overlay: a state root on one is refused.
+    let base = ws.dir.path().join("ovl");
+    for d in ["l", "u", "w", "m"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+    }
+    let merged = base.join("m");
+    run(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            base.join("l").display(),
+            base.join("u").display(),
+            base.join("w").display()
+        ))
+        .arg(&merged));
+    let _unmount = Unmount(merged.clone());
+    run(Command::new("chown").arg(format!("{RANGED}:")).arg(&merged));
+    let ctx = ws.ctx();
+    let out = ws.kiln_in(
+        &merged.join("state"),
+        &reg,
+        &["build", ctx.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        log.contains("overlayfs cannot be mounted in kiln's user namespace")
+            && log.contains("pass --root"),
+        "{log}"
+    );
 }
