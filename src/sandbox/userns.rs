@@ -169,6 +169,7 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 }
 
 fn user_name(uid: u32) -> Option<String> {
+    // SAFETY: passwd is plain C data (integers and pointers), valid when zeroed.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::passwd = std::ptr::null_mut();
@@ -290,9 +291,9 @@ extern "C" fn forward(sig: libc::c_int) {
 
 const FORWARDED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
-/// Runs this kiln command again inside a new user namespace and returns its exit code. Must be
-/// called before any thread is started (unshare refuses multithreaded callers in the child only,
-/// but the signal handlers assume one thread).
+/// Runs this kiln command again inside a new user namespace and returns its exit code. Call it
+/// before the tokio runtime starts: it installs process-wide handlers that forward SIGINT,
+/// SIGTERM and SIGHUP to the child instead of dying of them.
 pub fn reexec() -> Result<ExitCode, UsernsError> {
     check_enabled()?;
     // SAFETY: getuid/getgid have no preconditions and cannot fail.
