@@ -203,6 +203,12 @@ fn rootless_busybox_app_builds_and_runs() {
     // A failing command's exit code comes through both processes.
     let failed = ws.kiln(&reg, &["run", "app:1", "sh", "-c", "exit 7"], &[]);
     assert_eq!(failed.status.code(), Some(7), "{}", stderr(&failed));
+    // Push and pull as the user, outside the namespace, on the same state root.
+    let pushed = format!("{}/team/app:1", reg.addr);
+    ok(&ws.kiln(&reg, &["push", "app:1", &pushed], &[]));
+    ok(&ws.kiln(&reg, &["rmi", "app:1"], &[]));
+    ok(&ws.kiln(&reg, &["pull", &pushed], &[]));
+    assert_eq!(ok(&ws.kiln(&reg, &["run", &pushed], &[])), "hello world");
     ok(&ws.kiln(&reg, &["prune"], &[]));
 }
 
