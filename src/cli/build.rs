@@ -38,7 +38,11 @@ pub(super) fn open_builder(
     let snapshots =
         Snapshotter::new(root.join("snapshots")).context("opening the snapshot directory")?;
     let cache = Cache::open(&root, store.clone())?;
-    let rt = Runtime::detect(runtime_path)?;
+    let mut rt = Runtime::detect(runtime_path)?;
+    if crate::sandbox::userns::inside() {
+        crate::sandbox::userns::probe_overlay(&root)?;
+        rt = rt.with_state_root(root.join("runtime"));
+    }
     let sandbox = Sandbox::new(rt, root.join("bundles"));
     let puller = Puller {
         config: registry.load()?,

@@ -65,8 +65,24 @@ enum Commands {
     Logout(login::LogoutArgs),
 }
 
+impl Commands {
+    /// Whether the command mounts snapshots or runs containers (or deletes snapshot files owned
+    /// by other IDs), so that rootless kiln needs its user namespace for it.
+    fn needs_engine(&self) -> bool {
+        matches!(
+            self,
+            Commands::Build(_) | Commands::Run(_) | Commands::Prune(_)
+        )
+    }
+}
+
 /// Runs the CLI and maps the outcome to an exit code: 0 success, 1 failure, 2 usage error.
 pub fn main() -> ExitCode {
+    use crate::sandbox::userns;
+    if let Some(err) = userns::finish_entry() {
+        eprintln!("error: {err}");
+        return ExitCode::FAILURE;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -79,6 +95,33 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    // Rootless: the engine (mounts, the OCI runtime) runs in a user namespace where kiln is
+    // root. Before any thread exists: the re-exec forks.
+    if cli.command.needs_engine() && userns::needed() {
+        // Inside, kiln is root, but the state root stays the user's: resolve it out here.
+        if std::env::var_os("KILN_ROOT").is_none() {
+            if let Ok(root) = crate::store::Store::default_root() {
+                std::env::set_var("KILN_ROOT", root);
+            }
+        }
+        return match userns::reexec() {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if userns::inside() {
+        // Overlays there are mounted with `userxattr`: their marks are `user.overlay.*`.
+        crate::layer::overlay::use_user_xattrs();
+    }
+    if userns::inside() && cli.command.needs_engine() {
+        if let Err(err) = userns::check_capabilities() {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         Commands::Parse(args) => parse::run(args),
         Commands::Check(args) => check::run(args),

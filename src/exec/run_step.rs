@@ -88,7 +88,7 @@ fn stub_paths(mounts: &[ExtraMount]) -> Vec<String> {
 
 fn is_opaque(dir: &Path) -> bool {
     let mut buf = [0u8; 4];
-    matches!(rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut buf), Ok(n) if n > 0)
+    matches!(rustix::fs::lgetxattr(dir, crate::layer::overlay::opaque_xattr(), &mut buf), Ok(n) if n > 0)
 }
 
 /// Does `path` exist in the stack of `lowers` (top first), honouring whiteouts?
@@ -346,15 +346,11 @@ impl PreparedMounts {
                 std::fs::create_dir_all(scratch.join(d))
                     .map_err(BuildError::io("create", scratch.join(d)))?;
             }
-            let overlay = crate::snapshot::Mount {
-                kind: "overlay".into(),
-                source: "overlay".into(),
-                options: vec![
-                    format!("lowerdir={}", source.display()),
-                    format!("upperdir={}", scratch.join("upper").display()),
-                    format!("workdir={}", scratch.join("work").display()),
-                ],
-            };
+            let overlay = crate::snapshot::overlay_mount(vec![
+                format!("lowerdir={}", source.display()),
+                format!("upperdir={}", scratch.join("upper").display()),
+                format!("workdir={}", scratch.join("work").display()),
+            ]);
             let guard = super::mounts::MountGuard::mount(&[overlay], &scratch.join("merged"))?;
             let merged = guard.path().to_path_buf();
             self.guards.push(guard);

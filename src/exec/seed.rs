@@ -23,8 +23,6 @@ use crate::snapshot::{ChainId, Snapshotter};
 
 use crate::context::copy::Seeded;
 
-const OPAQUE: &str = "trusted.overlay.opaque";
-
 /// The snapshot the previous build of a COPY made on the same parent, and what each regular
 /// file in it holds by path (empty when unknown: then files are compared byte for byte).
 #[derive(Debug, Clone)]
@@ -305,10 +303,16 @@ fn seed_dir(
             // A directory the copy made over a file of the parent is opaque; keep it so.
             let from = open_dir_at(&donor, name)?;
             let mut flag = [0u8; 1];
-            if rustix::fs::fgetxattr(&from, OPAQUE, &mut flag).is_ok_and(|n| n == 1)
+            if rustix::fs::fgetxattr(&from, crate::layer::overlay::opaque_xattr(), &mut flag)
+                .is_ok_and(|n| n == 1)
                 && flag == *b"y"
             {
-                rustix::fs::fsetxattr(&made, OPAQUE, b"y", rustix::fs::XattrFlags::empty())?;
+                rustix::fs::fsetxattr(
+                    &made,
+                    crate::layer::overlay::opaque_xattr(),
+                    b"y",
+                    rustix::fs::XattrFlags::empty(),
+                )?;
             }
             found.dirs.push(child.clone());
             subdirs.push(child);
@@ -396,7 +400,7 @@ mod tests {
         std::os::unix::fs::chown(dir.join("d2"), Some(1234), Some(5678)).unwrap();
         rustix::fs::lsetxattr(
             dir.join("d3"),
-            OPAQUE,
+            crate::layer::overlay::opaque_xattr(),
             b"y",
             rustix::fs::XattrFlags::empty(),
         )
@@ -434,10 +438,20 @@ mod tests {
         assert_eq!((m("d2").uid(), m("d2").gid()), (1234, 5678));
         let mut flag = [0u8; 1];
         assert_eq!(
-            rustix::fs::lgetxattr(upper.join("d3"), OPAQUE, &mut flag).ok(),
+            rustix::fs::lgetxattr(
+                upper.join("d3"),
+                crate::layer::overlay::opaque_xattr(),
+                &mut flag
+            )
+            .ok(),
             Some(1)
         );
-        assert!(rustix::fs::lgetxattr(upper.join("d4"), OPAQUE, &mut flag).is_err());
+        assert!(rustix::fs::lgetxattr(
+            upper.join("d4"),
+            crate::layer::overlay::opaque_xattr(),
+            &mut flag
+        )
+        .is_err());
     }
 
     #[test]

@@ -152,7 +152,7 @@ fn append_xattrs<W: Write>(tar: &mut tar::Builder<W>, path: &Path) -> Result<(),
         let Ok(name) = std::str::from_utf8(name) else {
             continue;
         };
-        if name.starts_with("trusted.overlay.") {
+        if crate::layer::overlay::is_overlay_xattr(name) {
             continue;
         }
         let mut value = vec![0u8; 64 * 1024];

@@ -29,7 +29,6 @@ use crate::oci::{Compression, DiffId, DigestingReader, NewDir, SafeRoot};
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
 const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
-const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 
 /// What to do with whiteout entries (`.wh.NAME`, `.wh..wh..opq`).
@@ -582,8 +581,13 @@ impl<'a> Extractor<'a> {
                         .root
                         .open_at(os(&parent_rel), OFlags::RDONLY | OFlags::DIRECTORY)
                         .map_err(|e| self.io("open directory", &parent_rel, e))?;
-                    rfs::fsetxattr(&fd, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
-                        .map_err(|e| self.io("set opaque xattr on", &parent_rel, e))
+                    rfs::fsetxattr(
+                        &fd,
+                        super::overlay::opaque_xattr(),
+                        b"y",
+                        XattrFlags::empty(),
+                    )
+                    .map_err(|e| self.io("set opaque xattr on", &parent_rel, e))
                 }
                 WhiteoutMode::Apply => {
                     let Some(dir) = self.open_dir(parent, false)? else {
@@ -815,7 +819,7 @@ impl<'a> Extractor<'a> {
     fn skip_xattr(&mut self, name: &str) -> bool {
         // overlayfs reads these from upper/lower dirs; a layer must not smuggle in redirects,
         // metacopy or opaque flags except through whiteout entries.
-        let skip = name.starts_with("trusted.overlay.") || name.is_empty();
+        let skip = super::overlay::is_overlay_xattr(name) || name.is_empty();
         if skip {
             self.stats.xattrs_skipped += 1;
         }

@@ -2,6 +2,7 @@
 //! directory ([`extract_layer`]).
 
 pub mod extract;
+pub mod overlay;
 pub mod pargzip;
 mod readahead;
 pub mod write;

@@ -303,7 +303,7 @@ impl<W: Write> DiffWalk<'_, W> {
             if ft.is_dir() {
                 h.set_entry_type(tar::EntryType::Directory);
                 append(b, &mut h, &format!("{rel}/"), io::empty(), &path)?;
-                if xattr(&path, "trusted.overlay.opaque").as_deref() == Some(b"y") {
+                if xattr(&path, crate::layer::overlay::opaque_xattr()).as_deref() == Some(b"y") {
                     let mut o = header_for(&meta, opts);
                     o.set_entry_type(tar::EntryType::Regular);
                     o.set_mode(0o644);

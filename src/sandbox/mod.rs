@@ -13,6 +13,7 @@ mod rootfs;
 pub mod seccomp;
 mod spec;
 mod user;
+pub mod userns;
 
 use std::fs;
 use std::io::{self, Read};
@@ -104,6 +105,8 @@ pub enum RuntimeKind {
 pub struct Runtime {
     path: PathBuf,
     kind: RuntimeKind,
+    /// The runtime's `--root` (its container state), when its default is not writable.
+    state_root: Option<PathBuf>,
 }
 
 const FALLBACK_DIRS: [&str; 6] = [
@@ -166,7 +169,18 @@ impl Runtime {
         } else {
             RuntimeKind::Other
         };
-        Runtime { path, kind }
+        Runtime {
+            path,
+            kind,
+            state_root: None,
+        }
+    }
+
+    /// Keeps the runtime's container state in `dir` (`--root`) instead of its default
+    /// (`/run/crun`, `/run/runc`), which an unprivileged user namespace cannot write.
+    pub fn with_state_root(mut self, dir: impl Into<PathBuf>) -> Runtime {
+        self.state_root = Some(dir.into());
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -180,6 +194,9 @@ impl Runtime {
     /// A command line for the runtime binary (with the hybrid-cgroup workaround where needed).
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.path);
+        if let Some(dir) = &self.state_root {
+            cmd.arg("--root").arg(dir);
+        }
         if self.kind == RuntimeKind::Crun && crun_hybrid_workaround() {
             // crun (≤1.8) refuses cgroup "hybrid" hosts whose v2 hierarchy has controllers
             // ("cgroups in hybrid mode not supported"). Hide the v2 mount from it in a private
@@ -194,10 +211,22 @@ impl Runtime {
                         rustix::mount::MountPropagationFlags::REC
                             | rustix::mount::MountPropagationFlags::PRIVATE,
                     )?;
-                    rustix::mount::unmount(
-                        "/sys/fs/cgroup/unified",
-                        rustix::mount::UnmountFlags::DETACH,
-                    )?;
+                    let unified = "/sys/fs/cgroup/unified";
+                    match rustix::mount::unmount(unified, rustix::mount::UnmountFlags::DETACH) {
+                        Ok(()) => {}
+                        // In a user namespace the mount is locked to its parent: cover it with
+                        // an empty tmpfs instead, which crun takes for plain cgroup v1 too.
+                        Err(rustix::io::Errno::INVAL | rustix::io::Errno::PERM) => {
+                            rustix::mount::mount(
+                                "tmpfs",
+                                unified,
+                                "tmpfs",
+                                rustix::mount::MountFlags::RDONLY,
+                                c"",
+                            )?;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                     Ok(())
                 });
             }
@@ -232,7 +261,9 @@ fn nofile_limit() -> u64 {
                 .find_map(|l| l.strip_prefix("CapEff:"))
                 .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0);
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+        // A user namespace's capability cannot raise a hard limit set outside it.
+        && !userns::inside();
     if can_raise {
         return NOFILE;
     }

@@ -146,6 +146,24 @@ pub const NOFILE: u64 = 1_048_576;
 /// Builds the runtime spec; `hosts` and `resolv` are the host files bind-mounted read-only at
 /// `/etc/hosts` and `/etc/resolv.conf`; `nofile` is the `RLIMIT_NOFILE` (normally [`NOFILE`]).
 /// The root is always `rootfs` inside the bundle.
+/// devpts with the `tty` group (5) owning the ptys, unless rootless kiln's namespace does not
+/// map gid 5 (the single-ID fallback), where the kernel refuses the option.
+fn devpts_options() -> &'static [&'static str] {
+    const ALL: [&str; 6] = [
+        "nosuid",
+        "noexec",
+        "newinstance",
+        "ptmxmode=0666",
+        "mode=0620",
+        "gid=5",
+    ];
+    if super::userns::inside() && !super::userns::gid_mapped(5) {
+        &ALL[..5]
+    } else {
+        &ALL
+    }
+}
+
 pub fn build_spec(
     spec: &RunSpec,
     hosts: &Path,
@@ -197,19 +215,7 @@ pub fn build_spec(
             "tmpfs",
             &["nosuid", "strictatime", "mode=755", "size=65536k"],
         )?,
-        mount(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-                "gid=5",
-            ],
-        )?,
+        mount("/dev/pts", "devpts", "devpts", devpts_options())?,
         mount(
             "/dev/shm",
             "tmpfs",

@@ -26,6 +26,20 @@ use serde::{Deserialize, Serialize};
 
 pub use chain::{chain_ids, ChainId};
 
+/// An overlay mount with `options`, plus `userxattr` where overlayfs keeps its marks in
+/// `user.overlay.*` (rootless kiln's user namespace, see `layer::overlay`), so every mounter
+/// sees the same opaque marks as the differ.
+pub fn overlay_mount(mut options: Vec<String>) -> Mount {
+    if crate::layer::overlay::user_xattrs() {
+        options.push("userxattr".to_string());
+    }
+    Mount {
+        kind: "overlay".to_string(),
+        source: PathBuf::from("overlay"),
+        options,
+    }
+}
+
 use crate::layer::{extract_layer, ExtractOptions, LayerError};
 use crate::oci::{Compression, DiffId};
 
@@ -404,15 +418,11 @@ impl Snapshotter {
             }]);
         };
         let lowers = self.lower_dirs(&parent)?;
-        Ok(vec![Mount {
-            kind: "overlay".to_string(),
-            source: PathBuf::from("overlay"),
-            options: vec![
-                lowerdir_option(&lowers),
-                format!("upperdir={}", upper.display()),
-                format!("workdir={}", dir.join("work").display()),
-            ],
-        }])
+        Ok(vec![overlay_mount(vec![
+            lowerdir_option(&lowers),
+            format!("upperdir={}", upper.display()),
+            format!("workdir={}", dir.join("work").display()),
+        ])])
     }
 
     /// A read-only view of committed snapshot `chain_id`: a read-only bind of a single layer, or
@@ -426,11 +436,7 @@ impl Snapshotter {
                 options: vec!["rbind".to_string(), "ro".to_string()],
             }]);
         }
-        Ok(vec![Mount {
-            kind: "overlay".to_string(),
-            source: PathBuf::from("overlay"),
-            options: vec![lowerdir_option(&lowers)],
-        }])
+        Ok(vec![overlay_mount(vec![lowerdir_option(&lowers)])])
     }
 
     /// Turns active snapshot `key` into committed snapshot `ChainID(parent, diff_id)`, where
