@@ -28,8 +28,16 @@ impl BuildSession<'_> {
         make: impl AsyncFnOnce(Option<ChainId>) -> Result<Option<LayerState>, BuildError>,
     ) -> Result<bool, BuildError> {
         let layers_before = stage.image.layers.len();
+        // SOURCE_DATE_EPOCH clamps the times in every layer written: a layer made without it
+        // (or with another) is not this step's.
+        let material = match self.settings.source_date_epoch {
+            Some(epoch) => material
+                .clone()
+                .field("source_date_epoch", epoch.to_string()),
+            None => material.clone(),
+        };
         let (key, cached) = self
-            .check_cache(stage.index, material, step, &mut stage.image)
+            .check_cache(stage.index, &material, step, &mut stage.image)
             .await?;
         if !cached {
             let parent = stage.image.top_chain().cloned();

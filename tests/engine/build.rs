@@ -1201,3 +1201,37 @@ fn an_insecure_run_needs_the_entitlement_and_then_runs_unconfined() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("Operation not permitted"), "{err}");
 }
+
+#[test]
+fn source_date_epoch_is_part_of_every_layer_steps_key() {
+    // A COPY cached from a build without SOURCE_DATE_EPOCH must not be reused by a build
+    // with it: that layer's file times are not clamped.
+    let p = Scratch::new(&[
+        ("a.txt", "a\n"),
+        ("Dockerfile", "FROM busybox\nCOPY a.txt /a.txt\n"),
+    ]);
+    p.build("epoch:1");
+    let ctx = p.ctx();
+    let out = kiln(
+        &p.root(),
+        &p.reg,
+        &[
+            "build",
+            "--progress=plain",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=0",
+            "-t",
+            "epoch:2",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    ok(&out);
+    let rootfs = p.unpack("epoch:2", "u");
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(
+        std::fs::metadata(rootfs.join("a.txt")).unwrap().mtime(),
+        0,
+        "the COPY layer was reused from the build without SOURCE_DATE_EPOCH:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
