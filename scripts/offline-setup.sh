@@ -93,7 +93,7 @@ build_bases() {
         return 0
     fi
     local started=$SECONDS work=$out.partial
-    log "making debian:bookworm-slim, python:3.11-slim and busybox:latest from Debian packages in $out (once; about two minutes)"
+    log "making debian:bookworm-slim, python:3.11-slim and busybox:latest from Debian packages in $out (once; a few minutes)"
     remove_tree "$work"
     mkdir -p "$work"
     local L=$work/layout
@@ -220,9 +220,16 @@ start_server() {
     die "$name did not come up on $url (its log, $STATE/$name.log, is above)"
 }
 
+# "the LABEL this script started" or "the LABEL already on URL", for the log; $1 names the pid file.
+which_server() {
+    local pid
+    pid=$(cat "$STATE/$1.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null &&
+        echo "the $3 this script started (pid $pid), on $2" || echo "the $3 already on $2"
+}
+
 start_registry() {
     if up "http://$REG/v2/"; then
-        log "using the registry already on $REG"
+        log "using $(which_server registry "$REG" registry)"
         return 0
     fi
     mkdir -p "$STATE/registry"
@@ -252,9 +259,9 @@ start_wheels() {
             grep -qF "${w##*/}" <<<"$listing" || missing+=("${w##*/}")
         done
         if ((${#missing[@]})); then
-            log "warning: the wheel index already on $url lacks ${missing[*]}; pip installs of them will fail"
+            log "warning: $(which_server wheels "$url" "wheel index") lacks ${missing[*]}; pip installs of them will fail"
         else
-            log "using the wheel index already on $url"
+            log "using $(which_server wheels "$url" "wheel index")"
         fi
         return 0
     fi
