@@ -1,4 +1,4 @@
-//! `kiln pull REF [--platform os/arch[/variant]]`.
+//! `kiln pull REF [--platform os/arch[/variant]] [-q]`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use super::registry_opts::{runtime, RegistryOpts};
 use super::render::{reporter, ProgressMode};
 use crate::oci::{Platform, Reference};
+use crate::progress::{NullReporter, Reporter};
 use crate::registry::pull::{PullOptions, Puller};
 use crate::store::Store;
 
@@ -38,6 +39,9 @@ pub struct PullArgs {
     /// Progress output
     #[arg(long, value_enum, default_value = "auto")]
     progress: ProgressMode,
+    /// Print nothing but the image ID
+    #[arg(short, long)]
+    quiet: bool,
     #[command(flatten)]
     registry: RegistryOpts,
     #[command(flatten)]
@@ -50,11 +54,16 @@ pub fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Platform::parse(p)?.normalized(),
         None => Platform::host(),
     };
+    let rep: Arc<dyn Reporter> = if args.quiet {
+        Arc::new(NullReporter)
+    } else {
+        Arc::from(reporter(args.progress))
+    };
     let puller = Puller {
         config: args.registry.load()?,
         credentials: args.registry.credentials(),
         store: args.store.open()?,
-        reporter: Arc::from(reporter(args.progress)),
+        reporter: rep,
     };
     let options = PullOptions {
         platform,

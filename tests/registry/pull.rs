@@ -191,6 +191,49 @@ fn pulls_by_tag_and_digest_and_skopeo_and_umoci_read_the_store() {
     );
 }
 
+/// `kiln pull -q`, as `docker pull -q`: stdout is the image ID and nothing else, stderr is
+/// empty, on a first pull and on one that finds everything present.
+#[test]
+fn quiet_pull_prints_only_the_image_id() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    make_image(&layout, "v1", "amd64", &[("q.txt", b"quiet\n".to_vec())]);
+    let dest = format!("{}/test/quiet:v1", reg.addr);
+    push(&layout, "v1", &dest, false);
+    let raw = run(Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--config", "--raw"])
+        .arg(format!("docker://{dest}")));
+    let id = format!("sha256:{}", sha256_hex(&raw.stdout));
+
+    // Without -q the same pull reports progress on stderr, so an empty stderr below means -q.
+    let loud = kiln(
+        &work.path().join("loud"),
+        &["pull", "--progress=plain", &dest],
+    );
+    assert_ok(&loud);
+    assert!(!loud.stderr.is_empty(), "a plain pull reports progress");
+
+    let root = work.path().join("root");
+    for attempt in ["first pull", "second pull"] {
+        let out = kiln(&root, &["pull", "-q", "--progress=plain", &dest]);
+        assert_ok(&out);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{id}\n"),
+            "{attempt}: stdout is exactly the image ID"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "",
+            "{attempt}: -q writes nothing to stderr"
+        );
+    }
+    let long = kiln(&root, &["pull", "--quiet", &dest]);
+    assert_ok(&long);
+    assert_eq!(String::from_utf8_lossy(&long.stdout), format!("{id}\n"));
+}
+
 #[test]
 fn picks_the_platform_from_a_multi_arch_index() {
     let reg = Registry::start();

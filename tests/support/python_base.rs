@@ -1,13 +1,13 @@
 //! `python:3.11-slim` and `debian:bookworm-slim` made from Debian packages, in a test registry,
 //! and a wheel index for pip inside them: what the Python fixtures build on, with no anchors.
 //!
-//! Once per machine (cached under `$KILN_TEST_BASES`, else `/var/tmp/kiln-test-bases`, behind a
-//! file lock so parallel test binaries wait for one builder): `debootstrap --variant=minbase
-//! bookworm` becomes the debian layer, `apt-get install python3 python3-pip python3-venv
-//! ca-certificates` in a chroot on top of it the python layer (umoci writes both layers), and
-//! `pip download` fills a wheel directory from the fixtures' requirements. Per test: a
-//! `docker-registry` and `python3 -m http.server` on free ports; the images are pushed with a
-//! config written here, whose `PIP_FIND_LINKS` names this test's wheel server.
+//! The images and wheels are made by `scripts/offline-setup.sh` (`bases DIR`, `wheels DIR REQ…`),
+//! the same code as the README's offline set-up: debootstrap and apt in a chroot, layers and
+//! config written by umoci, `pip download` of the fixtures' requirements. Once per machine
+//! (cached under `$KILN_TEST_BASES`, else `/var/tmp/kiln-test-bases`, behind a file lock so
+//! parallel test binaries wait for one builder). Per test: a `docker-registry` and `python3 -m
+//! http.server` on free ports; the images are pushed with their config's `PIP_FIND_LINKS`
+//! naming this test's wheel server.
 
 use std::fs;
 use std::io::Read as _;
@@ -21,12 +21,10 @@ use super::registry::{Setup, TestRegistry};
 use super::{free_port, require_tool, run};
 
 /// Bump when the way the bases are made changes: older caches are then rebuilt.
-const BASES_DIR: &str = "bases-v1";
+/// v2: made by scripts/offline-setup.sh, config (env, cmd) in the layout, a busybox tag.
+const BASES_DIR: &str = "bases-v2";
 const COMPLETE: &str = "complete";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
-const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// The anchors' python image installs these, as the official image ships them.
-const PYTHON_PACKAGES: &str = "python3 python3-pip python3-venv ca-certificates";
 
 /// The tags in the cached layout and where each is pushed.
 pub const DEBIAN: (&str, &str) = ("debian", "library/debian:bookworm-slim");
@@ -58,30 +56,9 @@ impl PythonBases {
         let (wheels, wheel_port) = serve_wheels(&wheel_dir);
         let registry = TestRegistry::start(Setup::Anonymous);
         let staging = tempfile::tempdir().unwrap();
-        let python_env = vec![
-            PATH_ENV.to_string(),
-            "LANG=C.UTF-8".to_string(),
-            "PIP_BREAK_SYSTEM_PACKAGES=1".to_string(),
-            "PIP_NO_INDEX=1".to_string(),
-            format!("PIP_FIND_LINKS=http://127.0.0.1:{wheel_port}/"),
-            "PIP_DISABLE_PIP_VERSION_CHECK=1".to_string(),
-        ];
-        let debian_diff_ids = push(
-            &bases,
-            staging.path(),
-            DEBIAN,
-            vec![PATH_ENV.to_string()],
-            "bash",
-            &registry,
-        );
-        let python_diff_ids = push(
-            &bases,
-            staging.path(),
-            PYTHON,
-            python_env,
-            "python3",
-            &registry,
-        );
+        let debian_diff_ids = push(&bases, staging.path(), DEBIAN, None, &registry);
+        let wheels_url = format!("http://127.0.0.1:{wheel_port}/");
+        let python_diff_ids = push(&bases, staging.path(), PYTHON, Some(&wheels_url), &registry);
         drop(lock);
         PythonBases {
             registry,
@@ -115,6 +92,28 @@ fn mirror_url() -> String {
     std::env::var("KILN_TEST_DEBIAN_MIRROR").unwrap_or_else(|_| DEFAULT_MIRROR.to_string())
 }
 
+fn setup_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/offline-setup.sh")
+}
+
+/// Runs `scripts/offline-setup.sh ARGS…`; its errors say what failed and what to install.
+fn run_setup_script(args: &[&std::ffi::OsStr], what: &str) {
+    let out = Command::new("bash")
+        .arg(setup_script())
+        .args(args)
+        .env("KILN_DEBIAN_MIRROR", mirror_url())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bash scripts/offline-setup.sh");
+    assert!(
+        out.status.success(),
+        "scripts/offline-setup.sh failed to make {what} ({}); the Python fixture tests need \
+         the Debian mirror (set KILN_TEST_DEBIAN_MIRROR for another one) and, once, PyPI:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Everything the bases need, checked before any work so the failure names what is missing.
 fn preflight() {
     assert!(
@@ -124,6 +123,7 @@ fn preflight() {
     );
     require_tool("debootstrap", "debootstrap");
     require_tool("chroot", "coreutils");
+    require_tool("/bin/busybox", "busybox-static");
     require_tool("umoci", "umoci");
     require_tool("skopeo", "skopeo");
     require_tool("/usr/bin/docker-registry", "docker-registry");
@@ -150,140 +150,13 @@ fn ensure_bases(cache: &Path) -> PathBuf {
         Err(_) => {}
     }
     let started = Instant::now();
-    eprintln!(
-        "python_base: building debian:bookworm-slim and python:3.11-slim from Debian packages \
-         into {} (once per machine)",
-        dir.display()
+    run_setup_script(
+        &["bases".as_ref(), dir.as_os_str()],
+        "debian:bookworm-slim and python:3.11-slim",
     );
-    let partial = cache.join(format!("{BASES_DIR}.partial"));
-    remove_tree(&partial);
-    fs::create_dir_all(&partial).unwrap();
-    build_bases(&partial);
-    fs::write(partial.join(COMPLETE), "ok\n").unwrap();
-    fs::rename(&partial, &dir).unwrap();
     verify_layout(&dir).unwrap_or_else(|why| panic!("the bases just built are bad: {why}"));
     eprintln!("python_base: bases built in {:.0?}", started.elapsed());
     dir
-}
-
-fn build_bases(work: &Path) {
-    let layout = work.join("layout");
-    let image = |tag: &str| format!("{}:{tag}", layout.display());
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image("empty")]));
-
-    // Layer 1: the plain minbase, as debian:bookworm-slim.
-    let bundle = work.join("bundle-debian");
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image("empty")])
-        .arg(&bundle));
-    let rootfs = bundle.join("rootfs");
-    let mirror = mirror_url();
-    let log = work.join("debootstrap.log");
-    let status = Command::new("debootstrap")
-        .args(["--variant=minbase", "bookworm"])
-        .arg(&rootfs)
-        .arg(&mirror)
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&log).unwrap())
-        .stderr(fs::File::create(work.join("debootstrap.err")).unwrap())
-        .status()
-        .expect("run debootstrap");
-    if !status.success() {
-        unmount_under(&rootfs);
-        panic!(
-            "debootstrap of Debian bookworm from {mirror} failed ({status}); the Python fixture \
-             tests need the Debian mirror (set KILN_TEST_DEBIAN_MIRROR for another one). \
-             Its output ends with:\n{}\n{}",
-            tail(&log, 15),
-            tail(&work.join("debootstrap.err"), 15)
-        );
-    }
-    trim_rootfs(&rootfs);
-    for sandbox_file in ["etc/resolv.conf", "etc/hostname"] {
-        let _ = fs::remove_file(rootfs.join(sandbox_file));
-    }
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image(DEBIAN.0)])
-        .args([
-            "--history.created_by",
-            "debootstrap --variant=minbase bookworm",
-        ])
-        .arg(&bundle));
-    remove_tree(&bundle);
-
-    // Layer 2: python3 and pip from Debian, as the anchors' python:3.11-slim.
-    let bundle = work.join("bundle-python");
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image(DEBIAN.0)])
-        .arg(&bundle));
-    let rootfs = bundle.join("rootfs");
-    // apt needs /dev/null and a resolver in the chroot; neither stays in the layer.
-    run(Command::new("mknod")
-        .args(["-m", "666"])
-        .arg(rootfs.join("dev/null"))
-        .args(["c", "1", "3"]));
-    fs::copy("/etc/resolv.conf", rootfs.join("etc/resolv.conf"))
-        .expect("copy the host's /etc/resolv.conf into the chroot");
-    let script = format!(
-        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-         --no-install-recommends {PYTHON_PACKAGES} \
-         && ln -s /usr/bin/python3 /usr/local/bin/python && ln -s /usr/bin/pip3 /usr/local/bin/pip"
-    );
-    let out = Command::new("chroot")
-        .arg(&rootfs)
-        .args(["/bin/sh", "-c", &script])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run chroot");
-    assert!(
-        out.status.success(),
-        "installing {PYTHON_PACKAGES} with apt-get in a bookworm chroot failed ({}); it needs \
-         the Debian mirror in the chroot's sources.list ({mirror}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::remove_file(rootfs.join("dev/null")).unwrap();
-    fs::remove_file(rootfs.join("etc/resolv.conf")).unwrap();
-    trim_rootfs(&rootfs);
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image(PYTHON.0)])
-        .args([
-            "--history.created_by",
-            &format!("apt-get install -y --no-install-recommends {PYTHON_PACKAGES}"),
-        ])
-        .arg(&bundle));
-    remove_tree(&bundle);
-    run(Command::new("umoci").args(["gc", "--layout"]).arg(&layout));
-}
-
-/// What the slim images leave out: downloaded packages, package lists and apt's caches (files
-/// only: apt's `partial/` directories stay), and device nodes.
-fn trim_rootfs(rootfs: &Path) {
-    for dir in ["var/cache/apt/archives", "var/lib/apt/lists", "dev"] {
-        let Ok(entries) = fs::read_dir(rootfs.join(dir)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if !is_dir {
-                fs::remove_file(entry.path()).unwrap();
-            } else if dir == "dev" {
-                fs::remove_dir_all(entry.path()).unwrap();
-            }
-        }
-    }
-    for bin in [
-        "var/cache/apt/pkgcache.bin",
-        "var/cache/apt/srcpkgcache.bin",
-    ] {
-        let _ = fs::remove_file(rootfs.join(bin));
-    }
 }
 
 /// The layout is complete and every blob's content matches its name.
@@ -365,14 +238,13 @@ fn sha256_file(path: &Path) -> Result<String, String> {
         .collect())
 }
 
-/// Writes `tag` of the cached layout into a staging layout with this test's config (env, cmd),
-/// its layers symlinked, pushes it, and returns its diff IDs.
+/// Writes `tag` of the cached layout into a staging layout, its layers symlinked, with its
+/// config's `PIP_FIND_LINKS` set to `wheels_url` when given, pushes it, and returns its diff IDs.
 fn push(
     bases: &Path,
     staging: &Path,
     (tag, repo): (&str, &str),
-    env: Vec<String>,
-    cmd: &str,
+    wheels_url: Option<&str>,
     registry: &TestRegistry,
 ) -> Vec<String> {
     let cached = bases.join("layout");
@@ -380,8 +252,16 @@ fn push(
     let manifest = read_blob_json(&cached, &find_manifest(&index, tag).unwrap()).unwrap();
     let mut config =
         read_blob_json(&cached, manifest["config"]["digest"].as_str().unwrap()).unwrap();
-    config["config"]["Env"] = json!(env);
-    config["config"]["Cmd"] = json!([cmd]);
+    if let Some(url) = wheels_url {
+        let env = config["config"]["Env"]
+            .as_array_mut()
+            .expect("the python base has an Env");
+        let links = env
+            .iter_mut()
+            .find(|e| e.as_str().is_some_and(|e| e.starts_with("PIP_FIND_LINKS=")))
+            .expect("the python base sets PIP_FIND_LINKS");
+        *links = json!(format!("PIP_FIND_LINKS={url}"));
+    }
     let layout = staging.join(tag);
     let blobs = layout.join("blobs/sha256");
     fs::create_dir_all(&blobs).unwrap();
@@ -427,53 +307,13 @@ fn push(
         .collect()
 }
 
-/// `pip download` of every wheel the requirement files need, cached by their contents.
+/// `pip download` of every wheel the requirement files need (the script downloads again when
+/// they change).
 fn ensure_wheels(cache: &Path, requirements: &[PathBuf]) -> PathBuf {
-    use sha2::Digest as _;
-    let mut hasher = sha2::Sha256::new();
-    for r in requirements {
-        hasher.update(fs::read(r).unwrap_or_else(|e| panic!("read {}: {e}", r.display())));
-        hasher.update(b"\0");
-    }
-    let key: String = hasher.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let dir = cache.join(format!("wheels-{key}"));
-    if dir.join(".complete").is_file() {
-        return dir;
-    }
-    remove_tree(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    let mut cmd = Command::new("python3");
-    cmd.args([
-        "-m",
-        "pip",
-        "download",
-        "-q",
-        "--disable-pip-version-check",
-        "--only-binary=:all:",
-        "--python-version",
-        "3.11",
-        "-d",
-    ])
-    .arg(&dir)
-    // Only PyPI: a find-links directory configured on this machine is not what the images get.
-    .env_remove("PIP_FIND_LINKS")
-    .env_remove("PIP_NO_INDEX");
-    for r in requirements {
-        cmd.arg("-r").arg(r);
-    }
-    let out = cmd.output().expect("run python3 -m pip download");
-    assert!(
-        out.status.success(),
-        "pip download of the fixtures' wheels from PyPI failed ({}); the Python fixture tests \
-         need PyPI to fill {} once:\n{}",
-        out.status,
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::write(dir.join(".complete"), "ok\n").unwrap();
+    let dir = cache.join("wheels");
+    let mut args = vec!["wheels".as_ref(), dir.as_os_str()];
+    args.extend(requirements.iter().map(|r| r.as_os_str()));
+    run_setup_script(&args, "the wheel index");
     dir
 }
 
@@ -547,10 +387,4 @@ fn unmount_under(dir: &Path) {
     for p in points {
         let _ = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
     }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
