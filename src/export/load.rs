@@ -400,11 +400,7 @@ impl Loader<'_> {
             let digest = d.digest.clone();
             let id = self.check_manifest(&d, 0)?;
             let mut target = store::Descriptor::new(d.media_type.clone(), digest.clone(), d.size);
-            if let Some(p) = &d.platform {
-                if let Ok(v) = serde_json::to_value(p) {
-                    target.extra.insert("platform".into(), v);
-                }
-            }
+            target.platform = d.platform.clone();
             for name in &names {
                 self.store.tag(name, &target)?;
             }
@@ -526,9 +522,7 @@ impl Loader<'_> {
         let mut target =
             store::Descriptor::new(media::DOCKER_MANIFEST, written.digest, written.size);
         if !config.os.is_empty() && !config.architecture.is_empty() {
-            if let Ok(v) = serde_json::to_value(config.platform()) {
-                target.extra.insert("platform".into(), v);
-            }
+            target.platform = Some(config.platform());
         }
         let names = repo_tags(entry)?;
         for name in &names {

@@ -120,12 +120,11 @@ pub fn export_image(
     })?;
     let manifest_info = store.write_blob(&manifest_bytes)?;
     let mut descriptor = Descriptor::new(manifest_type, manifest_info.digest, manifest_info.size);
-    if let Ok(platform) = serde_json::to_value(serde_json::json!({
-        "architecture": config.architecture,
-        "os": config.os,
-    })) {
-        descriptor.extra.insert("platform".into(), platform);
-    }
+    descriptor.platform = Some(crate::oci::Platform {
+        architecture: config.architecture.clone(),
+        os: config.os.clone(),
+        ..Default::default()
+    });
     for tag in &options.tags {
         store.tag(tag, &descriptor)?;
     }

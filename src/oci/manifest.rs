@@ -45,6 +45,10 @@ fn str_slice<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::
     })
 }
 
+/// The OCI annotation naming an image layout's `index.json` entry; skopeo's `oci:<dir>:<name>`
+/// looks it up.
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+
 /// A content descriptor: what a blob is, its digest and size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Descriptor {
@@ -93,6 +97,17 @@ impl Descriptor {
 
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+
+    pub fn set_annotation(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.annotations
+            .get_or_insert_with(Annotations::new)
+            .insert(key.into(), value.into());
+    }
+
+    /// The tag an image layout's `index.json` entry carries (`org.opencontainers.image.ref.name`).
+    pub fn ref_name(&self) -> Option<&str> {
+        self.annotation(ANNOTATION_REF_NAME)
     }
 }
 

@@ -288,15 +288,13 @@ impl Puller {
         };
         let info = self.store.write_blob(&bytes)?;
         let mut descriptor = Descriptor::new(media_type, info.digest, info.size);
-        descriptor.annotations.insert(
-            ANNOTATION_SOURCE_DIGEST.to_string(),
+        descriptor.set_annotation(
+            ANNOTATION_SOURCE_DIGEST,
             source_digest
                 .unwrap_or_else(|| manifest.digest.clone())
                 .to_string(),
         );
-        if let Ok(p) = serde_json::to_value(&options.platform) {
-            descriptor.extra.insert("platform".into(), p);
-        }
+        descriptor.platform = Some(options.platform.clone());
         let tag = reference.to_string();
         self.store.tag(&tag, &descriptor)?;
         self.reporter.report(Event::Status {

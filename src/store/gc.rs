@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use super::error::{Result, StoreError};
-use super::index::Descriptor;
 use super::Store;
+use crate::oci::Descriptor;
 use crate::oci::{media, Digest};
 
 /// Media types whose blobs reference other blobs.

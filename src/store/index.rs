@@ -1,6 +1,5 @@
 //! Tags: the descriptors in `oci/index.json`, named by annotations.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::sync::LazyLock;
 
@@ -9,45 +8,11 @@ use serde::{Deserialize, Serialize};
 use super::error::{Result, StoreError};
 use super::fsutil::replace_file;
 use super::Store;
-use crate::oci::{media, Digest};
+use crate::oci::{media, Descriptor};
 
-/// The OCI annotation naming an `index.json` entry; skopeo's `oci:<dir>:<name>` looks it up.
-pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub use crate::oci::manifest::ANNOTATION_REF_NAME;
 /// containerd's annotation with the full image name.
 pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
-
-/// An OCI content descriptor. Fields kiln does not model (`platform`, `urls`, `artifactType`,
-/// `data`, …) are kept in `extra` and written back unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Descriptor {
-    #[serde(rename = "mediaType")]
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Descriptor {
-    pub fn new(media_type: impl Into<String>, digest: Digest, size: u64) -> Descriptor {
-        Descriptor {
-            media_type: media_type.into(),
-            digest,
-            size,
-            annotations: BTreeMap::new(),
-            extra: serde_json::Map::new(),
-        }
-    }
-
-    /// The tag this entry carries in `index.json`, if any.
-    pub fn ref_name(&self) -> Option<&str> {
-        self.annotations
-            .get(ANNOTATION_REF_NAME)
-            .map(String::as_str)
-    }
-}
 
 /// `index.json`; unknown top-level fields are preserved.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,12 +104,8 @@ impl Store {
     pub fn tag(&self, name: &str, descriptor: &Descriptor) -> Result<()> {
         validate_tag(name)?;
         let mut entry = descriptor.clone();
-        entry
-            .annotations
-            .insert(ANNOTATION_REF_NAME.to_string(), name.to_string());
-        entry
-            .annotations
-            .insert(ANNOTATION_CONTAINERD_NAME.to_string(), name.to_string());
+        entry.set_annotation(ANNOTATION_REF_NAME, name);
+        entry.set_annotation(ANNOTATION_CONTAINERD_NAME, name);
         self.update_index(|index| {
             // Checked under the exclusive lock, so a concurrent GC cannot remove it meanwhile.
             if !self.has_blob(&entry.digest) {
@@ -221,7 +182,7 @@ mod tests {
     fn descriptor_keeps_unknown_fields() {
         let json = r#"{"mediaType":"m","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0,"platform":{"os":"linux","architecture":"amd64"}}"#;
         let d: Descriptor = serde_json::from_str(json).unwrap();
-        assert!(d.extra.contains_key("platform"));
+        assert_eq!(d.platform.as_ref().map(|p| p.os.as_str()), Some("linux"));
         let back: serde_json::Value = serde_json::to_value(&d).unwrap();
         assert_eq!(back["platform"]["os"], "linux");
     }

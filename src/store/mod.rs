@@ -39,10 +39,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use crate::oci::Descriptor;
 pub use error::{Result, StoreError};
 pub use gc::{GcOptions, GcReport};
 pub use image::StoredImage;
-pub use index::{validate_tag, Descriptor, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME};
+pub use index::{validate_tag, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME};
 pub use ingest::{BlobInfo, Ingest};
 
 use crate::oci::{Digest, DigestingReader};

@@ -397,10 +397,7 @@ fn tag_untag_resolve_list_round_trip() {
     let m2 = store.write_blob(br#"{"schemaVersion":2,"x":1}"#).unwrap();
     let d1 = Descriptor::new(MANIFEST, m1.digest.clone(), m1.size);
     let mut d2 = Descriptor::new(MANIFEST, m2.digest.clone(), m2.size);
-    d2.extra.insert(
-        "platform".into(),
-        serde_json::json!({"architecture":"arm64","os":"linux"}),
-    );
+    d2.platform = Some(kiln::oci::Platform::parse("linux/arm64").unwrap());
 
     let py = "docker.io/library/python:3.12-slim";
     let local = "localhost:5000/team/app@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -409,16 +406,9 @@ fn tag_untag_resolve_list_round_trip() {
     let got = store.resolve(py).unwrap().unwrap();
     assert_eq!(got.digest, m1.digest);
     assert_eq!(got.ref_name(), Some(py));
-    assert_eq!(
-        got.annotations
-            .get("io.containerd.image.name")
-            .map(String::as_str),
-        Some(py)
-    );
-    assert_eq!(
-        store.resolve(local).unwrap().unwrap().extra["platform"]["os"],
-        "linux"
-    );
+    assert_eq!(got.annotation("io.containerd.image.name"), Some(py));
+    let platform = store.resolve(local).unwrap().unwrap().platform;
+    assert_eq!(platform.map(|p| p.architecture), Some("arm64".to_string()));
     let names: Vec<String> = store
         .list_tags()
         .unwrap()
