@@ -193,18 +193,17 @@ impl Seeded {
 /// write: the same size, mtime, mode and owner, and the same bytes: the same content digest
 /// when both are known (`source_digest`, and the seeded file's in `seeded.contents`), else
 /// compared byte for byte.
-#[allow(clippy::too_many_arguments)]
+/// Whether the seeded file `name` in `dir` (`rel` below the destination root) already is what
+/// copying `source` would write.
 fn seeded_copy_is_identical(
     seeded: &Seeded,
     dir: &impl AsFd,
-    rel: &str,
-    name: &str,
-    src: &Path,
-    meta: &fs::Metadata,
-    mode: u32,
-    owner: (u32, u32),
-    source_digest: Option<&Digest>,
+    (rel, name): (&str, &str),
+    source: &Source<'_>,
+    wanted: &Wanted<'_>,
 ) -> bool {
+    let (src, meta) = (source.path, source.meta);
+    let (mode, owner, source_digest) = (wanted.mode, wanted.owner, wanted.digest);
     let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
         return false;
     };
@@ -696,16 +695,13 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
             let mut dirs = Vec::new();
             walk_source(req, excludes.as_ref(), &sel.rel, &mut |child, path, m| {
                 let rel = join_rel(&target, child);
-                write_entry(
-                    &root,
-                    req,
-                    &rel,
-                    &source_key(&sel.rel, child),
+                let key = source_key(&sel.rel, child);
+                let source = Source {
+                    key: &key,
                     path,
-                    m,
-                    owner_of(m),
-                    &mut stats,
-                )?;
+                    meta: m,
+                };
+                write_entry(&root, req, &rel, &source, owner_of(m), &mut stats)?;
                 if m.is_dir() {
                     dirs.push((rel, m.mtime(), m.mtime_nsec()));
                 }
@@ -720,16 +716,12 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
         } else {
             let (parent, _) = split_parent(&target);
             root.mkdir_all(parent, created_owner)?;
-            write_entry(
-                &root,
-                req,
-                &target,
-                &sel.rel,
-                &src_path,
-                &meta,
-                owner_of(&meta),
-                &mut stats,
-            )?;
+            let source = Source {
+                key: &sel.rel,
+                path: &src_path,
+                meta: &meta,
+            };
+            write_entry(&root, req, &target, &source, owner_of(&meta), &mut stats)?;
         }
     }
     Ok(stats)
@@ -778,17 +770,29 @@ fn apply_meta(
 
 /// Writes one source entry at `rel` in the destination; `source_key` names `src` in the
 /// context hash cache (as [`hash_sources`] does).
-#[allow(clippy::too_many_arguments)]
+/// One entry of a COPY's sources: its key in the context hash cache, where it is, its stat.
+struct Source<'a> {
+    key: &'a str,
+    path: &'a Path,
+    meta: &'a fs::Metadata,
+}
+
+/// What a destination file must be to stand for its source unchanged.
+struct Wanted<'a> {
+    mode: u32,
+    owner: (u32, u32),
+    digest: Option<&'a Digest>,
+}
+
 fn write_entry(
     root: &DestRoot,
     req: &CopyRequest<'_>,
     rel: &str,
-    source_key: &str,
-    src: &Path,
-    meta: &fs::Metadata,
+    source: &Source<'_>,
     owner: (u32, u32),
     stats: &mut CopyStats,
 ) -> Result<(), CopyError> {
+    let (source_key, src, meta) = (source.key, source.path, source.meta);
     let chmod = req.chmod.as_ref();
     let (parent, name) = split_parent(rel);
     let pfd = root.mkdir_all(parent, owner)?;
@@ -818,13 +822,13 @@ fn write_entry(
             && seeded_copy_is_identical(
                 seeded,
                 &pfd,
-                &real_rel,
-                name,
-                src,
-                meta,
-                mode,
-                owner,
-                source_digest.as_ref(),
+                (&real_rel, name),
+                source,
+                &Wanted {
+                    mode,
+                    owner,
+                    digest: source_digest.as_ref(),
+                },
             )
         {
             if let (Some(log), Some(d)) = (req.contents, source_digest) {
