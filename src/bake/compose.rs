@@ -476,7 +476,17 @@ impl ServiceCtx<'_> {
             false,
         )?;
         if !contexts.is_empty() {
-            t.insert("contexts".into(), Json::Object(contexts));
+            // Local directories are relative to the project directory, as `context` is.
+            let resolved = contexts
+                .into_iter()
+                .map(|(k, v)| match v.as_str() {
+                    Some(s) if !s.contains("://") => {
+                        (k, Json::String(self.join(s).display().to_string()))
+                    }
+                    _ => (k, v),
+                })
+                .collect();
+            t.insert("contexts".into(), Json::Object(resolved));
         }
         let image = service
             .get("image")

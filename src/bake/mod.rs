@@ -106,6 +106,10 @@ pub struct Target {
     pub pull: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_cache: Option<bool>,
+    /// Named contexts (`contexts`, compose's `build.additional_contexts`): NAME → a directory
+    /// or `docker-image://REF`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub contexts: BTreeMap<String, String>,
 }
 
 impl Target {

@@ -176,15 +176,6 @@ pub fn to_target(raw: &RawTarget, name: &str, path: &Path) -> Result<Target, Bak
             ),
         });
     }
-    if !map("contexts")?.is_empty() {
-        return Err(BakeError::Invalid {
-            path: path.to_path_buf(),
-            message: format!(
-                "target {name:?}: named build contexts (contexts, or compose's \
-                 build.additional_contexts) are not supported: kiln builds from one context"
-            ),
-        });
-    }
     Ok(Target {
         context: string("context")?.unwrap_or_else(|| ".".into()),
         dockerfile: match string("dockerfile-inline")? {
@@ -204,6 +195,7 @@ pub fn to_target(raw: &RawTarget, name: &str, path: &Path) -> Result<Target, Bak
         network: string("network")?,
         pull: boolean("pull")?,
         no_cache: boolean("no-cache")?,
+        contexts: map("contexts")?,
     })
 }
 

@@ -223,9 +223,15 @@ fn compose_secrets_and_additional_contexts() {
         target(&p, "a").secret,
         [npmrc.as_str(), "id=token,env=GH_TOKEN"]
     );
-    d.write("compose.yaml", "services:\n  a:\n    build:\n      context: .\n      additional_contexts:\n        base: ../base\n");
-    let err = plan(&d, &[], &env(&[]), &[], &[]).unwrap_err().to_string();
-    assert!(err.contains("named build contexts"), "{err}");
+    d.write("compose.yaml", "services:\n  a:\n    build:\n      context: .\n      additional_contexts:\n        base: ../base\n        img: docker-image://busybox:1\n");
+    let p = plan(&d, &[], &env(&[]), &[], &[]).unwrap();
+    let contexts = &target(&p, "a").contexts;
+    // A directory is relative to the project directory; an image stays as written.
+    assert_eq!(
+        contexts["base"],
+        d.path().join("../base").display().to_string()
+    );
+    assert_eq!(contexts["img"], "docker-image://busybox:1");
 }
 
 #[test]

@@ -349,9 +349,13 @@ fn prepare(
             what()
         ),
     };
+    let specs: Vec<String> = t.contexts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let named_contexts =
+        super::build_args::named_contexts(&specs, &std::env::current_dir()?).with_context(what)?;
     let request = BuildRequest {
         dockerfile,
         context_dir,
+        named_contexts,
         ignore,
         build_args: t.args.clone(),
         target: t.target.clone(),

@@ -220,11 +220,14 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     if push && names.is_empty() {
         anyhow::bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY[:TAG]");
     }
+    let named_contexts =
+        super::build_args::named_contexts(&args.build_contexts, &std::env::current_dir()?)?;
     let store = args.store.open()?;
     let builder = open_builder(store, &args.registry, rep, args.runtime.as_deref())?;
     let request = BuildRequest {
         dockerfile,
         context_dir,
+        named_contexts,
         ignore,
         build_args: args.build_arg_map(),
         target: args.target.clone(),

@@ -24,6 +24,10 @@ pub struct BuildArgs {
     /// Build only up to this stage
     #[arg(long)]
     pub target: Option<String>,
+    /// A named context `NAME=DIR` or `NAME=docker-image://REF`: what `FROM NAME`,
+    /// `COPY --from=NAME` and `RUN --mount=from=NAME` read instead (repeatable)
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
     /// Target platform (os/arch[/variant])
     #[arg(long)]
     pub platform: Option<String>,
@@ -204,4 +208,52 @@ mod tests {
         assert!(parse_secret("nonsense").is_err());
         assert!(parse_secret("id=x,bogus=1").is_err());
     }
+}
+
+/// One `--build-context NAME=VALUE`: a directory (relative to `base`) or `docker-image://REF`.
+pub fn parse_named_context(
+    spec: &str,
+    base: &std::path::Path,
+) -> anyhow::Result<(String, crate::graph::NamedContext)> {
+    use crate::graph::NamedContext;
+    let (name, value) = spec
+        .split_once('=')
+        .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--build-context {spec:?}: expected NAME=VALUE"))?;
+    if let Some(reference) = value.strip_prefix("docker-image://") {
+        crate::oci::Reference::parse(reference)
+            .map_err(|e| anyhow::anyhow!("--build-context {name}: {e}"))?;
+        return Ok((name.to_string(), NamedContext::Image(reference.to_string())));
+    }
+    if value.contains("://") || value.starts_with("git@") || value.starts_with("target:") {
+        anyhow::bail!(
+            "--build-context {name}={value}: kiln reads named contexts from a local directory or \
+             docker-image://REF (not oci-layout, git, http or another target yet)"
+        );
+    }
+    let dir = base.join(value);
+    let dir = std::fs::canonicalize(&dir)
+        .map_err(|e| anyhow::anyhow!("--build-context {name}: {}: {e}", dir.display()))?;
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "--build-context {name}: {} is not a directory",
+            dir.display()
+        );
+    }
+    Ok((name.to_string(), NamedContext::Dir(dir)))
+}
+
+/// Every `--build-context`, relative to `base`; a name given twice is an error.
+pub fn named_contexts(
+    specs: &[String],
+    base: &std::path::Path,
+) -> anyhow::Result<BTreeMap<String, crate::graph::NamedContext>> {
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let (name, context) = parse_named_context(spec, base)?;
+        if out.insert(name.clone(), context).is_some() {
+            anyhow::bail!("--build-context {name} is given twice");
+        }
+    }
+    Ok(out)
 }

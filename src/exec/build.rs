@@ -60,6 +60,9 @@ pub struct BuildRequest {
     /// registry holds but the store lacks are left there (the push mounts them) instead of
     /// being downloaded, and the image is tagged in the store only when all its blobs are here.
     pub remote_layers_in: Option<String>,
+    /// `--build-context NAME=…`: directories and images that replace what `FROM`,
+    /// `COPY --from` and `RUN --mount from=` of that name would read.
+    pub named_contexts: BTreeMap<String, crate::graph::NamedContext>,
     /// `--allow security.insecure`: `RUN --security=insecure` may run unconfined.
     pub allow_insecure: bool,
     /// Where this build's step events go instead of the builder's reporter (`kiln bake` tags

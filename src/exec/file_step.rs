@@ -184,6 +184,8 @@ pub fn prepare_copy(
         .collect();
     let from_root = match &from {
         None => None,
+        // An image (or a named context naming one) was resolved into `image_roots`.
+        Some(f) if ctx.image_roots.contains_key(f) => ctx.image_roots.get(f).cloned(),
         Some(f) => match crate::graph::stage_ref(ctx.dockerfile, f) {
             Some(i) => Some(
                 ctx.stage_roots

@@ -97,6 +97,7 @@ impl<'b> BuildSession<'b> {
                 target: req.target.as_deref(),
                 target_platform: &req.platform,
                 build_platform: &Platform::host(),
+                named_contexts: &req.named_contexts,
             },
         )?;
         if !req.allow_insecure {

@@ -11,6 +11,8 @@ pub enum GraphError {
     BlankBase(String),
     #[error(transparent)]
     Platform(#[from] crate::oci::platform::PlatformError),
+    #[error("FROM {0}: that build context is a local directory; only COPY --from and RUN --mount from= read one")]
+    DirAsBase(String),
     #[error("a stage without FROM")]
     NoFrom,
     #[error("invalid stage reference {0:?}: a stage can only read from earlier stages")]

@@ -9,7 +9,7 @@ pub mod scope;
 
 pub use error::GraphError;
 pub use material::{explain_miss, RunInputs, StepMaterial, KEY_SCHEME};
-pub use plan::{plan, stage_ref, Base, Plan, PlanOptions, PlannedStage};
+pub use plan::{plan, stage_ref, Base, FromRef, NamedContext, Plan, PlanOptions, PlannedStage};
 pub use scope::{StageScope, PROXY_ARGS};
 
 use crate::dockerfile::shell::Lexer;

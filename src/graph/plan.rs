@@ -38,6 +38,22 @@ pub struct Plan {
     pub auto_args: Vec<(String, String)>,
     pub build_args: BTreeMap<String, String>,
     pub escape: char,
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+impl Plan {
+    /// What `--from=<from>` reads: a named context first, then a stage (by name or index),
+    /// else an image.
+    pub fn resolve_from(&self, df: &Dockerfile, from: &str) -> FromRef {
+        match self.named_contexts.get(from) {
+            Some(NamedContext::Dir(dir)) => FromRef::Dir(dir.clone()),
+            Some(NamedContext::Image(reference)) => FromRef::Image(reference.clone()),
+            None => match stage_ref(df, from) {
+                Some(i) => FromRef::Stage(i),
+                None => FromRef::Image(from.to_string()),
+            },
+        }
+    }
 }
 
 pub struct PlanOptions<'a> {
@@ -45,6 +61,28 @@ pub struct PlanOptions<'a> {
     pub target: Option<&'a str>,
     pub target_platform: &'a Platform,
     pub build_platform: &'a Platform,
+    /// `--build-context NAME=…`.
+    pub named_contexts: &'a BTreeMap<String, NamedContext>,
+}
+
+/// A named build context (`--build-context NAME=…`, compose's `additional_contexts`): it
+/// replaces the stage or image that a `FROM`, `COPY --from` or `RUN --mount from=` of that name
+/// would use, as BuildKit's named contexts do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local directory, read like the build context (without its `.dockerignore`).
+    Dir(std::path::PathBuf),
+    /// `docker-image://REF`.
+    Image(String),
+}
+
+/// What a `--from` (COPY, RUN --mount) names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromRef {
+    Stage(usize),
+    /// A named context's directory.
+    Dir(std::path::PathBuf),
+    Image(String),
 }
 
 fn platform_args(prefix: &str, p: &Platform) -> Vec<(String, String)> {
@@ -114,7 +152,14 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions<'_>) -> Result<Plan, GraphError>
             None => opts.target_platform.clone(),
         };
         let lower = base_name.to_ascii_lowercase();
-        let base = if let Some(parent) = df.stages[..stage.index]
+        let base = if let Some(named) = opts.named_contexts.get(&base_name) {
+            match named {
+                NamedContext::Image(reference) => Base::Image(reference.clone()),
+                NamedContext::Dir(_) => {
+                    return Err(at_from(GraphError::DirAsBase(base_name.clone())))
+                }
+            }
+        } else if let Some(parent) = df.stages[..stage.index]
             .iter()
             .rev()
             .find(|s| s.name.as_deref() == Some(lower.as_str()))
@@ -136,6 +181,9 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions<'_>) -> Result<Plan, GraphError>
                 _ => Vec::new(),
             };
             for from in froms {
+                if opts.named_contexts.contains_key(from) {
+                    continue;
+                }
                 if let Some(i) = stage_ref(df, from) {
                     if i >= stage.index {
                         return Err(GraphError::ForwardStageRef(from.to_string()).at(instr));
@@ -176,6 +224,7 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions<'_>) -> Result<Plan, GraphError>
         auto_args,
         build_args: opts.build_args.clone(),
         escape,
+        named_contexts: opts.named_contexts.clone(),
     })
 }
 
@@ -199,6 +248,14 @@ mod tests {
     use crate::dockerfile::parse_dockerfile;
 
     fn plan_text(text: &str, target: Option<&str>) -> Result<Plan, GraphError> {
+        plan_with(text, target, &BTreeMap::new())
+    }
+
+    fn plan_with(
+        text: &str,
+        target: Option<&str>,
+        named_contexts: &BTreeMap<String, NamedContext>,
+    ) -> Result<Plan, GraphError> {
         let df = parse_dockerfile(&SourceFile::new("Dockerfile", text)).unwrap();
         let amd64 = Platform::parse("linux/amd64").unwrap();
         let arm64 = Platform::parse("linux/arm64").unwrap();
@@ -209,6 +266,7 @@ mod tests {
                 target,
                 target_platform: &arm64,
                 build_platform: &amd64,
+                named_contexts,
             },
         )
     }
@@ -277,5 +335,44 @@ mod tests {
         assert!(matches!(err, GraphError::At { .. }), "{err:?}");
         let err = plan_text("FROM busybox\n", Some("missing")).unwrap_err();
         assert!(matches!(err, GraphError::TargetNotFound(_)), "{err:?}");
+    }
+
+    #[test]
+    fn named_contexts_replace_stages_and_images() {
+        let named = BTreeMap::from([
+            (
+                "base".to_string(),
+                NamedContext::Image("busybox:1.36".into()),
+            ),
+            (
+                "assets".to_string(),
+                NamedContext::Dir("/srv/assets".into()),
+            ),
+            ("tools".to_string(), NamedContext::Dir("/srv/tools".into())),
+        ]);
+        let text = "FROM scratch AS tools\n\
+                    FROM base\n\
+                    COPY --from=assets /a /a\n\
+                    COPY --from=tools /t /t\n\
+                    RUN --mount=from=assets,target=/m true\n";
+        let df = parse_dockerfile(&SourceFile::new("Dockerfile", text)).unwrap();
+        let plan = plan_with(text, None, &named).unwrap();
+        assert_eq!(plan.stages[1].base, Base::Image("busybox:1.36".into()));
+        assert!(
+            plan.stages[1].deps.is_empty(),
+            "a named context is no stage edge"
+        );
+        assert_eq!(plan.order, vec![1], "the stage `tools` names is replaced");
+        assert_eq!(
+            plan.resolve_from(&df, "tools"),
+            FromRef::Dir("/srv/tools".into())
+        );
+        assert_eq!(plan.resolve_from(&df, "0"), FromRef::Stage(0));
+        assert_eq!(
+            plan.resolve_from(&df, "alpine"),
+            FromRef::Image("alpine".into())
+        );
+        let err = plan_with("FROM assets\n", None, &named).unwrap_err();
+        assert!(err.to_string().contains("local directory"), "{err}");
     }
 }

@@ -200,6 +200,7 @@ mod tests {
                 target,
                 target_platform: &p,
                 build_platform: &p,
+                named_contexts: &BTreeMap::new(),
             },
         );
         (df, plan)

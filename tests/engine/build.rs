@@ -1235,3 +1235,52 @@ fn source_date_epoch_is_part_of_every_layer_steps_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn named_build_contexts_replace_from_copy_from_and_mount_from() {
+    // `--build-context NAME=DIR` and `NAME=docker-image://REF`, as BuildKit: `FROM base` reads
+    // the image, `COPY --from=extra` and `RUN --mount=from=extra` the directory.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM base\nCOPY --from=extra hello.txt /hello.txt\n\
+         RUN --mount=from=extra,target=/m cat /m/hello.txt /m/sub/deep.txt > /mounted.txt\n",
+    )]);
+    let extra = p.work.path().join("extra");
+    std::fs::create_dir_all(extra.join("sub")).unwrap();
+    std::fs::write(extra.join("hello.txt"), "hello from extra\n").unwrap();
+    std::fs::write(extra.join("sub/deep.txt"), "deep\n").unwrap();
+    let build = |tag: &str| {
+        let ctx = p.ctx();
+        let extra_arg = format!("extra={}", extra.display());
+        kiln(
+            &p.root(),
+            &p.reg,
+            &[
+                "build",
+                "--progress=plain",
+                "--build-context",
+                &extra_arg,
+                "--build-context",
+                "base=docker-image://busybox:latest",
+                "-t",
+                tag,
+                ctx.to_str().unwrap(),
+            ],
+        )
+    };
+    ok(&build("named:1"));
+    assert_eq!(
+        p.run(&["named:1", "cat", "/hello.txt", "/mounted.txt"]),
+        "hello from extra\nhello from extra\ndeep"
+    );
+    // A change in the named context busts the COPY, as one in the build context would.
+    std::fs::write(extra.join("hello.txt"), "changed\n").unwrap();
+    ok(&build("named:2"));
+    assert_eq!(p.run(&["named:2", "cat", "/hello.txt"]), "changed");
+    // A directory cannot be a base.
+    std::fs::write(p.ctx().join("Dockerfile"), "FROM extra\n").unwrap();
+    let out = build("named:3");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("local directory"), "{err}");
+}

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::dockerfile::{Command, Instruction};
-use crate::graph::{stage_ref, StepMaterial};
+use crate::graph::{FromRef, StepMaterial};
 use crate::snapshot::ChainId;
 
 use super::super::base::resolve_image;
@@ -27,7 +27,16 @@ impl BuildSession<'_> {
     ) -> Result<bool, BuildError> {
         self.step_started(step);
         let b = self.builder;
-        let (stage_roots, image_roots) = self.copy_from_roots(stage.index, instr).await?;
+        // `COPY --from=<named context directory>` is a copy from another build context.
+        let (context_dir, ignore, source_instr) = match self.named_dir(instr) {
+            Some(dir) => (dir, None, without_from(instr)),
+            None => (
+                self.req.context_dir.clone(),
+                self.req.ignore.as_ref(),
+                instr.clone(),
+            ),
+        };
+        let (stage_roots, image_roots) = self.copy_from_roots(stage.index, &source_instr).await?;
         let url_dir = self.scratch_dir.join(unique("add-url"));
         let url_files = match self.add_urls(instr, &url_dir).await {
             Ok(files) => files,
@@ -41,8 +50,8 @@ impl BuildSession<'_> {
             image_roots,
             store: &b.store,
             snapshots: &b.snapshots,
-            context_dir: &self.req.context_dir,
-            ignore: self.req.ignore.as_ref(),
+            context_dir: &context_dir,
+            ignore,
             dockerfile: &self.req.dockerfile,
             stage_roots,
             scratch_dir: &self.scratch_dir,
@@ -56,8 +65,8 @@ impl BuildSession<'_> {
             ),
         };
         let workdir = stage.workdir();
-        let hashes = b.context_hashes(&self.req.context_dir);
-        let prepared = prepare_copy(&fctx, instr, &workdir, &hashes)?;
+        let hashes = b.context_hashes(&context_dir);
+        let prepared = prepare_copy(&fctx, &source_instr, &workdir, &hashes)?;
         let material = StepMaterial::copy(
             &stage.key,
             prepared.material.clone(),
@@ -109,25 +118,40 @@ impl BuildSession<'_> {
         let Some(from) = &c.from else {
             return Ok((stage_roots, image_roots));
         };
-        match stage_ref(&self.req.dockerfile, from) {
-            Some(i) => {
+        match self.plan.resolve_from(&self.req.dockerfile, from) {
+            FromRef::Stage(i) => {
                 let built = self.board.wait(stage, i, from)?;
                 stage_roots.insert(i, built.image.top_chain().cloned());
             }
-            None => {
+            FromRef::Image(reference) => {
                 let b = self.builder;
                 let (_, image) = resolve_image(
                     self.puller(),
                     &b.snapshots,
-                    from,
+                    &reference,
                     &self.req.platform,
                     self.req.pull,
                 )
                 .await?;
                 image_roots.insert(from.clone(), image.top_chain().cloned());
             }
+            FromRef::Dir(_) => return Err(BuildError::FromNotReady(from.clone())),
         }
         Ok((stage_roots, image_roots))
+    }
+
+    /// The directory of the named context a `COPY --from` names, if it names one.
+    fn named_dir(&self, instr: &Instruction) -> Option<std::path::PathBuf> {
+        let Command::Copy(c) = &instr.command else {
+            return None;
+        };
+        match self
+            .plan
+            .resolve_from(&self.req.dockerfile, c.from.as_deref()?)
+        {
+            FromRef::Dir(dir) => Some(dir),
+            _ => None,
+        }
     }
 
     /// ADD's URL sources, downloaded into `dir` (checked against `--checksum`).
@@ -143,4 +167,14 @@ impl BuildSession<'_> {
             _ => Ok(Vec::new()),
         }
     }
+}
+
+/// The COPY without its `--from`: a copy from a named context's directory reads it as the
+/// build context.
+fn without_from(instr: &Instruction) -> Instruction {
+    let mut plain = instr.clone();
+    if let Command::Copy(c) = &mut plain.command {
+        c.from = None;
+    }
+    plain
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use crate::dockerfile::instructions::mount::NetworkMode as RunNetwork;
 use crate::dockerfile::instructions::{Run, SecurityMode};
-use crate::graph::{stage_ref, RunInputs, StepMaterial};
+use crate::graph::{FromRef, RunInputs, StepMaterial};
 use crate::oci::Platform;
 use crate::progress::Event;
 use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec, Security};
@@ -174,17 +174,22 @@ impl BuildSession<'_> {
             if roots.contains_key(from) {
                 continue;
             }
-            let chain = match stage_ref(&self.req.dockerfile, from) {
-                Some(idx) => self
+            let chain = match self.plan.resolve_from(&self.req.dockerfile, from) {
+                FromRef::Stage(idx) => self
                     .board
                     .wait(command.stage, idx, from)?
                     .image
                     .top_chain()
                     .cloned(),
-                None => resolve_image(
+                // A named context's directory is bound as it is.
+                FromRef::Dir(dir) => {
+                    roots.insert(from.clone(), dir);
+                    continue;
+                }
+                FromRef::Image(reference) => resolve_image(
                     self.puller(),
                     &b.snapshots,
-                    from,
+                    &reference,
                     &self.req.platform,
                     self.req.pull,
                 )
