@@ -191,25 +191,6 @@ pub fn parse_secret(spec: &str) -> anyhow::Result<(String, SecretSource)> {
     Ok((id, source))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secret_specs() {
-        assert_eq!(
-            parse_secret("id=npm,src=/tmp/npmrc").unwrap(),
-            ("npm".into(), SecretSource::File("/tmp/npmrc".into()))
-        );
-        assert_eq!(
-            parse_secret("id=tok,env=GITHUB_TOKEN").unwrap(),
-            ("tok".into(), SecretSource::Env("GITHUB_TOKEN".into()))
-        );
-        assert!(parse_secret("nonsense").is_err());
-        assert!(parse_secret("id=x,bogus=1").is_err());
-    }
-}
-
 /// One `--build-context NAME=VALUE`: a directory (relative to `base`) or `docker-image://REF`.
 pub fn parse_named_context(
     spec: &str,
@@ -256,4 +237,23 @@ pub fn named_contexts(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_specs() {
+        assert_eq!(
+            parse_secret("id=npm,src=/tmp/npmrc").unwrap(),
+            ("npm".into(), SecretSource::File("/tmp/npmrc".into()))
+        );
+        assert_eq!(
+            parse_secret("id=tok,env=GITHUB_TOKEN").unwrap(),
+            ("tok".into(), SecretSource::Env("GITHUB_TOKEN".into()))
+        );
+        assert!(parse_secret("nonsense").is_err());
+        assert!(parse_secret("id=x,bogus=1").is_err());
+    }
 }
