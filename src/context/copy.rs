@@ -359,7 +359,11 @@ fn select(req: &CopyRequest<'_>) -> Result<Vec<Selected>, CopyError> {
         };
         if !has_glob(&rel) {
             let p = req.source_root.join(&rel);
-            if fs::symlink_metadata(&p).is_err() || ignored(req.ignore, &rel, is_dir(&p)) {
+            let found = fs::symlink_metadata(&p);
+            if found
+                .as_ref()
+                .map_or(true, |m| ignored(req.ignore, &rel, m.is_dir()))
+            {
                 return Err(CopyError::NotFound(src.clone()));
             }
             out.push(Selected {

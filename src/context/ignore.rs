@@ -306,11 +306,13 @@ impl PatternMatcher {
         if !self.exclusions {
             return false;
         }
-        let dir_slash = format!("{}/", gosyntax::clean(dir));
-        self.patterns
-            .iter()
-            .filter(|p| p.is_exclusion())
-            .any(|p| format!("{}/", p.as_str()).starts_with(&dir_slash))
+        let dir = gosyntax::clean(dir);
+        // `pattern/` starts with `dir/`: the pattern is `dir` itself or lies below it.
+        self.patterns.iter().filter(|p| p.is_exclusion()).any(|p| {
+            p.as_str()
+                .strip_prefix(dir.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
     }
 
     /// The compiled patterns, in order.

@@ -118,7 +118,9 @@ impl Walker<'_> {
                 fs_path,
                 kind,
             };
-            let passes = kind == EntryKind::Dir
+            // Only an excluded directory is asked: this runs for every entry of the context.
+            let passes = excluded
+                && kind == EntryKind::Dir
                 && self
                     .matcher
                     .is_some_and(|m| m.keeps_excluded_dir(&entry.path));
@@ -153,14 +155,7 @@ impl Walker<'_> {
         if !m.exclusions() {
             return false;
         }
-        if self.descend_all_excluded {
-            return true;
-        }
-        let dir_slash = format!("{dir}/");
-        m.patterns()
-            .iter()
-            .filter(|p| p.is_exclusion())
-            .any(|p| format!("{}/", p.as_str()).starts_with(&dir_slash))
+        self.descend_all_excluded || m.keeps_excluded_dir(dir)
     }
 }
 
