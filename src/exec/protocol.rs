@@ -23,7 +23,7 @@ impl BuildSession<'_> {
         &self,
         stage: &mut StageState,
         step: &StepInfo,
-        material: &StepMaterial,
+        material: StepMaterial,
         created_by: String,
         make: impl AsyncFnOnce(Option<ChainId>) -> Result<Option<LayerState>, BuildError>,
     ) -> Result<bool, BuildError> {
@@ -31,10 +31,8 @@ impl BuildSession<'_> {
         // SOURCE_DATE_EPOCH clamps the times in every layer written: a layer made without it
         // (or with another) is not this step's.
         let material = match self.settings.source_date_epoch {
-            Some(epoch) => material
-                .clone()
-                .field("source_date_epoch", epoch.to_string()),
-            None => material.clone(),
+            Some(epoch) => material.field("source_date_epoch", epoch.to_string()),
+            None => material,
         };
         let (key, cached) = self
             .check_cache(stage.index, &material, step, &mut stage.image)

@@ -66,15 +66,16 @@ impl BuildSession<'_> {
         };
         let workdir = stage.workdir();
         let hashes = b.context_hashes(&context_dir);
-        let prepared = prepare_copy(&fctx, &source_instr, &workdir, &hashes)?;
+        let mut prepared = prepare_copy(&fctx, &source_instr, &workdir, &hashes)?;
         let material = StepMaterial::copy(
             &stage.key,
-            prepared.material.clone(),
-            prepared.files.clone(),
+            // The copy itself needs neither: no second copy of one entry per file.
+            std::mem::take(&mut prepared.material),
+            std::mem::take(&mut prepared.files),
         );
         let line = created_by(instr, None, &workdir);
         let cached = self
-            .layer_step(stage, step, &material, line, async |parent| {
+            .layer_step(stage, step, material, line, async |parent| {
                 if let Some(from) = &prepared.from {
                     self.materialize(from.as_ref()).await?;
                 }

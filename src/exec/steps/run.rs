@@ -81,7 +81,7 @@ impl BuildSession<'_> {
             &command.args,
             &stage.scope.run_arg_pairs(&stage.image_env()),
         );
-        self.layer_step(stage, step, &material, line, async |parent| {
+        self.layer_step(stage, step, material, line, async |parent| {
             self.execute_run(&command, parent).await
         })
         .await

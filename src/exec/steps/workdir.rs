@@ -29,7 +29,7 @@ impl BuildSession<'_> {
         let material = StepMaterial::workdir(&stage.key, &dir, &user);
         let b = self.builder;
         let cached = self
-            .layer_step(stage, step, &material, line, async |parent| {
+            .layer_step(stage, step, material, line, async |parent| {
                 workdir_step(
                     &b.store,
                     &b.snapshots,
