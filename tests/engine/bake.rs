@@ -158,3 +158,31 @@ fn bake_a_failing_target_fails_the_run_and_the_others_still_build() {
         "ok"
     );
 }
+
+#[test]
+fn bake_push_sends_each_target_to_its_registry() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let dir = fixture("bake/group-inherits");
+    let dest = format!("{}/team/bake-app:1", reg.addr);
+    let tags = format!("app.tags={dest}");
+    let out = bake(&root, &reg, &dir, &["--set", &tags, "--push", "app"], &[]);
+    ok(&out);
+    // Read back by another client.
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{dest}"))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        inspect.status.success(),
+        "{dest} is not in the registry: {}\n{}",
+        String::from_utf8_lossy(&inspect.stderr),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And a fresh store pulls and runs it.
+    let fresh = work.path().join("fresh");
+    ok(&kiln(&fresh, &reg, &["pull", &dest]));
+    assert_eq!(ok(&kiln(&fresh, &reg, &["run", &dest])), "from bake");
+}
