@@ -387,6 +387,7 @@ fn prepare(
             None
         },
         reporter: Some(Arc::new(Tagged::new(label.clone(), base.clone()))),
+        side_by_side: None,
     };
     let job = Job {
         label,

@@ -17,7 +17,7 @@ use crate::context::ignore::{load_ignore_patterns, PatternMatcher};
 use crate::diag::{Diagnostic, Severity, SourceFile};
 use crate::dockerfile::parse_dockerfile;
 use crate::exec::base::resolve_image;
-use crate::exec::build::{BuildRequest, Builder};
+use crate::exec::build::{BuildRequest, Builder, SideBySide};
 use crate::exec::commit::LayerSettings;
 use crate::exec::run_step::Secret;
 use crate::exec::BuildError;
@@ -65,6 +65,12 @@ pub(super) fn open_builder(
 /// Renders a build error: the Dockerfile line with a caret for step failures.
 pub(super) fn render_build_error(err: &BuildError, source: &SourceFile) -> String {
     match err {
+        BuildError::ForPlatform {
+            platform,
+            source: inner,
+        } => {
+            format!("[{platform}] {}", render_build_error(inner, source))
+        }
         BuildError::Step {
             span,
             source: inner,
@@ -122,6 +128,26 @@ pub(super) fn push_registry(names: &[String]) -> Option<String> {
         .flatten()
 }
 
+/// `--platform linux/amd64,linux/arm64` (none: the host's), normalised, each once.
+pub(super) fn parse_platforms(spec: Option<&str>) -> anyhow::Result<Vec<Platform>> {
+    let Some(spec) = spec else {
+        return Ok(vec![Platform::host()]);
+    };
+    let mut platforms: Vec<Platform> = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let p = Platform::parse(part)
+            .with_context(|| format!("invalid --platform {part:?}"))?
+            .normalized();
+        if !platforms.contains(&p) {
+            platforms.push(p);
+        }
+    }
+    if platforms.is_empty() {
+        anyhow::bail!("--platform {spec:?} names no platform: give os/arch[/variant],…");
+    }
+    Ok(platforms)
+}
+
 pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal as _;
     // Checked before anything is built, so a bad -o costs nothing.
@@ -175,10 +201,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             },
         );
     }
-    let platform = match &args.platform {
-        Some(p) => Platform::parse(p)?.normalized(),
-        None => Platform::host(),
-    };
+    let platforms = parse_platforms(args.platform.as_deref())?;
     let compression = match args.compression.as_str() {
         "zstd" => Compression::Zstd,
         "uncompressed" => Compression::None,
@@ -224,44 +247,54 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         super::build_args::named_contexts(&args.build_contexts, &std::env::current_dir()?)?;
     let store = args.store.open()?;
     let builder = open_builder(store, &args.registry, rep, args.runtime.as_deref())?;
-    let request = BuildRequest {
-        dockerfile,
-        context_dir,
-        named_contexts,
-        ignore,
-        build_args: args.build_arg_map(),
-        target: args.target.clone(),
-        platform,
-        tags,
-        labels: args.label_map()?,
-        network: if args.network == "none" {
-            NetworkMode::None
-        } else {
-            NetworkMode::Host
-        },
-        secrets,
-        no_cache: args.no_cache,
-        no_cache_filter: args.no_cache_filter.clone(),
-        explain_cache: args.explain_cache,
-        pull: args.pull,
-        layer: LayerSettings {
-            compression,
-            level: args.compression_level,
-            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
-                .ok()
-                .and_then(|v| v.parse().ok()),
-        },
-        oci_media_types: args.oci_mediatypes,
-        // A push-only build may leave layers an imported cache holds in the registry pushed to;
-        // not when a cache goes to a directory, which needs every layer's bytes here.
-        reporter: None,
-        remote_layers_in: if push && !cache_to_dir {
-            push_registry(&names)
-        } else {
-            None
-        },
-        allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
-    };
+    let labels = args.label_map()?;
+    let step_ids = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let multi = platforms.len() > 1;
+    let requests: Vec<BuildRequest> = platforms
+        .iter()
+        .map(|platform| BuildRequest {
+            dockerfile: dockerfile.clone(),
+            context_dir: context_dir.clone(),
+            named_contexts: named_contexts.clone(),
+            ignore: ignore.clone(),
+            build_args: args.build_arg_map(),
+            target: args.target.clone(),
+            platform: platform.clone(),
+            tags: tags.clone(),
+            labels: labels.clone(),
+            network: if args.network == "none" {
+                NetworkMode::None
+            } else {
+                NetworkMode::Host
+            },
+            secrets: secrets.clone(),
+            no_cache: args.no_cache,
+            no_cache_filter: args.no_cache_filter.clone(),
+            explain_cache: args.explain_cache,
+            pull: args.pull,
+            layer: LayerSettings {
+                compression,
+                level: args.compression_level,
+                source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+                    .ok()
+                    .and_then(|v| v.parse().ok()),
+            },
+            oci_media_types: args.oci_mediatypes,
+            reporter: None,
+            // A push-only build may leave layers an imported cache holds in the registry
+            // pushed to; not when a cache goes to a directory, which needs every layer here.
+            remote_layers_in: if push && !cache_to_dir {
+                push_registry(&names)
+            } else {
+                None
+            },
+            allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
+            side_by_side: multi.then(|| SideBySide {
+                label: platform.to_string(),
+                step_ids: step_ids.clone(),
+            }),
+        })
+        .collect();
     let rt = runtime()?;
     // Ctrl-C: the running step's runtime is killed (the sandbox then deletes its container), the
     // step fails, and the normal error path unmounts and cleans up; the store stays valid.
@@ -276,7 +309,23 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         }
     });
     rt.block_on(super::cache_opts::import_caches(&builder, &cache_from));
-    let outcome = match rt.block_on(builder.build(request)) {
+    let built = if multi {
+        builder.build_platforms(
+            rt.handle(),
+            requests,
+            &crate::export::ExportOptions {
+                oci_media_types: args.oci_mediatypes,
+                tags,
+            },
+        )
+    } else {
+        let request = requests
+            .into_iter()
+            .next()
+            .context("no platform to build")?;
+        rt.block_on(builder.build(request))
+    };
+    let outcome = match built {
         Ok(o) => o,
         Err(_) if interrupted.load(std::sync::atomic::Ordering::SeqCst) => {
             eprintln!("error: {}", BuildError::Interrupted);
@@ -390,6 +439,10 @@ pub struct RunArgs {
     /// OCI runtime (default: crun, else runc)
     #[arg(long)]
     runtime: Option<PathBuf>,
+    /// The platform to run (os/arch[/variant]) from a multi-platform image; another
+    /// architecture runs through qemu-user-static (binfmt_misc)
+    #[arg(long)]
+    platform: Option<String>,
     /// Image reference from the store
     image: String,
     /// Command and arguments (replace the image's CMD)
@@ -405,7 +458,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
     let rep: Arc<dyn Reporter> = Arc::from(reporter(ProgressMode::Plain));
     let builder = open_builder(store, &args.registry, rep, args.runtime.as_deref())?;
-    let platform = Platform::host();
+    let platform = match &args.platform {
+        Some(p) => Platform::parse(p)
+            .with_context(|| format!("invalid --platform {p:?}"))?
+            .normalized(),
+        None => Platform::host(),
+    };
+    crate::sandbox::emulation::check_can_run(&platform)?;
     let rt = runtime()?;
     let (_, image) = rt
         .block_on(resolve_image(

@@ -96,11 +96,56 @@ pub fn find_image(store: &Store, input: &str) -> anyhow::Result<(StoredImage, bo
 }
 
 fn stored_images(store: &Store) -> anyhow::Result<Vec<StoredImage>> {
-    let platform = Platform::host();
+    Ok(list_images(store)?.into_iter().map(|l| l.image).collect())
+}
+
+/// One row of `kiln images`: a tag and the image it names; for an index (a multi-platform
+/// image), the host's platform (else the first the store holds) with every platform listed.
+struct Listed {
+    image: StoredImage,
+    /// The image ID; for an index, the index digest (as buildx prints it).
+    id: crate::oci::Digest,
+    size: u64,
+    platforms: Vec<String>,
+}
+
+fn list_images(store: &Store) -> anyhow::Result<Vec<Listed>> {
+    let host = Platform::host();
     let mut out = Vec::new();
-    for (tag, _) in store.list_tags()? {
-        if let Some(image) = store.image(&tag, &platform)? {
-            out.push(image);
+    for (tag, descriptor) in store.list_tags()? {
+        if !crate::oci::media::is_index(&descriptor.media_type) {
+            if let Some(image) = store.image(&tag, &host)? {
+                out.push(Listed {
+                    id: image.id().clone(),
+                    size: image.size(),
+                    platforms: vec![image.config.platform().to_string()],
+                    image,
+                });
+            }
+            continue;
+        }
+        let bytes = store.read_blob(&descriptor.digest)?;
+        let index: crate::oci::manifest::ImageIndex = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading the index tagged {tag}"))?;
+        let mut images = Vec::new();
+        for d in index.manifests.iter().filter(|d| store.has_blob(&d.digest)) {
+            let image = store.image_at(&tag, d.clone(), &host)?;
+            let platform = d
+                .platform
+                .clone()
+                .unwrap_or_else(|| image.config.platform());
+            images.push((platform, image));
+        }
+        let size = images.iter().map(|(_, i)| i.size()).sum();
+        let platforms = images.iter().map(|(p, _)| p.to_string()).collect();
+        let chosen = host.best_match(images.iter().map(|(p, _)| p)).unwrap_or(0);
+        if chosen < images.len() {
+            out.push(Listed {
+                image: images.swap_remove(chosen).1,
+                id: descriptor.digest.clone(),
+                size,
+                platforms,
+            });
         }
     }
     Ok(out)
@@ -158,37 +203,39 @@ fn parse_rfc3339_seconds(s: &str) -> Option<i64> {
 
 pub fn images(args: ImagesArgs) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
-    let images = stored_images(&store)?;
+    let images = list_images(&store)?;
     let mut out = std::io::stdout().lock();
     if args.format == "json" {
         let list: Vec<_> = images
             .iter()
             .map(|i| {
                 serde_json::json!({
-                    "reference": i.tag,
-                    "id": i.id().to_string(),
-                    "digest": i.manifest_digest.to_string(),
-                    "created": i.config.created,
-                    "size": i.size(),
+                    "reference": i.image.tag,
+                    "id": i.id.to_string(),
+                    "digest": i.image.target.digest.to_string(),
+                    "created": i.image.config.created,
+                    "size": i.size,
+                    "platforms": i.platforms,
                 })
             })
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 4]> = images
+    let rows: Vec<[String; 5]> = images
         .iter()
         .map(|i| {
             [
-                i.tag.clone(),
-                i.id().short().to_string(),
-                ago(i.config.created.as_deref()),
-                human_bytes(i.size()),
+                i.image.tag.clone(),
+                i.id.short().to_string(),
+                ago(i.image.config.created.as_deref()),
+                human_bytes(i.size),
+                i.platforms.join(","),
             ]
         })
         .collect();
-    let header = ["REFERENCE", "IMAGE ID", "CREATED", "SIZE"].map(String::from);
-    let widths: Vec<usize> = (0..4)
+    let header = ["REFERENCE", "IMAGE ID", "CREATED", "SIZE", "PLATFORM"].map(String::from);
+    let widths: Vec<usize> = (0..5)
         .map(|c| {
             std::iter::once(&header)
                 .chain(&rows)
@@ -199,14 +246,16 @@ pub fn images(args: ImagesArgs) -> anyhow::Result<ExitCode> {
         .collect();
     for row in std::iter::once(&header).chain(&rows) {
         let line = format!(
-            "{:w0$}   {:w1$}   {:w2$}   {}",
+            "{:w0$}   {:w1$}   {:w2$}   {:w3$}   {}",
             row[0],
             row[1],
             row[2],
             row[3],
+            row[4],
             w0 = widths[0],
             w1 = widths[1],
-            w2 = widths[2]
+            w2 = widths[2],
+            w3 = widths[3]
         );
         writeln!(out, "{}", line.trim_end())?;
     }

@@ -9,6 +9,7 @@ mod check;
 mod check_ignore;
 mod images;
 mod login;
+mod manifest;
 mod output;
 mod parse;
 mod pull;
@@ -45,6 +46,8 @@ enum Commands {
     Pull(pull::PullArgs),
     /// Push an image from the local store to a registry
     Push(push::PushArgs),
+    /// Multi-platform indexes: `kiln manifest create -t REF [--push] SRC…` merges images
+    Manifest(manifest::ManifestArgs),
     /// List the images in the local store
     Images(images::ImagesArgs),
     /// Print an image's manifest and config as JSON
@@ -130,6 +133,7 @@ pub fn main() -> ExitCode {
         Commands::Run(args) => build::run(args),
         Commands::Pull(args) => pull::run(args),
         Commands::Push(args) => push::run(args),
+        Commands::Manifest(args) => manifest::run(args),
         Commands::Images(args) => images::images(args),
         Commands::Inspect(args) => images::inspect(args),
         Commands::Rmi(args) => images::rmi(args),

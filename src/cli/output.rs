@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::export::{self, ArchiveFormat, ExportSource};
+use crate::export::{self, ArchiveFormat, ExportSource, IndexSource};
 use crate::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +273,9 @@ pub fn export_build(
     spec: &OutputSpec,
     names: Vec<String>,
 ) -> anyhow::Result<()> {
+    if let Some(index) = IndexSource::from_store(store, manifest, names.clone())? {
+        return export_index(store, &index, spec);
+    }
     let source = ExportSource::from_manifest(store, manifest, names)?;
     let dest = spec.dest.as_deref().unwrap_or("-");
     match spec.kind {
@@ -292,6 +295,43 @@ pub fn export_build(
         }),
         OutputKind::Local => export::write_rootfs_dir(store, &source, Path::new(dest))
             .with_context(|| format!("writing the root filesystem into {dest}")),
+    }
+}
+
+/// A multi-platform build's export: the OCI archive holds the index and every platform;
+/// a root filesystem goes into one directory per platform (`DIR/linux_arm64`, as buildx).
+fn export_index(store: &Store, index: &IndexSource, spec: &OutputSpec) -> anyhow::Result<()> {
+    let dest = spec.dest.as_deref().unwrap_or("-");
+    match spec.kind {
+        OutputKind::Image | OutputKind::Registry => Ok(()),
+        OutputKind::Oci => write_to_dest(dest, |out| {
+            export::write_index_archive(store, index, out).map(|_| ())
+        }),
+        OutputKind::Docker => anyhow::bail!(
+            "type=docker holds one platform, and this build made {}: use type=oci for all of \
+             them, or build one --platform",
+            index.platforms.len()
+        ),
+        OutputKind::Tar => anyhow::bail!(
+            "type=tar writes one root filesystem, and this build made {}: use type=local \
+             (a directory per platform), or build one --platform",
+            index.platforms.len()
+        ),
+        OutputKind::Local => {
+            for image in &index.platforms {
+                let platform = image
+                    .descriptor
+                    .platform
+                    .as_ref()
+                    .map(|p| p.to_string().replace('/', "_"))
+                    .unwrap_or_else(|| image.descriptor.digest.hex().to_string());
+                let dir = Path::new(dest).join(platform);
+                export::write_rootfs_dir(store, image, &dir).with_context(|| {
+                    format!("writing the root filesystem into {}", dir.display())
+                })?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -81,15 +81,16 @@ pub async fn push_built(
         store: puller.store.clone(),
         reporter: puller.reporter.clone(),
     };
-    let bytes = pusher.store.read_blob(manifest_digest)?;
-    let mut manifest = ManifestPush::from_image_manifest(bytes, crate::oci::media::OCI_MANIFEST)
-        .map_err(anyhow::Error::msg)?;
-    for blob in &mut manifest.blobs {
-        for (digest, source) in remote {
-            if let (true, RecordSource::Registry(r)) = (*digest == blob.blob.digest, source) {
-                if let Ok(r) = Reference::parse(r) {
-                    blob.mount_from.push(r.repository().to_string());
-                }
+    let mut manifest = ManifestPush::from_store(
+        &pusher.store,
+        manifest_digest,
+        crate::oci::media::OCI_MANIFEST,
+    )
+    .map_err(anyhow::Error::msg)?;
+    for (digest, source) in remote {
+        if let RecordSource::Registry(r) = source {
+            if let Ok(r) = Reference::parse(r) {
+                manifest.add_mount_source(digest, r.repository());
             }
         }
     }

@@ -64,10 +64,10 @@ pub async fn resolve_image(
                 platform: platform.clone(),
                 ..PullOptions::default()
             };
-            puller.pull(&reference, &options).await?;
-            store
-                .image(&tag, platform)?
-                .ok_or_else(|| BuildError::PulledButMissing(tag.clone()))?
+            // What was pulled, not what the tag names now: the pull of another platform
+            // (of the same multi-platform build) may have moved the tag since.
+            let pulled = puller.pull(&reference, &options).await?;
+            store.image_at(&tag, pulled.manifest, platform)?
         }
     };
     let diff_ids = &image.config.rootfs.diff_ids;

@@ -9,9 +9,9 @@ use crate::cache::{Cache, RecordSource};
 use crate::context::hashcache::FileHashCache;
 use crate::context::ignore::PatternMatcher;
 use crate::dockerfile::Dockerfile;
-use crate::export::{export_image, ExportOptions};
+use crate::export::{export_image, export_index, ExportOptions};
 use crate::graph::{Base, StageScope};
-use crate::oci::{BlobRef, Digest, Platform};
+use crate::oci::{BlobRef, Descriptor, Digest, Platform};
 use crate::progress::Reporter;
 use crate::registry::pull::Puller;
 use crate::sandbox::{NetworkMode, Sandbox};
@@ -68,6 +68,18 @@ pub struct BuildRequest {
     /// Where this build's step events go instead of the builder's reporter (`kiln bake` tags
     /// each target's events with its name); pulls still report to the builder's.
     pub reporter: Option<Arc<dyn Reporter>>,
+    /// Set when this build is one platform of a multi-platform build (see
+    /// [`Builder::build_platforms`]).
+    pub side_by_side: Option<SideBySide>,
+}
+
+/// How one platform's build reports next to the others: its step names start with the
+/// platform (`[linux/arm64 2/5] RUN …`, as buildx names them) and its step ids come from a
+/// counter all the platforms share, so that no two steps of the build have the same id.
+#[derive(Debug, Clone)]
+pub struct SideBySide {
+    pub label: String,
+    pub step_ids: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +95,9 @@ pub struct BuildOutcome {
     /// Layers of the image that are not in the store, with where they live
     /// (only with `remote_layers_in`); when not empty the image was not tagged in the store.
     pub remote_layers: Vec<(Digest, RecordSource)>,
+    /// The descriptor of what `manifest_digest` names: an image manifest with its platform,
+    /// or the index of a multi-platform build.
+    pub manifest: Descriptor,
 }
 
 impl Builder {
@@ -127,12 +142,90 @@ impl Builder {
         let (cache_keys_min, cache_keys_max) = session.cache_keys();
         Ok(BuildOutcome {
             id: exported.id,
-            manifest_digest: exported.manifest.digest,
+            manifest_digest: exported.manifest.digest.clone(),
             tags: req.tags.clone(),
             warnings,
             cache_keys_min,
             cache_keys_max,
             remote_layers,
+            manifest: exported.manifest,
+        })
+    }
+
+    /// Builds one request per platform side by side (each on its own thread, sharing the
+    /// store, the cache and the context hashes), then writes an index over their manifests,
+    /// tagged with `tags`. The outcome's ID and manifest digest are the index's digest, as
+    /// buildx prints it; the requests' own tags are ignored (only the index is tagged).
+    pub fn build_platforms(
+        &self,
+        handle: &tokio::runtime::Handle,
+        requests: Vec<BuildRequest>,
+        index: &ExportOptions,
+    ) -> Result<BuildOutcome, BuildError> {
+        let platforms: Vec<String> = requests.iter().map(|r| r.platform.to_string()).collect();
+        let results: Vec<Result<BuildOutcome, BuildError>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = requests
+                .into_iter()
+                .map(|mut req| {
+                    req.tags.clear();
+                    scope.spawn(move || handle.block_on(self.build(req)))
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or(Err(BuildError::StagePanicked)))
+                .collect()
+        });
+        let mut outcomes = Vec::new();
+        for (platform, result) in platforms.into_iter().zip(results) {
+            match result {
+                Ok(o) => outcomes.push(o),
+                Err(e) => {
+                    return Err(BuildError::ForPlatform {
+                        platform,
+                        source: Box::new(e),
+                    })
+                }
+            }
+        }
+        let remote_layers: Vec<(Digest, RecordSource)> = outcomes
+            .iter()
+            .flat_map(|o| o.remote_layers.iter().cloned())
+            .collect();
+        let manifests: Vec<Descriptor> = outcomes.iter().map(|o| o.manifest.clone()).collect();
+        let descriptor = export_index(
+            &self.store,
+            &manifests,
+            &ExportOptions {
+                oci_media_types: index.oci_media_types,
+                // A tag must never point at blobs the store does not hold.
+                tags: if remote_layers.is_empty() {
+                    index.tags.clone()
+                } else {
+                    Vec::new()
+                },
+            },
+        )?;
+        let mut warnings: Vec<String> = Vec::new();
+        let (mut min, mut max) = (Vec::new(), Vec::new());
+        for o in outcomes {
+            for w in o.warnings {
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            }
+            min.extend(o.cache_keys_min);
+            max.extend(o.cache_keys_max);
+        }
+        Ok(BuildOutcome {
+            id: descriptor.digest.clone(),
+            manifest_digest: descriptor.digest.clone(),
+            tags: index.tags.clone(),
+            warnings,
+            cache_keys_min: min,
+            cache_keys_max: max,
+            remote_layers,
+            manifest: descriptor,
         })
     }
 

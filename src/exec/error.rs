@@ -124,12 +124,14 @@ pub enum BuildError {
     InsecureNotAllowed,
     #[error("invalid ONBUILD trigger {trigger:?} in the base image: {message}")]
     OnbuildTrigger { trigger: String, message: String },
-    #[error("cannot RUN for platform {platform} on this {host} machine: no binfmt_misc emulation for {qemu} is registered (install qemu-user-static and binfmt-support), or build for {host}")]
-    NoEmulation {
+    /// One platform of a multi-platform build failed.
+    #[error("[{platform}] {source}")]
+    ForPlatform {
         platform: String,
-        host: String,
-        qemu: String,
+        source: Box<BuildError>,
     },
+    #[error(transparent)]
+    NoEmulation(#[from] crate::sandbox::emulation::EmulationError),
     #[error(transparent)]
     Io(#[from] crate::oci::IoError),
     /// A failure while executing one instruction.

@@ -100,15 +100,24 @@ impl BuildSession<'_> {
 
     fn step_info(&self, stage: usize, position: &str, text: &str) -> StepInfo {
         let no = self.next_step();
+        let (id, label) = match &self.req.side_by_side {
+            // `[linux/arm64 2/5]`, `[linux/arm64 build 1/5]`, as buildx names them.
+            Some(s) => (
+                (s.step_ids
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1)
+                .to_string(),
+                match &self.req.dockerfile.stages[stage].name {
+                    Some(name) => format!("{} {name}", s.label),
+                    None => s.label.clone(),
+                },
+            ),
+            None => (no.to_string(), self.stage_label(stage)),
+        };
         StepInfo {
             location: self.step_location(stage, position),
-            id: no.to_string(),
-            name: format!(
-                "[{} {no}/{}] {}",
-                self.stage_label(stage),
-                self.total_steps,
-                text.trim()
-            ),
+            id,
+            name: format!("[{label} {no}/{}] {}", self.total_steps, text.trim()),
         }
     }
 

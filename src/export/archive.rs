@@ -20,7 +20,7 @@ use std::io::{self, Read, Write};
 use crate::oci::{media, Compression, Digest, DigestingReader, Reference};
 use crate::store::{Store, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, OCI_LAYOUT};
 
-use super::{ExportError, ExportSource};
+use super::{ExportError, ExportSource, IndexSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchiveFormat {
@@ -90,14 +90,55 @@ pub fn write_archive<W: Write>(
     Ok(out)
 }
 
-fn oci_index(images: &[ExportSource]) -> serde_json::Value {
-    let mut manifests = Vec::new();
-    for image in images {
-        if image.names.is_empty() {
-            manifests.push(serde_json::to_value(&image.descriptor).unwrap_or_default());
+/// Writes a multi-platform image as an OCI archive into `out` (flushed): every platform's
+/// blobs, the index blob, and `index.json` naming the index under each of `index.names`.
+pub fn write_index_archive<W: Write>(
+    store: &Store,
+    index: &IndexSource,
+    out: W,
+) -> Result<W, ExportError> {
+    let mut tar = tar::Builder::new(out);
+    append_bytes(&mut tar, "oci-layout", OCI_LAYOUT.as_bytes())?;
+    append_dir(&mut tar, "blobs/")?;
+    append_dir(&mut tar, "blobs/sha256/")?;
+    let mut written = BTreeSet::new();
+    for image in &index.platforms {
+        for blob in image.blobs() {
+            if written.insert(blob.digest.clone()) {
+                append_blob(&mut tar, store, &blob.digest, blob.size)?;
+            }
         }
-        for name in &image.names {
-            let mut d = image.descriptor.clone();
+    }
+    append_blob(
+        &mut tar,
+        store,
+        &index.descriptor.digest,
+        index.descriptor.size,
+    )?;
+    let entry = [(index.descriptor.clone(), index.names.clone())];
+    append_json(&mut tar, "index.json", &layout_index(&entry))?;
+    let mut out = tar.into_inner().map_err(ExportError::Write)?;
+    out.flush().map_err(ExportError::Write)?;
+    Ok(out)
+}
+
+fn oci_index(images: &[ExportSource]) -> serde_json::Value {
+    let entries: Vec<(crate::oci::Descriptor, Vec<String>)> = images
+        .iter()
+        .map(|i| (i.descriptor.clone(), i.names.clone()))
+        .collect();
+    layout_index(&entries)
+}
+
+/// `index.json`: each descriptor once per name it carries (once when it has none).
+fn layout_index(entries: &[(crate::oci::Descriptor, Vec<String>)]) -> serde_json::Value {
+    let mut manifests = Vec::new();
+    for (descriptor, names) in entries {
+        if names.is_empty() {
+            manifests.push(serde_json::to_value(descriptor).unwrap_or_default());
+        }
+        for name in names {
+            let mut d = descriptor.clone();
             let annotations = d.annotations.get_or_insert_with(Default::default);
             annotations.insert(ANNOTATION_CONTAINERD_NAME.to_string(), name.clone());
             if let Some(tag) = Reference::parse(name).ok().as_ref().and_then(|r| r.tag()) {

@@ -13,10 +13,10 @@ use crate::oci::manifest::ImageConfig;
 use crate::oci::{media, BlobRef, Digest};
 use crate::store::{Descriptor, Store, StoreError};
 
-pub use archive::{write_archive, ArchiveFormat};
+pub use archive::{write_archive, write_index_archive, ArchiveFormat};
 pub use load::{load_archive, LoadError, LoadedImage};
 pub use local::{write_rootfs_dir, write_rootfs_tar};
-pub use source::ExportSource;
+pub use source::{ExportSource, IndexSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -123,6 +123,7 @@ pub fn export_image(
     descriptor.platform = Some(crate::oci::Platform {
         architecture: config.architecture.clone(),
         os: config.os.clone(),
+        variant: config.variant.clone(),
         ..Default::default()
     });
     for tag in &options.tags {
@@ -132,6 +133,35 @@ pub fn export_image(
         id: config_info.digest,
         manifest: descriptor,
     })
+}
+
+/// Writes an image index (OCI, or a Docker manifest list without `oci_media_types`) over
+/// `manifests` (each with its `platform`) into the store and points every tag at it.
+pub fn export_index(
+    store: &Store,
+    manifests: &[Descriptor],
+    options: &ExportOptions,
+) -> Result<Descriptor, ExportError> {
+    let media_type = if options.oci_media_types {
+        media::OCI_INDEX
+    } else {
+        media::DOCKER_MANIFEST_LIST
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "manifests": manifests,
+    });
+    let bytes = serde_json::to_vec(&index).map_err(|source| ExportError::Json {
+        what: "index",
+        source,
+    })?;
+    let info = store.write_blob(&bytes)?;
+    let descriptor = Descriptor::new(media_type, info.digest, info.size);
+    for tag in &options.tags {
+        store.tag(tag, &descriptor)?;
+    }
+    Ok(descriptor)
 }
 
 fn docker_layer_type(oci: &str) -> &str {

@@ -81,3 +81,51 @@ impl ExportSource {
             .collect()
     }
 }
+
+/// A multi-platform image to export: an index in the store and each platform's image.
+#[derive(Debug, Clone)]
+pub struct IndexSource {
+    pub descriptor: Descriptor,
+    pub platforms: Vec<ExportSource>,
+    pub names: Vec<String>,
+}
+
+impl IndexSource {
+    /// The index `digest` with every manifest it lists (each must be in the store), or `None`
+    /// when `digest` is a single-platform manifest.
+    pub fn from_store(
+        store: &Store,
+        digest: &Digest,
+        names: Vec<String>,
+    ) -> Result<Option<IndexSource>, ExportError> {
+        let invalid = |reason: String| ExportError::InvalidImage {
+            digest: digest.clone(),
+            reason,
+        };
+        let bytes = store.read_blob(digest)?;
+        let (kind, parsed) = Manifest::parse(&bytes, None).map_err(|e| invalid(e.to_string()))?;
+        let Manifest::Index(index) = parsed else {
+            return Ok(None);
+        };
+        let mut platforms = Vec::new();
+        for d in &index.manifests {
+            if !store.has_blob(&d.digest) {
+                return Err(invalid(format!(
+                    "its manifest {} is not in the store",
+                    d.digest
+                )));
+            }
+            let mut image = ExportSource::from_manifest(store, &d.digest, Vec::new())?;
+            // The index's word on the platform (it may carry a variant the config lacks).
+            if d.platform.is_some() {
+                image.descriptor.platform = d.platform.clone();
+            }
+            platforms.push(image);
+        }
+        Ok(Some(IndexSource {
+            descriptor: Descriptor::new(kind.media_type(), digest.clone(), bytes.len() as u64),
+            platforms,
+            names,
+        }))
+    }
+}

@@ -123,6 +123,8 @@ pub struct ManifestPush {
     /// Sent as the `Content-Type` of the manifest `PUT`.
     pub media_type: String,
     pub blobs: Vec<PushBlob>,
+    /// For an index: the manifests it lists, pushed (with their blobs) by digest before it.
+    pub children: Vec<ManifestPush>,
 }
 
 impl ManifestPush {
@@ -162,11 +164,87 @@ impl ManifestPush {
             bytes,
             media_type,
             blobs,
+            children: Vec::new(),
+        })
+    }
+
+    /// The manifest or index `digest` of the store (`media_type` when the document names
+    /// none): an index with every manifest it lists, each of which the store must hold.
+    pub fn from_store(
+        store: &Store,
+        digest: &Digest,
+        media_type: &str,
+    ) -> Result<ManifestPush, String> {
+        let bytes = store.read_blob(digest).map_err(|e| e.to_string())?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
+        let media_type = doc["mediaType"].as_str().unwrap_or(media_type).to_string();
+        if !media::is_index(&media_type) {
+            return ManifestPush::from_image_manifest(bytes, &media_type);
+        }
+        let index: crate::oci::manifest::ImageIndex =
+            serde_json::from_value(doc).map_err(|e| format!("not an image index: {e}"))?;
+        let mut children = Vec::new();
+        for d in &index.manifests {
+            let platform = d
+                .platform
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "no platform".into());
+            if !store.has_blob(&d.digest) {
+                return Err(format!(
+                    "the index lists {} ({platform}), which is not in the store (`kiln pull                      --platform` it, or push a single platform)",
+                    d.digest
+                ));
+            }
+            if media::is_index(&d.media_type) {
+                return Err(format!("it lists another index, {}", d.digest));
+            }
+            let child_bytes = store.read_blob(&d.digest).map_err(|e| e.to_string())?;
+            children.push(
+                ManifestPush::from_image_manifest(child_bytes, &d.media_type)
+                    .map_err(|e| format!("its manifest {} ({platform}): {e}", d.digest))?,
+            );
+        }
+        Ok(ManifestPush {
+            bytes,
+            media_type,
+            blobs: Vec::new(),
+            children,
         })
     }
 
     pub fn digest(&self) -> Digest {
         Digest::of(&self.bytes)
+    }
+
+    /// Its blobs and its children's, each once.
+    pub fn all_blobs(&self) -> Vec<PushBlob> {
+        let mut out: Vec<PushBlob> = Vec::new();
+        for b in self
+            .blobs
+            .iter()
+            .chain(self.children.iter().flat_map(|c| &c.blobs))
+        {
+            match out.iter_mut().find(|o| o.blob.digest == b.blob.digest) {
+                Some(o) => o.mount_from.extend(b.mount_from.iter().cloned()),
+                None => out.push(b.clone()),
+            }
+        }
+        out
+    }
+
+    /// Adds `repository` as a mount source of every blob (own and children's) `digest` names.
+    pub fn add_mount_source(&mut self, digest: &Digest, repository: &str) {
+        for b in self
+            .blobs
+            .iter_mut()
+            .chain(self.children.iter_mut().flat_map(|c| c.blobs.iter_mut()))
+        {
+            if b.blob.digest == *digest && !b.mount_from.iter().any(|m| m == repository) {
+                b.mount_from.push(repository.to_string());
+            }
+        }
     }
 }
 
@@ -230,13 +308,12 @@ impl Pusher {
             .store
             .resolve(&tag)?
             .ok_or_else(|| PushError::NoSuchImage(source.to_string()))?;
-        let bytes = self.store.read_blob(&descriptor.digest)?;
-        ManifestPush::from_image_manifest(bytes, &descriptor.media_type).map_err(|reason| {
-            PushError::Unsupported {
+        ManifestPush::from_store(&self.store, &descriptor.digest, &descriptor.media_type).map_err(
+            |reason| PushError::Unsupported {
                 what: tag.clone(),
                 reason,
-            }
-        })
+            },
+        )
     }
 
     /// Pushes the stored image `source` to every destination.
@@ -317,6 +394,17 @@ impl Pusher {
                 chunk_size: options.chunk_size.max(1),
             };
             let outcomes = push_blobs(Arc::new(target.clone()), blobs, options.concurrency).await?;
+            // An index's manifests go first, by digest: a registry refuses an index whose
+            // manifests it does not hold.
+            for child in &manifest.children {
+                let child_digest = child.digest();
+                target
+                    .put_manifest(child, &child_digest.to_string(), &child_digest)
+                    .await?;
+                self.reporter.report(Event::Status {
+                    message: format!("{child_digest}: size: {}", child.bytes.len()),
+                });
+            }
             for reference in &references {
                 target.put_manifest(manifest, reference, &digest).await?;
                 self.reporter.report(Event::Status {
@@ -327,7 +415,7 @@ impl Pusher {
                 });
             }
             let name = format!("{registry}/{repository}");
-            for b in &manifest.blobs {
+            for b in &manifest.all_blobs() {
                 let _ = self.store.record_blob_source(&b.blob.digest, &name);
             }
             repositories.push(PushedRepository {
@@ -354,7 +442,7 @@ impl Pusher {
     ) -> Vec<PushBlob> {
         let prefix = format!("{registry}/");
         manifest
-            .blobs
+            .all_blobs()
             .iter()
             .map(|blob| {
                 let remembered = self

@@ -8,6 +8,7 @@
 //! and always cleans up (runtime `delete -f`, mount points it had to create, unmount, bundle
 //! removal), also on errors and panics, through a drop guard.
 
+pub mod emulation;
 mod mounter;
 mod rootfs;
 pub mod seccomp;

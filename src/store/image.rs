@@ -36,6 +36,18 @@ impl Store {
         let Some(target) = self.resolve(tag)? else {
             return Ok(None);
         };
+        self.image_at(tag, target, platform).map(Some)
+    }
+
+    /// The image `target` (a manifest, or an index to choose `platform` from) describes,
+    /// reported under the name `tag`: for a descriptor already in hand (a pull's), which a
+    /// concurrent pull of another platform may have moved the tag away from.
+    pub fn image_at(
+        &self,
+        tag: &str,
+        target: Descriptor,
+        platform: &Platform,
+    ) -> Result<StoredImage> {
         let mut digest = target.digest.clone();
         // An index may point at another index; a short chain is all that is legitimate.
         for _ in 0..4 {
@@ -65,14 +77,14 @@ impl Store {
                                 source,
                             }
                         })?;
-                    return Ok(Some(StoredImage {
+                    return Ok(StoredImage {
                         tag: tag.to_string(),
                         target,
                         manifest_digest: digest,
                         manifest: *manifest,
                         config_digest,
                         config,
-                    }));
+                    });
                 }
             }
         }

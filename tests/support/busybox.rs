@@ -97,14 +97,27 @@ pub fn registry_with_busybox() -> Registry {
     run(Command::new("umoci")
         .args(["unpack", "--image", &image])
         .arg(&bundle));
-    let rootfs = bundle.join("rootfs");
+    fill_busybox_root(&bundle.join("rootfs"), Path::new("/bin/busybox"));
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    configure_busybox(&image, &[]);
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{image}"))
+        .arg(format!("docker://{addr}/library/busybox:latest")));
+    Registry { child, addr, dir }
+}
+
+/// A busybox root filesystem: the static `busybox` binary, its applets and passwd/group.
+fn fill_busybox_root(rootfs: &Path, busybox: &Path) {
     for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
     for tool in [
         "sh", "cat", "echo", "ls", "mkdir", "wc", "date", "test", "cp", "id", "true", "false",
-        "chmod", "rm", "touch", "grep", "env", "stat",
+        "chmod", "rm", "touch", "grep", "env", "stat", "uname",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
     }
@@ -114,23 +127,129 @@ pub fn registry_with_busybox() -> Registry {
         "root:x:0:\nnogroup:x:65534:\napp:x:1000:\n",
     )
     .unwrap();
+}
+
+/// `CMD sh`, a PATH, and `extra` umoci config flags (`--architecture arm64`).
+fn configure_busybox(image: &str, extra: &[&str]) {
     run(Command::new("umoci")
-        .args(["repack", "--image", &image])
+        .args([
+            "config",
+            "--image",
+            image,
+            "--config.cmd",
+            "sh",
+            "--config.env",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ])
+        .args(extra));
+}
+
+/// Debian's arm64 busybox-static binary, downloaded once (`apt-get download`) and kept under
+/// `$KILN_TEST_BASES` (else /var/tmp/kiln-test-bases).
+pub fn arm64_busybox() -> PathBuf {
+    let dir = std::env::var_os("KILN_TEST_BASES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/kiln-test-bases"))
+        .join("busybox-arm64");
+    let binary = dir.join("busybox");
+    if binary.is_file() {
+        return binary;
+    }
+    require_tool_on_path("apt-get", "apt");
+    require_tool_on_path("dpkg-deb", "dpkg");
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new("apt-get")
+        .args(["download", "busybox-static:arm64"])
+        .current_dir(work.path())
+        .output()
+        .expect("run apt-get download");
+    assert!(
+        out.status.success(),
+        "cannot download busybox-static:arm64 (the arm64 test base is made from it): enable \
+         the architecture with `dpkg --add-architecture arm64 && apt-get update` (.ci/run \
+         does): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = std::fs::read_dir(work.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("apt-get download wrote no .deb");
+    let unpacked = work.path().join("x");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Renamed into place, so a concurrent test never sees half a binary.
+    let partial = dir.join(format!("busybox.{}", std::process::id()));
+    std::fs::copy(unpacked.join("bin/busybox"), &partial).unwrap();
+    std::fs::rename(&partial, &binary).unwrap();
+    binary
+}
+
+/// [`registry_with_busybox`], where `library/busybox:latest` is a multi-platform index of
+/// the amd64 image and an arm64 one (Debian's arm64 busybox-static), as on Docker Hub.
+/// Also `library/busybox:amd64` and `library/busybox:arm64`, each platform alone.
+pub fn registry_with_multiarch_busybox() -> Registry {
+    let reg = registry_with_busybox();
+    let layout = reg.dir.path().join("layout");
+    let arm64 = format!("{}:arm64", layout.display());
+    run(Command::new("umoci").args(["new", "--image", &arm64]));
+    let bundle = reg.dir.path().join("bundle-arm64");
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &arm64])
         .arg(&bundle));
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image,
-        "--config.cmd",
-        "sh",
-        "--config.env",
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    ]));
+    fill_busybox_root(&bundle.join("rootfs"), &arm64_busybox());
+    run(Command::new("umoci")
+        .args(["repack", "--image", &arm64])
+        .arg(&bundle));
+    configure_busybox(&arm64, &["--architecture", "arm64", "--os", "linux"]);
+    // The index over both, written into the layout by hand (umoci makes no indexes).
+    let index_path = layout.join("index.json");
+    let mut layout_index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let entry = |tag: &str, arch: &str| {
+        let d = layout_index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap_or_else(|| panic!("no {tag} in the layout"));
+        serde_json::json!({
+            "mediaType": d["mediaType"],
+            "digest": d["digest"],
+            "size": d["size"],
+            "platform": {"os": "linux", "architecture": arch},
+        })
+    };
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry("latest", "amd64"), entry("arm64", "arm64")],
+    }))
+    .unwrap();
+    let hex = super::sha256sum(&index);
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &index).unwrap();
+    layout_index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{hex}"),
+            "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(&index_path, serde_json::to_vec(&layout_index).unwrap()).unwrap();
+    for (tag, dest) in [("latest", "amd64"), ("arm64", "arm64")] {
+        run(Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/library/busybox:{dest}", reg.addr)));
+    }
     run(Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("oci:{image}"))
-        .arg(format!("docker://{addr}/library/busybox:latest")));
-    Registry { child, addr, dir }
+        .args(["copy", "--all", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:multi", layout.display()))
+        .arg(format!("docker://{}/library/busybox:latest", reg.addr)));
+    reg
 }
 
 pub fn fixtures() -> PathBuf {

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use crate::dockerfile::instructions::mount::NetworkMode as RunNetwork;
 use crate::dockerfile::instructions::{Run, SecurityMode};
 use crate::graph::{FromRef, RunInputs, StepMaterial};
-use crate::oci::Platform;
 use crate::progress::Event;
 use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec, Security};
 use crate::snapshot::ChainId;
@@ -46,7 +45,7 @@ impl BuildSession<'_> {
         step: &StepInfo,
     ) -> Result<bool, BuildError> {
         self.step_started(step);
-        check_can_run(&self.plan.stages[stage.index].platform)?;
+        crate::sandbox::emulation::check_can_run(&self.plan.stages[stage.index].platform)?;
         let security = run_security(run, self.req.allow_insecure)?;
         let shell = metadata::current_shell(&stage.image.config);
         let command = RunCommand {
@@ -223,36 +222,5 @@ fn run_security(run: &Run, allow_insecure: bool) -> Result<Security, BuildError>
         Some(SecurityMode::Insecure) if allow_insecure => Ok(Security::Insecure),
         Some(SecurityMode::Insecure) => Err(BuildError::InsecureNotAllowed),
         Some(SecurityMode::Sandbox) | None => Ok(Security::Sandbox),
-    }
-}
-
-/// RUN for another architecture needs binfmt_misc emulation registered on the host.
-fn check_can_run(platform: &Platform) -> Result<(), BuildError> {
-    let host = Platform::host();
-    if platform.os == host.os && platform.architecture == host.architecture {
-        return Ok(());
-    }
-    let qemu = match platform.architecture.as_str() {
-        "arm64" => "aarch64",
-        "arm" => "arm",
-        "amd64" => "x86_64",
-        "386" => "i386",
-        other => other,
-    };
-    let registered = std::fs::read_dir("/proc/sys/fs/binfmt_misc")
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().contains(qemu))
-        })
-        .unwrap_or(false);
-    if registered {
-        Ok(())
-    } else {
-        Err(BuildError::NoEmulation {
-            platform: platform.to_string(),
-            host: host.to_string(),
-            qemu: qemu.to_string(),
-        })
     }
 }
