@@ -22,6 +22,8 @@ use crate::store::Store;
 pub struct ManifestArgs {
     #[command(subcommand)]
     command: ManifestCommand,
+    #[command(flatten)]
+    store: StoreOpts,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -49,17 +51,15 @@ struct CreateArgs {
     sources: Vec<String>,
     #[command(flatten)]
     registry: RegistryOpts,
-    #[command(flatten)]
-    store: StoreOpts,
 }
 
 pub fn run(args: ManifestArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        ManifestCommand::Create(args) => create(args),
+        ManifestCommand::Create(create_args) => create(create_args, &args.store),
     }
 }
 
-fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
+fn create(args: CreateArgs, store: &StoreOpts) -> anyhow::Result<ExitCode> {
     let rep: Arc<dyn Reporter> = if args.quiet {
         Arc::new(NullReporter)
     } else {
@@ -68,7 +68,7 @@ fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     let puller = Puller {
         config: args.registry.load()?,
         credentials: args.registry.credentials(),
-        store: args.store.open()?,
+        store: store.open()?,
         reporter: rep,
     };
     let rt = runtime()?;

@@ -10,6 +10,7 @@ mod build;
 mod cache;
 mod export;
 mod extract;
+mod multiplatform;
 mod rootless;
 mod sandbox;
 mod store;

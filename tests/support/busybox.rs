@@ -227,14 +227,15 @@ pub fn registry_with_multiarch_busybox() -> Registry {
         "manifests": [entry("latest", "amd64"), entry("arm64", "arm64")],
     }))
     .unwrap();
-    let hex = super::sha256sum(&index);
-    std::fs::write(layout.join("blobs/sha256").join(&hex), &index).unwrap();
+    let digest = super::sha256sum(&index);
+    let hex = digest.trim_start_matches("sha256:");
+    std::fs::write(layout.join("blobs/sha256").join(hex), &index).unwrap();
     layout_index["manifests"]
         .as_array_mut()
         .unwrap()
         .push(serde_json::json!({
             "mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": format!("sha256:{hex}"),
+            "digest": digest,
             "size": index.len(),
             "annotations": {"org.opencontainers.image.ref.name": "multi"},
         }));

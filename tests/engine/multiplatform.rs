@@ -1,0 +1,383 @@
+//! Multi-platform images: `--platform linux/amd64,linux/arm64` builds both side by side (arm64
+//! RUN steps through qemu-user-static), an index in the store, pushed and read back with
+//! skopeo; per-platform cache; `kiln manifest create`; the missing-emulation error. The
+//! arm64 base is Debian's arm64 busybox-static (tests/support/busybox.rs).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::support::busybox::{
+    kiln, ok, registry_with_multiarch_busybox, require_tool_on_path, step_outcomes, Registry,
+};
+
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// Fails (never skips) unless arm64 binaries run here through binfmt_misc.
+fn require_arm64_emulation() {
+    require_tool_on_path("qemu-aarch64-static", "qemu-user-static");
+    let entry =
+        std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64").unwrap_or_default();
+    assert!(
+        entry.starts_with("enabled") && entry.contains("flags: PF"),
+        "arm64 emulation is not registered: `mount -t binfmt_misc binfmt_misc \
+         /proc/sys/fs/binfmt_misc; update-binfmts --enable qemu-aarch64` (.ci/run does)"
+    );
+}
+
+fn write_context(dir: &Path, dockerfile: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+    std::fs::write(dir.join("a.txt"), "a\n").unwrap();
+}
+
+fn skopeo_raw(image: &str) -> serde_json::Value {
+    let out = crate::support::busybox::run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        image,
+    ]));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `(os/arch, digest)` of every manifest of an index document.
+fn platforms(index: &serde_json::Value) -> Vec<(String, String)> {
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                format!(
+                    "{}/{}",
+                    m["platform"]["os"].as_str().unwrap(),
+                    m["platform"]["architecture"].as_str().unwrap()
+                ),
+                m["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn run_in(root: &Path, reg: &Registry, platform: &str, image: &str, cmd: &[&str]) -> String {
+    let mut args = vec!["run", "--platform", platform, image];
+    args.extend_from_slice(cmd);
+    ok(&kiln(root, reg, &args))
+}
+
+const TWO_STAGES: &str = "\
+FROM --platform=$BUILDPLATFORM busybox AS build
+ARG TARGETARCH
+RUN echo \"built on $(uname -m) for $TARGETARCH\" > /built
+FROM busybox
+ARG TARGETPLATFORM
+COPY --from=build /built /built
+RUN uname -m > /arch && echo \"$TARGETPLATFORM\" > /target
+";
+
+#[test]
+fn two_platforms_build_side_by_side_into_a_pushed_index() {
+    require_arm64_emulation();
+    let reg = registry_with_multiarch_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = work.path().join("ctx");
+    write_context(&ctx, TWO_STAGES);
+    let tag = format!("{}/team/multi:1", reg.addr);
+    let out = kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &tag,
+            "--push",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let id = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[linux/arm64 build ") && stderr.contains("[linux/amd64 2/"),
+        "step names name the platform: {stderr}"
+    );
+    // The printed ID is the index digest, which the registry holds under the tag.
+    let remote = skopeo_raw(&format!("docker://{tag}"));
+    assert_eq!(remote["mediaType"], INDEX, "{remote}");
+    let listed = platforms(&remote);
+    assert_eq!(
+        listed.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        ["linux/amd64", "linux/arm64"]
+    );
+    let raw = crate::support::busybox::run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{tag}"),
+    ]));
+    assert_eq!(id, crate::support::sha256sum(&raw.stdout));
+    // skopeo reads the arm64 image's config through the index, and copies every platform.
+    let arm_config = crate::support::busybox::run(Command::new("skopeo").args([
+        "inspect",
+        "--config",
+        "--tls-verify=false",
+        "--override-arch",
+        "arm64",
+        &format!("docker://{tag}"),
+    ]));
+    let arm_config: serde_json::Value = serde_json::from_slice(&arm_config.stdout).unwrap();
+    assert_eq!(arm_config["architecture"], "arm64");
+    let copied = work.path().join("copied");
+    crate::support::busybox::run(
+        Command::new("skopeo")
+            .args(["copy", "--all", "--src-tls-verify=false"])
+            .arg(format!("docker://{tag}"))
+            .arg(format!("oci:{}:x", copied.display())),
+    );
+    // The RUN of the arm64 image ran under qemu; the build stage ran natively for both.
+    assert_eq!(
+        run_in(&root, &reg, "linux/arm64", &tag, &["cat", "/arch"]),
+        "aarch64"
+    );
+    assert_eq!(
+        run_in(&root, &reg, "linux/amd64", &tag, &["cat", "/arch"]),
+        "x86_64"
+    );
+    assert_eq!(
+        run_in(
+            &root,
+            &reg,
+            "linux/arm64",
+            &tag,
+            &["cat", "/built", "/target"]
+        ),
+        "built on x86_64 for arm64\nlinux/arm64"
+    );
+    // `kiln images` shows the index with its platforms.
+    let images = ok(&kiln(&root, &reg, &["images"]));
+    let row = images
+        .lines()
+        .find(|l| l.starts_with(&tag))
+        .unwrap_or_else(|| panic!("{images}"));
+    assert!(row.contains("linux/amd64,linux/arm64"), "{images}");
+    // `kiln push` of the index tag sends every platform to another name.
+    let copy = format!("{}/team/copy:2", reg.addr);
+    let pushed = ok(&kiln(
+        &root,
+        &reg,
+        &["push", "--progress=plain", &tag, &copy],
+    ));
+    assert_eq!(pushed, id);
+    assert_eq!(platforms(&skopeo_raw(&format!("docker://{copy}"))), listed);
+}
+
+/// Plain output → how many steps (FROM aside, which is never cached) were cached and ran.
+fn cached_and_run(out: &Output) -> (usize, usize) {
+    let mut steps = step_outcomes(&String::from_utf8_lossy(&out.stderr));
+    steps.retain(|(name, _)| !name.starts_with("FROM"));
+    let cached = steps.iter().filter(|(_, c)| *c).count();
+    (cached, steps.len() - cached)
+}
+
+#[test]
+fn cache_records_are_per_platform_and_an_oci_archive_holds_every_platform() {
+    require_arm64_emulation();
+    let reg = registry_with_multiarch_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = work.path().join("ctx");
+    // FROM scratch: the same files for every platform, so only the platform tells them apart.
+    write_context(
+        &ctx,
+        "FROM scratch\nCOPY a.txt /a.txt\nFROM busybox\nRUN uname -m > /arch\n",
+    );
+    let build = |platform: &str, extra: &[&str]| {
+        let mut args = vec!["build", "--progress=plain", "--platform", platform];
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        kiln(&root, &reg, &args)
+    };
+    let amd = build("linux/amd64", &["-t", "one:amd64"]);
+    ok(&amd);
+    assert_eq!(cached_and_run(&amd).0, 0);
+    // The amd64 records are not used for arm64, not even for the platform-neutral COPY.
+    let arm = build("linux/arm64", &["-t", "one:arm64"]);
+    ok(&arm);
+    assert_eq!(
+        cached_and_run(&arm).0,
+        0,
+        "{}",
+        String::from_utf8_lossy(&arm.stderr)
+    );
+    assert_eq!(
+        run_in(&root, &reg, "linux/arm64", "one:arm64", &["cat", "/arch"]),
+        "aarch64"
+    );
+    // Both platforms together: every step from the cache.
+    let archive = work.path().join("multi.tar");
+    let dest = format!("type=oci,dest={}", archive.display());
+    let both = build("linux/amd64,linux/arm64", &["-o", &dest, "-t", "both:1"]);
+    let id = ok(&both);
+    let (cached, ran) = cached_and_run(&both);
+    assert!(
+        cached >= 2 && ran == 0,
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    // The archive: index.json names the index, which lists both platforms.
+    let copied = work.path().join("from-archive");
+    crate::support::busybox::run(
+        Command::new("skopeo")
+            .args(["copy", "--all"])
+            .arg(format!("oci-archive:{}:1", archive.display()))
+            .arg(format!("oci:{}:x", copied.display())),
+    );
+    let layout_index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copied.join("index.json")).unwrap()).unwrap();
+    let top = &layout_index["manifests"][0];
+    assert_eq!(top["mediaType"], INDEX);
+    assert_eq!(top["digest"], id.as_str());
+    let hex = id.trim_start_matches("sha256:");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copied.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap();
+    assert_eq!(
+        platforms(&index)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect::<Vec<_>>(),
+        ["linux/amd64", "linux/arm64"]
+    );
+}
+
+#[test]
+fn manifest_create_merges_images_built_separately() {
+    require_arm64_emulation();
+    let reg = registry_with_multiarch_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = work.path().join("ctx");
+    write_context(&ctx, "FROM busybox\nRUN uname -m > /arch\n");
+    for arch in ["amd64", "arm64"] {
+        ok(&kiln(
+            &root,
+            &reg,
+            &[
+                "build",
+                "--platform",
+                &format!("linux/{arch}"),
+                "-t",
+                &format!("app:{arch}"),
+                ctx.to_str().unwrap(),
+            ],
+        ));
+    }
+    let merged = format!("{}/team/merged:1", reg.addr);
+    let digest = ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "manifest",
+            "create",
+            "-t",
+            &merged,
+            "--push",
+            "app:amd64",
+            "app:arm64",
+        ],
+    ));
+    let remote = skopeo_raw(&format!("docker://{merged}"));
+    assert_eq!(remote["mediaType"], INDEX);
+    assert_eq!(
+        platforms(&remote)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect::<Vec<_>>(),
+        ["linux/amd64", "linux/arm64"]
+    );
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    // From a registry too: the registry's index of busybox plus nothing new is itself.
+    let from_registry = ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "manifest",
+            "create",
+            "-t",
+            "bb:multi",
+            &format!("{}/library/busybox:amd64", reg.addr),
+            &format!("{}/library/busybox:arm64", reg.addr),
+        ],
+    ));
+    assert!(from_registry.starts_with("sha256:"));
+    let images = ok(&kiln(&root, &reg, &["images"]));
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with("docker.io/library/bb:multi")
+                && l.contains("linux/amd64,linux/arm64")),
+        "{images}"
+    );
+    // One platform twice is refused.
+    let twice = kiln(
+        &root,
+        &reg,
+        &["manifest", "create", "-t", "bad:1", "app:amd64", "bb:multi"],
+    );
+    assert_eq!(twice.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("another image for linux/amd64"),
+        "{}",
+        String::from_utf8_lossy(&twice.stderr)
+    );
+}
+
+#[test]
+fn a_foreign_run_without_a_binfmt_handler_names_the_package_and_the_fix() {
+    let reg = registry_with_multiarch_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    write_context(&ctx, "FROM busybox\nRUN uname -m\n");
+    let empty = work.path().join("binfmt");
+    std::fs::create_dir_all(&empty).unwrap();
+    let kiln_without_handlers = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg(args[0])
+            .arg("--root")
+            .arg(work.path().join("root"))
+            .args(&args[1..])
+            .env("KILN_BINFMT_DIR", &empty)
+            .env("DOCKER_CONFIG", work.path().join("no-docker-config"))
+            .env_remove("KILN_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = kiln_without_handlers(&[
+        "build",
+        "--registry-mirror",
+        &reg.addr,
+        "--platform",
+        "linux/amd64,linux/arm64",
+        ctx.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[linux/arm64]")
+            && err.contains("Dockerfile:2:1")
+            && err.contains("qemu-user-static")
+            && err.contains("update-binfmts --enable qemu-aarch64"),
+        "{err}"
+    );
+    // `kiln run` checks before it starts anything, too.
+    let out = kiln_without_handlers(&["run", "--platform", "linux/arm64", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("qemu-user-static"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
