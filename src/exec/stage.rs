@@ -95,7 +95,16 @@ impl BuildSession<'_> {
         let context = std::fs::canonicalize(&self.req.context_dir)
             .unwrap_or_else(|_| self.req.context_dir.clone());
         let label = self.stage_label(stage);
-        Digest::of(format!("{}\0{stage}\0{label}\0{position}", context.display()).as_bytes())
+        // Per platform: a multi-platform build's platforms each explain against their own
+        // last build of the step.
+        let platform = &self.plan.stages[stage].platform;
+        Digest::of(
+            format!(
+                "{}\0{stage}\0{label}\0{position}\0{platform}",
+                context.display()
+            )
+            .as_bytes(),
+        )
     }
 
     fn step_info(&self, stage: usize, position: &str, text: &str) -> StepInfo {
