@@ -301,8 +301,8 @@ fn prepare(
         [] => Platform::host(),
         [one] => Platform::parse(one).with_context(what)?.normalized(),
         many => anyhow::bail!(
-            "{}: kiln builds one platform per image, and the target lists {} ({}): pick one \
-             with --set {}.platform=OS/ARCH",
+            "{}: kiln bake builds one platform per target, and the target lists {} ({}): pick \
+             one with --set {}.platform=OS/ARCH (`kiln build --platform` builds several)",
             what(),
             many.len(),
             many.join(", "),

@@ -202,6 +202,10 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let platforms = parse_platforms(args.platform.as_deref())?;
+    if platforms.len() > 1 {
+        // Before anything is built, as for any bad -o.
+        super::output::check_multi_platform(&output, platforms.len())?;
+    }
     let compression = match args.compression.as_str() {
         "zstd" => Compression::Zstd,
         "uncompressed" => Compression::None,
@@ -387,11 +391,14 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|p| p.digest.clone())
             .unwrap_or_else(|| outcome.manifest_digest.clone());
-        let doc = serde_json::json!({
-            "containerimage.config.digest": outcome.id.to_string(),
+        let mut doc = serde_json::json!({
             "containerimage.digest": digest.to_string(),
             "image.name": names.join(","),
         });
+        // An index has no config: buildx writes the config digest for one platform only.
+        if !multi {
+            doc["containerimage.config.digest"] = outcome.id.to_string().into();
+        }
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }

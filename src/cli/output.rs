@@ -298,6 +298,21 @@ pub fn export_build(
     }
 }
 
+/// Refuses, before the build, the outputs that hold one platform when `platforms` are built.
+pub fn check_multi_platform(spec: &OutputSpec, platforms: usize) -> anyhow::Result<()> {
+    match spec.kind {
+        OutputKind::Docker => anyhow::bail!(
+            "type=docker holds one platform, and this build makes {platforms}: use type=oci for \
+             all of them, or build one --platform"
+        ),
+        OutputKind::Tar => anyhow::bail!(
+            "type=tar writes one root filesystem, and this build makes {platforms}: use \
+             type=local (a directory per platform), or build one --platform"
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// A multi-platform build's export: the OCI archive holds the index and every platform;
 /// a root filesystem goes into one directory per platform (`DIR/linux_arm64`, as buildx).
 fn export_index(store: &Store, index: &IndexSource, spec: &OutputSpec) -> anyhow::Result<()> {
@@ -307,16 +322,7 @@ fn export_index(store: &Store, index: &IndexSource, spec: &OutputSpec) -> anyhow
         OutputKind::Oci => write_to_dest(dest, |out| {
             export::write_index_archive(store, index, out).map(|_| ())
         }),
-        OutputKind::Docker => anyhow::bail!(
-            "type=docker holds one platform, and this build made {}: use type=oci for all of \
-             them, or build one --platform",
-            index.platforms.len()
-        ),
-        OutputKind::Tar => anyhow::bail!(
-            "type=tar writes one root filesystem, and this build made {}: use type=local \
-             (a directory per platform), or build one --platform",
-            index.platforms.len()
-        ),
+        OutputKind::Docker | OutputKind::Tar => check_multi_platform(spec, index.platforms.len()),
         OutputKind::Local => {
             for image in &index.platforms {
                 let platform = image
