@@ -17,7 +17,7 @@ use crate::context::ignore::{load_ignore_patterns, PatternMatcher};
 use crate::diag::{Diagnostic, Severity, SourceFile};
 use crate::dockerfile::parse_dockerfile;
 use crate::exec::base::resolve_image;
-use crate::exec::build::{BuildRequest, Builder, SideBySide};
+use crate::exec::build::{BuildRequest, Builder};
 use crate::exec::commit::LayerSettings;
 use crate::exec::run_step::Secret;
 use crate::exec::BuildError;
@@ -251,54 +251,47 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         super::build_args::named_contexts(&args.build_contexts, &std::env::current_dir()?)?;
     let store = args.store.open()?;
     let builder = open_builder(store, &args.registry, rep, args.runtime.as_deref())?;
-    let labels = args.label_map()?;
-    let step_ids = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let multi = platforms.len() > 1;
-    let requests: Vec<BuildRequest> = platforms
-        .iter()
-        .map(|platform| BuildRequest {
-            dockerfile: dockerfile.clone(),
-            context_dir: context_dir.clone(),
-            named_contexts: named_contexts.clone(),
-            ignore: ignore.clone(),
-            build_args: args.build_arg_map(),
-            target: args.target.clone(),
-            platform: platform.clone(),
-            tags: tags.clone(),
-            labels: labels.clone(),
-            network: if args.network == "none" {
-                NetworkMode::None
-            } else {
-                NetworkMode::Host
-            },
-            secrets: secrets.clone(),
-            no_cache: args.no_cache,
-            no_cache_filter: args.no_cache_filter.clone(),
-            explain_cache: args.explain_cache,
-            pull: args.pull,
-            layer: LayerSettings {
-                compression,
-                level: args.compression_level,
-                source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
-                    .ok()
-                    .and_then(|v| v.parse().ok()),
-            },
-            oci_media_types: args.oci_mediatypes,
-            reporter: None,
-            // A push-only build may leave layers an imported cache holds in the registry
-            // pushed to; not when a cache goes to a directory, which needs every layer here.
-            remote_layers_in: if push && !cache_to_dir {
-                push_registry(&names)
-            } else {
-                None
-            },
-            allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
-            side_by_side: multi.then(|| SideBySide {
-                label: platform.to_string(),
-                step_ids: step_ids.clone(),
-            }),
-        })
-        .collect();
+    let template = BuildRequest {
+        dockerfile,
+        context_dir,
+        named_contexts,
+        ignore,
+        build_args: args.build_arg_map(),
+        target: args.target.clone(),
+        platform: Platform::host(),
+        tags: tags.clone(),
+        labels: args.label_map()?,
+        network: if args.network == "none" {
+            NetworkMode::None
+        } else {
+            NetworkMode::Host
+        },
+        secrets,
+        no_cache: args.no_cache,
+        no_cache_filter: args.no_cache_filter.clone(),
+        explain_cache: args.explain_cache,
+        pull: args.pull,
+        layer: LayerSettings {
+            compression,
+            level: args.compression_level,
+            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        },
+        oci_media_types: args.oci_mediatypes,
+        reporter: None,
+        // A push-only build may leave layers an imported cache holds in the registry pushed
+        // to; not when a cache goes to a directory, which needs every layer's bytes here.
+        remote_layers_in: if push && !cache_to_dir {
+            push_registry(&names)
+        } else {
+            None
+        },
+        allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
+        side_by_side: None,
+    };
+    let requests = template.for_platforms(&platforms);
     let rt = runtime()?;
     // Ctrl-C: the running step's runtime is killed (the sandbox then deletes its container), the
     // step fails, and the normal error path unmounts and cleans up; the store stays valid.

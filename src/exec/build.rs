@@ -37,6 +37,7 @@ pub struct Builder {
     pub context_hashes: Mutex<BTreeMap<PathBuf, Arc<FileHashCache>>>,
 }
 
+#[derive(Clone)]
 pub struct BuildRequest {
     pub dockerfile: Dockerfile,
     pub context_dir: PathBuf,
@@ -98,6 +99,26 @@ pub struct BuildOutcome {
     /// The descriptor of what `manifest_digest` names: an image manifest with its platform,
     /// or the index of a multi-platform build.
     pub manifest: Descriptor,
+}
+
+impl BuildRequest {
+    /// One request per platform, like this one but for that platform; with more than one,
+    /// each reports side by side with the others (see [`SideBySide`]).
+    pub fn for_platforms(self, platforms: &[Platform]) -> Vec<BuildRequest> {
+        let step_ids = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let several = platforms.len() > 1;
+        platforms
+            .iter()
+            .map(|platform| BuildRequest {
+                platform: platform.clone(),
+                side_by_side: several.then(|| SideBySide {
+                    label: platform.to_string(),
+                    step_ids: step_ids.clone(),
+                }),
+                ..self.clone()
+            })
+            .collect()
+    }
 }
 
 impl Builder {

@@ -227,6 +227,27 @@ fn cache_records_are_per_platform_and_an_oci_archive_holds_every_platform() {
         "{}",
         String::from_utf8_lossy(&both.stderr)
     );
+    // A root filesystem per platform; one-platform outputs are refused before any step.
+    let dirs = work.path().join("rootfs");
+    let dest = format!("type=local,dest={}", dirs.display());
+    ok(&build("linux/amd64,linux/arm64", &["-o", &dest]));
+    for (platform, arch) in [("linux_amd64", "x86_64"), ("linux_arm64", "aarch64")] {
+        let text = std::fs::read_to_string(dirs.join(platform).join("arch")).unwrap();
+        assert_eq!(text.trim(), arch);
+    }
+    let docker = build(
+        "linux/amd64,linux/arm64",
+        &[
+            "-o",
+            &format!("type=docker,dest={}", work.path().join("d.tar").display()),
+        ],
+    );
+    assert_eq!(docker.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&docker.stderr);
+    assert!(
+        err.contains("type=docker holds one platform") && !err.contains("#1 "),
+        "{err}"
+    );
     // The archive: index.json names the index, which lists both platforms.
     let copied = work.path().join("from-archive");
     crate::support::busybox::run(
