@@ -45,17 +45,23 @@ pub async fn resolve_image(
     let reference = Reference::parse(reference)?;
     let store = &puller.store;
     let tag = reference.to_string();
+    let is_for_platform = |image: &crate::store::StoredImage| {
+        let p = image.config.platform();
+        let variant = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        p.os == platform.os
+            && p.architecture == platform.architecture
+            && (variant(&p.variant).is_none() || variant(&p.variant) == variant(&platform.variant))
+    };
     let local = if pull {
         None
     } else {
-        store.image(&tag, platform)?.filter(|image| {
-            let p = image.config.platform();
-            let variant = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
-            p.os == platform.os
-                && p.architecture == platform.architecture
-                && (variant(&p.variant).is_none()
-                    || variant(&p.variant) == variant(&platform.variant))
-        })
+        match store.image(&tag, platform)?.filter(is_for_platform) {
+            Some(image) => Some(image),
+            // The tag names another platform's image now: what a pull for this one stored.
+            None => store
+                .pulled_platform(&tag, platform)?
+                .filter(is_for_platform),
+        }
     };
     let image = match local {
         Some(image) => image,

@@ -297,6 +297,11 @@ impl Puller {
         descriptor.platform = Some(options.platform.clone());
         let tag = reference.to_string();
         self.store.tag(&tag, &descriptor)?;
+        // A hint for the next build of another platform, which moves the tag (see
+        // `store::platforms`); without it that build asks the registry again.
+        let _ = self
+            .store
+            .record_pulled_platform(&tag, &options.platform, &descriptor);
         self.reporter.report(Event::Status {
             message: format!("Pulled {tag} ({})", descriptor.digest),
         });

@@ -120,6 +120,7 @@ impl Store {
     /// Removes tag `name`; returns the descriptor it pointed at, if it existed. The blobs stay
     /// until the next [`Store::gc`].
     pub fn untag(&self, name: &str) -> Result<Option<Descriptor>> {
+        self.forget_pulled_platforms(name);
         self.update_index(|index| {
             let pos = index
                 .manifests

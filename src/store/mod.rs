@@ -32,6 +32,7 @@ mod gc;
 mod image;
 mod index;
 mod ingest;
+mod platforms;
 mod sources;
 
 use std::fs::{self, File};

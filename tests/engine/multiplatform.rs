@@ -402,3 +402,42 @@ fn a_foreign_run_without_a_binfmt_handler_names_the_package_and_the_fix() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_second_multi_platform_build_finds_each_platforms_base_without_the_registry() {
+    require_arm64_emulation();
+    let reg = registry_with_multiarch_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = work.path().join("ctx");
+    write_context(&ctx, "FROM busybox\nRUN uname -m > /arch\n");
+    let args = [
+        "build",
+        "--progress=plain",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        ctx.to_str().unwrap(),
+    ];
+    let first = kiln(&root, &reg, &args);
+    ok(&first);
+    // Each platform's pull moved the busybox tag; the registry is gone now.
+    let mirror = reg.addr.clone();
+    drop(reg);
+    let again = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("build")
+        .arg("--root")
+        .arg(&root)
+        .args(["--registry-mirror", &mirror])
+        .args(&args[1..])
+        .env("DOCKER_CONFIG", root.join("no-docker-config"))
+        .env_remove("KILN_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(ok(&again), ok(&first), "the same index");
+    let (cached, ran) = cached_and_run(&again);
+    assert!(
+        cached == 2 && ran == 0,
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
