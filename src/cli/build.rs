@@ -59,6 +59,7 @@ pub(super) fn open_builder(
         reporter,
         state_root: root,
         context_hashes: Default::default(),
+        steps_in_flight: Default::default(),
     })
 }
 

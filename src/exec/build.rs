@@ -35,6 +35,53 @@ pub struct Builder {
     pub state_root: PathBuf,
     /// Content digests of context files, per context directory, saved after each build.
     pub context_hashes: Mutex<BTreeMap<PathBuf, Arc<FileHashCache>>>,
+    /// Steps being made now, by cache key: the platforms of a multi-platform build (or bake
+    /// targets) that reach the same step wait for the one making it and take it from the
+    /// cache, instead of making it again side by side.
+    pub steps_in_flight: StepsInFlight,
+}
+
+/// One lock per cache key being made in this process.
+#[derive(Default)]
+pub struct StepsInFlight(Mutex<BTreeMap<Digest, Arc<tokio::sync::Mutex<()>>>>);
+
+impl StepsInFlight {
+    /// The lock of `key`, held while the step is looked up, made and recorded.
+    pub async fn lock(&self, key: &Digest) -> StepGuard<'_> {
+        let lock = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let guard = lock.clone().lock_owned().await;
+        StepGuard {
+            owner: self,
+            key: key.clone(),
+            _guard: guard,
+        }
+    }
+}
+
+/// Releases a key's lock, and forgets the key once no one else waits for it.
+pub struct StepGuard<'a> {
+    owner: &'a StepsInFlight,
+    key: Digest,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for StepGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.owner.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Two references: the map's and the guard's own; more means someone waits.
+        if map
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            map.remove(&self.key);
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -34,6 +34,8 @@ impl BuildSession<'_> {
             Some(epoch) => material.field("source_date_epoch", epoch.to_string()),
             None => material,
         };
+        // Another build of this process making the same step now: wait, then hit its record.
+        let _in_flight = self.builder.steps_in_flight.lock(&material.key()).await;
         let (key, cached) = self
             .check_cache(stage.index, &material, step, &mut stage.image)
             .await?;

@@ -66,12 +66,15 @@ fn run_in(root: &Path, reg: &Registry, platform: &str, image: &str, cmd: &[&str]
 }
 
 const TWO_STAGES: &str = "\
+FROM --platform=$BUILDPLATFORM busybox AS tools
+RUN echo tools > /tools
 FROM --platform=$BUILDPLATFORM busybox AS build
 ARG TARGETARCH
 RUN echo \"built on $(uname -m) for $TARGETARCH\" > /built
 FROM busybox
 ARG TARGETPLATFORM
 COPY --from=build /built /built
+COPY --from=tools /tools /tools
 RUN uname -m > /arch && echo \"$TARGETPLATFORM\" > /target
 ";
 
@@ -101,9 +104,19 @@ fn two_platforms_build_side_by_side_into_a_pushed_index() {
     let id = ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("[linux/arm64 build ") && stderr.contains("[linux/amd64 2/"),
+        stderr.contains("[linux/arm64 build ")
+            && stderr.lines().any(|l| l.contains("[linux/amd64 ")
+                && l.ends_with("RUN uname -m > /arch && echo \"$TARGETPLATFORM\" > /target")),
         "step names name the platform: {stderr}"
     );
+    // The tools stage is the same for both platforms: made once, the other waits and hits.
+    let tools: Vec<bool> = step_outcomes(&stderr)
+        .into_iter()
+        .filter(|(name, _)| name == "RUN echo tools > /tools")
+        .map(|(_, cached)| cached)
+        .collect();
+    assert_eq!(tools.len(), 2, "{stderr}");
+    assert_eq!(tools.iter().filter(|c| **c).count(), 1, "{stderr}");
     // The printed ID is the index digest, which the registry holds under the tag.
     let remote = skopeo_raw(&format!("docker://{tag}"));
     assert_eq!(remote["mediaType"], INDEX, "{remote}");
