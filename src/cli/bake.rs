@@ -164,13 +164,11 @@ pub fn run(args: BakeArgs) -> anyhow::Result<ExitCode> {
     let outcomes: Vec<Result<BuildOutcome, BuildError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = requests
             .into_iter()
-            .map(|req| {
+            .map(|reqs| {
                 let (rt, builder, permits) = (&rt, &builder, &permits);
                 scope.spawn(move || {
-                    rt.block_on(async {
-                        let _permit = permits.acquire().await;
-                        builder.build(req).await
-                    })
+                    let _permit = rt.block_on(permits.acquire());
+                    build_target(rt, builder, reqs)
                 })
             })
             .collect();
@@ -222,6 +220,23 @@ pub fn run(args: BakeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Warnings, push, cache export and the output of one finished build.
+/// One target: a single-platform build, or its platforms side by side into an index.
+fn build_target(
+    rt: &tokio::runtime::Runtime,
+    builder: &crate::exec::build::Builder,
+    mut requests: Vec<BuildRequest>,
+) -> Result<BuildOutcome, BuildError> {
+    if requests.len() <= 1 {
+        let request = requests.pop().ok_or(BuildError::TargetNotBuilt)?;
+        return rt.block_on(builder.build(request));
+    }
+    let index = crate::export::ExportOptions {
+        oci_media_types: true,
+        tags: requests.first().map(|r| r.tags.clone()).unwrap_or_default(),
+    };
+    builder.build_platforms(rt.handle(), requests, &index)
+}
+
 fn finish(
     rt: &tokio::runtime::Runtime,
     builder: &crate::exec::build::Builder,
@@ -264,7 +279,7 @@ fn prepare(
     unit: &BuildUnit,
     args: &BakeArgs,
     base: &Arc<dyn Reporter>,
-) -> anyhow::Result<(Job, BuildRequest)> {
+) -> anyhow::Result<(Job, Vec<BuildRequest>)> {
     let t = &unit.target;
     let label = unit.names.join(",");
     let what = || format!("target {label}");
@@ -297,20 +312,15 @@ fn prepare(
             },
         );
     }
-    let platform = match t.platforms.as_slice() {
-        [] => Platform::host(),
-        [one] => Platform::parse(one).with_context(what)?.normalized(),
-        many => anyhow::bail!(
-            "{}: kiln bake builds one platform per target, and the target lists {} ({}): pick \
-             one with --set {}.platform=OS/ARCH (`kiln build --platform` builds several)",
-            what(),
-            many.len(),
-            many.join(", "),
-            unit.names[0]
-        ),
+    let platforms = match t.platforms.as_slice() {
+        [] => vec![Platform::host()],
+        many => super::build::parse_platforms(Some(&many.join(","))).with_context(what)?,
     };
     let output = super::output::parse_outputs(&t.output, std::io::stdout().is_terminal())
         .with_context(what)?;
+    if platforms.len() > 1 {
+        super::output::check_multi_platform(&output, platforms.len()).with_context(what)?;
+    }
     let push = args.push || output.push;
     let mut names = Vec::new();
     for tag in &t.tags {
@@ -359,7 +369,7 @@ fn prepare(
         ignore,
         build_args: t.args.clone(),
         target: t.target.clone(),
-        platform,
+        platform: Platform::host(),
         tags: if output.tags_store() {
             names.clone()
         } else {
@@ -399,5 +409,5 @@ fn prepare(
         cache_from,
         cache_to,
     };
-    Ok((job, request))
+    Ok((job, request.for_platforms(&platforms)))
 }

@@ -454,3 +454,52 @@ fn a_second_multi_platform_build_finds_each_platforms_base_without_the_registry(
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+#[test]
+fn bake_builds_a_targets_platforms_into_an_index() {
+    require_arm64_emulation();
+    let reg = registry_with_multiarch_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    write_context(
+        &work.path().join("app"),
+        "FROM busybox\nRUN uname -m > /arch\n",
+    );
+    std::fs::write(
+        work.path().join("docker-bake.hcl"),
+        "target \"default\" {\n  context = \"app\"\n  tags = [\"baked:1\"]\n  \
+         platforms = [\"linux/amd64\", \"linux/arm64\"]\n}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("bake")
+        .arg("--root")
+        .arg(&root)
+        .args(["--registry-mirror", &reg.addr, "--progress=plain"])
+        .current_dir(work.path())
+        .env("DOCKER_CONFIG", root.join("no-docker-config"))
+        .env_remove("KILN_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[default] #") && stderr.contains("[linux/arm64 "),
+        "{stderr}"
+    );
+    let images = ok(&kiln(&root, &reg, &["images"]));
+    let row = images
+        .lines()
+        .find(|l| l.starts_with("docker.io/library/baked:1"))
+        .unwrap_or_else(|| panic!("{images}"));
+    assert!(row.contains("linux/amd64,linux/arm64"), "{images}");
+    // The printed ID is the index's, the one the tag names.
+    assert!(
+        stdout.contains(&row.split_whitespace().nth(1).unwrap()[..12]),
+        "{stdout}\n{images}"
+    );
+    assert_eq!(
+        run_in(&root, &reg, "linux/arm64", "baked:1", &["cat", "/arch"]),
+        "aarch64"
+    );
+}
