@@ -503,3 +503,39 @@ fn bake_builds_a_targets_platforms_into_an_index() {
         "aarch64"
     );
 }
+
+#[test]
+fn without_oci_media_types_the_index_is_a_docker_manifest_list() {
+    require_arm64_emulation();
+    let reg = registry_with_multiarch_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    write_context(&ctx, "FROM busybox\nCOPY a.txt /a.txt\n");
+    let tag = format!("{}/team/list:1", reg.addr);
+    ok(&kiln(
+        &work.path().join("root"),
+        &reg,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--oci-mediatypes=false",
+            "-t",
+            &tag,
+            "--push",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let list = skopeo_raw(&format!("docker://{tag}"));
+    assert_eq!(
+        list["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    for m in list["manifests"].as_array().unwrap() {
+        assert_eq!(
+            m["mediaType"],
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+    }
+    assert_eq!(platforms(&list).len(), 2);
+}
