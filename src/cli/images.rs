@@ -81,22 +81,19 @@ pub fn find_image(store: &Store, input: &str) -> anyhow::Result<(StoredImage, bo
     }
     let hex = input.strip_prefix("sha256:").unwrap_or(input);
     if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let mut matches: Vec<StoredImage> = stored_images(store)?
+        // An image ID, or the ID a multi-platform build printed (its index digest).
+        let mut matches: Vec<Listed> = list_images(store)?
             .into_iter()
-            .filter(|i| i.id().hex().starts_with(hex))
+            .filter(|l| l.id.hex().starts_with(hex) || l.image.id().hex().starts_with(hex))
             .collect();
-        matches.dedup_by(|a, b| a.id() == b.id());
+        matches.dedup_by(|a, b| a.id == b.id);
         match matches.len() {
-            1 => return Ok((matches.remove(0), false)),
+            1 => return Ok((matches.remove(0).image, false)),
             0 => {}
             _ => anyhow::bail!("image ID prefix {input} is ambiguous: give more digits"),
         }
     }
     anyhow::bail!("no such image: {input} (see `kiln images`)")
-}
-
-fn stored_images(store: &Store) -> anyhow::Result<Vec<StoredImage>> {
-    Ok(list_images(store)?.into_iter().map(|l| l.image).collect())
 }
 
 /// One row of `kiln images`: a tag and the image it names; for an index (a multi-platform
@@ -140,8 +137,11 @@ fn list_images(store: &Store) -> anyhow::Result<Vec<Listed>> {
         let platforms = images.iter().map(|(p, _)| p.to_string()).collect();
         let chosen = host.best_match(images.iter().map(|(p, _)| p)).unwrap_or(0);
         if chosen < images.len() {
+            let mut image = images.swap_remove(chosen).1;
+            // What the tag points at: the index.
+            image.target = descriptor.clone();
             out.push(Listed {
-                image: images.swap_remove(chosen).1,
+                image,
                 id: descriptor.digest.clone(),
                 size,
                 platforms,

@@ -176,6 +176,20 @@ fn two_platforms_build_side_by_side_into_a_pushed_index() {
         .find(|l| l.starts_with(&tag))
         .unwrap_or_else(|| panic!("{images}"));
     assert!(row.contains("linux/amd64,linux/arm64"), "{images}");
+    // The printed ID names the index for `kiln tag` too.
+    ok(&kiln(
+        &root,
+        &reg,
+        &["tag", &id["sha256:".len()..][..12], "again:1"],
+    ));
+    let images = ok(&kiln(&root, &reg, &["images"]));
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with("docker.io/library/again:1")
+                && l.contains("linux/amd64,linux/arm64")),
+        "{images}"
+    );
     // `kiln push` of the index tag sends every platform to another name.
     let copy = format!("{}/team/copy:2", reg.addr);
     let pushed = ok(&kiln(
