@@ -9,8 +9,9 @@ use anyhow::Context as _;
 use super::images::find_image;
 use super::output::write_to_dest;
 use super::pull::StoreOpts;
-use crate::export::{self, ArchiveFormat, ExportSource};
+use crate::export::{self, ArchiveFormat, ExportSource, IndexSource};
 use crate::oci::Reference;
+use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
 pub struct SaveArgs {
@@ -42,6 +43,13 @@ pub struct LoadArgs {
 
 pub fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
+    if let Some(index) = lone_index(&store, &args)? {
+        let dest = archive_dest(&args)?;
+        return write_to_dest(&dest, |out| {
+            export::write_index_archive(&store, &index, out).map(|_| ())
+        })
+        .map(|_| ExitCode::SUCCESS);
+    }
     let mut sources: Vec<ExportSource> = Vec::new();
     for input in &args.references {
         let (image, by_tag) = find_image(&store, input)?;
@@ -70,17 +78,42 @@ pub fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     } else {
         ArchiveFormat::Docker
     };
-    let dest = match &args.output {
+    let dest = archive_dest(&args)?;
+    write_to_dest(&dest, |out| {
+        export::write_archive(&store, &sources, format, out).map(|_| ())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn archive_dest(args: &SaveArgs) -> anyhow::Result<String> {
+    Ok(match &args.output {
         Some(p) => p.display().to_string(),
         None if std::io::stdout().is_terminal() => anyhow::bail!(
             "refusing to write an archive to the terminal: use -o FILE or redirect stdout"
         ),
         None => "-".into(),
+    })
+}
+
+/// `kiln save --format oci` of one multi-platform image: the index with every platform (the
+/// docker format, and several images at once, hold the host's platform of an index).
+fn lone_index(store: &Store, args: &SaveArgs) -> anyhow::Result<Option<IndexSource>> {
+    let [input] = args.references.as_slice() else {
+        return Ok(None);
     };
-    write_to_dest(&dest, |out| {
-        export::write_archive(&store, &sources, format, out).map(|_| ())
-    })?;
-    Ok(ExitCode::SUCCESS)
+    if args.format != "oci" {
+        return Ok(None);
+    }
+    let (image, by_tag) = find_image(store, input)?;
+    if !crate::oci::media::is_index(&image.target.media_type) {
+        return Ok(None);
+    }
+    let names = if by_tag {
+        vec![image.tag.clone()]
+    } else {
+        vec![]
+    };
+    Ok(IndexSource::from_store(store, &image.target.digest, names)?)
 }
 
 pub fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {

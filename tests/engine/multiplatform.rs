@@ -199,6 +199,38 @@ fn two_platforms_build_side_by_side_into_a_pushed_index() {
     ));
     assert_eq!(pushed, id);
     assert_eq!(platforms(&skopeo_raw(&format!("docker://{copy}"))), listed);
+    // `kiln save --format oci` of the index keeps every platform; `kiln load` reads it back.
+    let saved = work.path().join("saved.tar");
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "save",
+            "--format",
+            "oci",
+            "-o",
+            saved.to_str().unwrap(),
+            &tag,
+        ],
+    ));
+    let raw = crate::support::busybox::run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        &format!("oci-archive:{}:1", saved.display()),
+    ]));
+    let saved_index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(platforms(&saved_index), listed);
+    let other = work.path().join("other-root");
+    let loaded = ok(&kiln(
+        &other,
+        &reg,
+        &["load", "-i", saved.to_str().unwrap()],
+    ));
+    assert!(loaded.contains(&tag), "{loaded}");
+    assert_eq!(
+        run_in(&other, &reg, "linux/arm64", &tag, &["cat", "/arch"]),
+        "aarch64"
+    );
 }
 
 /// Plain output → how many steps (FROM aside, which is never cached) were cached and ran.
