@@ -128,6 +128,9 @@ pub struct BuildRequest {
 pub struct SideBySide {
     pub label: String,
     pub step_ids: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set when another platform failed: this one starts no further step (the build fails
+    /// anyway).
+    pub abort: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Clone)]
@@ -153,6 +156,7 @@ impl BuildRequest {
     /// each reports side by side with the others (see [`SideBySide`]).
     pub fn for_platforms(self, platforms: &[Platform]) -> Vec<BuildRequest> {
         let step_ids = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let several = platforms.len() > 1;
         platforms
             .iter()
@@ -161,6 +165,7 @@ impl BuildRequest {
                 side_by_side: several.then(|| SideBySide {
                     label: platform.to_string(),
                     step_ids: step_ids.clone(),
+                    abort: abort.clone(),
                 }),
                 ..self.clone()
             })
@@ -230,32 +235,7 @@ impl Builder {
         requests: Vec<BuildRequest>,
         index: &ExportOptions,
     ) -> Result<BuildOutcome, BuildError> {
-        let platforms: Vec<String> = requests.iter().map(|r| r.platform.to_string()).collect();
-        let results: Vec<Result<BuildOutcome, BuildError>> = std::thread::scope(|scope| {
-            let threads: Vec<_> = requests
-                .into_iter()
-                .map(|mut req| {
-                    req.tags.clear();
-                    scope.spawn(move || handle.block_on(self.build(req)))
-                })
-                .collect();
-            threads
-                .into_iter()
-                .map(|t| t.join().unwrap_or(Err(BuildError::StagePanicked)))
-                .collect()
-        });
-        let mut outcomes = Vec::new();
-        for (platform, result) in platforms.into_iter().zip(results) {
-            match result {
-                Ok(o) => outcomes.push(o),
-                Err(e) => {
-                    return Err(BuildError::ForPlatform {
-                        platform,
-                        source: Box::new(e),
-                    })
-                }
-            }
-        }
+        let outcomes = self.build_each(handle, requests)?;
         let remote_layers: Vec<(Digest, RecordSource)> = outcomes
             .iter()
             .flat_map(|o| o.remote_layers.iter().cloned())
@@ -294,6 +274,67 @@ impl Builder {
             cache_keys_max: max,
             remote_layers,
             manifest: descriptor,
+        })
+    }
+
+    /// Each request on its own thread; when one fails, the others stop at their next step,
+    /// and the error is the one that failed first.
+    fn build_each(
+        &self,
+        handle: &tokio::runtime::Handle,
+        requests: Vec<BuildRequest>,
+    ) -> Result<Vec<BuildOutcome>, BuildError> {
+        let platforms: Vec<String> = requests.iter().map(|r| r.platform.to_string()).collect();
+        // The platform that failed first: the others stop at their next step because of it.
+        let first_failed: Mutex<Option<usize>> = Mutex::new(None);
+        let results: Vec<Result<BuildOutcome, BuildError>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = requests
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut req)| {
+                    req.tags.clear();
+                    let abort = req.side_by_side.as_ref().map(|s| s.abort.clone());
+                    let first_failed = &first_failed;
+                    scope.spawn(move || {
+                        let result = handle.block_on(self.build(req));
+                        if result.is_err() {
+                            first_failed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(i);
+                            if let Some(a) = abort {
+                                a.store(true, std::sync::atomic::Ordering::SeqCst);
+                            }
+                        }
+                        result
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or(Err(BuildError::StagePanicked)))
+                .collect()
+        });
+        let first = first_failed.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut outcomes = Vec::new();
+        let mut failures = Vec::new();
+        for (i, (platform, result)) in platforms.into_iter().zip(results).enumerate() {
+            match result {
+                Ok(o) => outcomes.push(o),
+                Err(e) => failures.push((i, platform, e)),
+            }
+        }
+        if failures.is_empty() {
+            return Ok(outcomes);
+        }
+        let at = failures
+            .iter()
+            .position(|(i, _, _)| Some(*i) == first)
+            .unwrap_or(0);
+        let (_, platform, e) = failures.swap_remove(at);
+        Err(BuildError::ForPlatform {
+            platform,
+            source: Box::new(e),
         })
     }
 
@@ -342,7 +383,7 @@ impl BuildSession<'_> {
             let mut threads = Vec::new();
             for &index in &self.plan.order {
                 self.board.take_slot();
-                if self.board.any_failed() {
+                if self.board.any_failed() || self.other_platform_failed() {
                     // Not started: the build fails anyway.
                     self.board.finish(index, None);
                     break;

@@ -130,6 +130,14 @@ impl BuildSession<'_> {
         }
     }
 
+    /// Whether another platform of this multi-platform build failed.
+    pub fn other_platform_failed(&self) -> bool {
+        self.req
+            .side_by_side
+            .as_ref()
+            .is_some_and(|s| s.abort.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     pub fn step_started(&self, step: &StepInfo) {
         self.reporter().report(Event::StepStarted {
             id: step.id.clone(),
@@ -164,7 +172,7 @@ impl BuildSession<'_> {
         };
         let instructions = triggers.iter().chain(&stage.instructions);
         for (position, instr) in instructions.enumerate() {
-            if self.board.cancelled(index) {
+            if self.board.cancelled(index) || self.other_platform_failed() {
                 return Err(BuildError::StageStopped(self.stage_label(index)));
             }
             self.build_step(&mut state, position, instr)

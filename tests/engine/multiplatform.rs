@@ -585,3 +585,36 @@ fn without_oci_media_types_the_index_is_a_docker_manifest_list() {
     }
     assert_eq!(platforms(&list).len(), 2);
 }
+
+#[test]
+fn a_failing_platform_stops_the_others_and_is_the_error_reported() {
+    require_arm64_emulation();
+    let reg = registry_with_multiarch_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    // arm64 fails at once; amd64 is still in its first RUN then, and never starts the second.
+    write_context(
+        &ctx,
+        "FROM busybox\n\
+         RUN if [ \"$(uname -m)\" = aarch64 ]; then exit 3; fi; sleep 3\n\
+         RUN touch /never\n",
+    );
+    let out = kiln(
+        &work.path().join("root"),
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: [linux/arm64]") && err.contains("Dockerfile:2:1"),
+        "{err}"
+    );
+    assert!(!err.contains("RUN touch /never"), "{err}");
+}
