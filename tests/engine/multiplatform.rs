@@ -618,3 +618,47 @@ fn a_failing_platform_stops_the_others_and_is_the_error_reported() {
     );
     assert!(!err.contains("RUN touch /never"), "{err}");
 }
+
+#[test]
+fn an_exported_cache_holds_every_platforms_records() {
+    require_arm64_emulation();
+    let reg = registry_with_multiarch_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    write_context(
+        &ctx,
+        "FROM busybox\nRUN uname -m > /arch\nCOPY a.txt /a.txt\n",
+    );
+    let cache = work.path().join("cache");
+    let build = |root: &str, cache_arg: &str| {
+        kiln(
+            &work.path().join(root),
+            &reg,
+            &[
+                "build",
+                "--progress=plain",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                cache_arg,
+                ctx.to_str().unwrap(),
+            ],
+        )
+    };
+    let first = build(
+        "a",
+        &format!("--cache-to=type=local,dest={},mode=max", cache.display()),
+    );
+    let id = ok(&first);
+    // Another machine: a fresh state root reads both platforms' records from the directory.
+    let second = build(
+        "b",
+        &format!("--cache-from=type=local,src={}", cache.display()),
+    );
+    assert_eq!(ok(&second), id, "the same index");
+    let (cached, ran) = cached_and_run(&second);
+    assert!(
+        cached == 4 && ran == 0,
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+}
