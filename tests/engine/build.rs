@@ -394,16 +394,25 @@ fn run_for_a_foreign_platform_without_emulation_is_a_clear_error() {
         "FROM --platform=linux/s390x scratch\nRUN true\n",
     )
     .unwrap();
-    let out = kiln(
-        &work.path().join("root"),
-        &reg,
-        &["build", "--progress=plain", ctx.to_str().unwrap()],
-    );
+    // No handler at all, whatever this machine has registered.
+    let binfmt = work.path().join("binfmt");
+    std::fs::create_dir_all(&binfmt).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "--root"])
+        .arg(work.path().join("root"))
+        .args(["--registry-mirror", &reg.addr, "--progress=plain"])
+        .arg(&ctx)
+        .env("KILN_BINFMT_DIR", &binfmt)
+        .env("DOCKER_CONFIG", work.path().join("no-docker-config"))
+        .env_remove("KILN_CONFIG")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("linux/s390x")
             && err.contains("binfmt_misc")
+            && err.contains("qemu-s390x")
             && err.contains("Dockerfile:2:1"),
         "{err}"
     );
