@@ -24,6 +24,9 @@ pub struct ImagesArgs {
 pub struct InspectArgs {
     /// Image reference as pulled or tagged
     reference: String,
+    /// The platform to show of a multi-platform image (default: this machine's)
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
     #[command(flatten)]
     store: StoreOpts,
 }
@@ -265,7 +268,13 @@ pub fn images(args: ImagesArgs) -> anyhow::Result<ExitCode> {
 pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
     let tag = tag_for(&args.reference)?;
-    let Some(image) = store.image(&tag, &Platform::host())? else {
+    let platform = match &args.platform {
+        Some(p) => Platform::parse(p)
+            .with_context(|| format!("invalid --platform {p:?}"))?
+            .normalized(),
+        None => Platform::host(),
+    };
+    let Some(image) = store.image(&tag, &platform)? else {
         anyhow::bail!(
             "no such image: {tag} (see `kiln images`, or `kiln pull {}`)",
             args.reference

@@ -176,6 +176,15 @@ fn two_platforms_build_side_by_side_into_a_pushed_index() {
         .find(|l| l.starts_with(&tag))
         .unwrap_or_else(|| panic!("{images}"));
     assert!(row.contains("linux/amd64,linux/arm64"), "{images}");
+    // `kiln inspect --platform` shows one platform's manifest and config under the index.
+    let inspected: serde_json::Value = serde_json::from_str(&ok(&kiln(
+        &root,
+        &reg,
+        &["inspect", "--platform", "linux/arm64", &tag],
+    )))
+    .unwrap();
+    assert_eq!(inspected["config"]["architecture"], "arm64");
+    assert_eq!(inspected["descriptor"]["digest"], id.as_str());
     // The printed ID names the index for `kiln tag` too.
     ok(&kiln(
         &root,
