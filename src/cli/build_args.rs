@@ -28,7 +28,7 @@ pub struct BuildArgs {
     /// `COPY --from=NAME` and `RUN --mount=from=NAME` read instead (repeatable)
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
-    /// Target platform (os/arch[/variant])
+    /// Target platform (os/arch[/variant]); several, comma-separated, build a multi-platform index
     #[arg(long)]
     pub platform: Option<String>,
     /// Label for the image `K=V` (repeatable)
