@@ -430,6 +430,19 @@ pub fn run_in_snapshot(
             return Err(e.into());
         }
     };
+    let mount_points: Vec<PathBuf> = crate::snapshot::RUNTIME_MOUNT_POINTS
+        .iter()
+        .map(PathBuf::from)
+        .chain(
+            spec.mounts
+                .iter()
+                .map(|m| PathBuf::from(m.target.trim_start_matches('/'))),
+        )
+        .collect();
+    if let Err(e) = ctx.snapshots.settle(key, &mount_points) {
+        let _ = ctx.snapshots.remove_active(key);
+        return Err(e.into());
+    }
     if let Ok(upper) = ctx.snapshots.upper_dir(key) {
         let lowers = match parent {
             Some(p) => ctx.snapshots.lower_dirs(p).unwrap_or_default(),

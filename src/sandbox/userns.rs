@@ -390,6 +390,37 @@ pub fn finish_entry() -> Option<UsernsError> {
     })
 }
 
+/// Whether this process may create a user namespace: a forked child tries `unshare`. Call it
+/// before threads exist.
+pub fn probe_unshare() -> io::Result<()> {
+    // SAFETY: the child only calls async-signal-safe functions (unshare, _exit).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: in the forked child; _exit never returns.
+        unsafe {
+            let code = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                0
+            } else {
+                *libc::__errno_location()
+            };
+            libc::_exit(code.clamp(0, 255));
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child with a valid status pointer.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+        Some(0) => Ok(()),
+        Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+        None => Err(io::Error::other("the unshare probe was killed")),
+    }
+}
+
 /// In the final stage: checks that the namespace gave kiln CAP_SYS_ADMIN (AppArmor's restriction
 /// lets the namespace be made but strips its capabilities).
 pub fn check_capabilities() -> Result<(), UsernsError> {
