@@ -213,7 +213,7 @@ mod tests {
             .unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &up.join("gone"),
+            up.join("gone"),
             FileType::CharacterDevice,
             Mode::from_raw_mode(0o600),
             0,
