@@ -7,7 +7,7 @@
 //! What that gives up: the command sees the host's (the container's) processes, network,
 //! hostname and IPC; `/proc` and `/sys` are empty directories; `/dev` has only the nodes kiln
 //! could make (`CAP_MKNOD`, which podman drops by default); the command is confined only by
-//! what confines kiln itself; `RUN --mount` cannot be made.
+//! what confines kiln itself; `RUN --mount` cannot be made, nor `--network=none`.
 
 use std::io;
 use std::os::unix::process::CommandExt as _;
@@ -50,6 +50,9 @@ pub fn run(
 ) -> Result<ExitStatus, SandboxError> {
     if spec.args.is_empty() {
         return Err(SandboxError::NoCommand);
+    }
+    if spec.network == super::NetworkMode::None {
+        return Err(SandboxError::ChrootCannotIsolateNetwork);
     }
     if let Some(m) = spec.mounts.first() {
         return Err(SandboxError::ChrootCannotMount {

@@ -84,6 +84,11 @@ pub enum SandboxError {
          --isolation=oci (root) or rootless where mounts are allowed, or do without the mount"
     )]
     ChrootCannotMount { target: String },
+    #[error(
+        "--network=none needs a network namespace, which chroot isolation cannot make: use \
+         --isolation=oci or rootless where namespaces are allowed, or the host's network"
+    )]
+    ChrootCannotIsolateNetwork,
     #[error("chroot isolation runs in a directory snapshot, not a {kind} mount")]
     ChrootNeedsDirectory { kind: String },
     #[error("{runtime} was killed by signal {signal}")]

@@ -358,3 +358,24 @@ fn rootless_state_root_refusing_overlay_falls_back_to_directory_snapshots() {
         "the image built on directory snapshots runs"
     );
 }
+
+#[test]
+fn an_ordinary_user_asking_for_oci_or_chroot_isolation_gets_the_cause_and_fix() {
+    ensure_user(RANGED, true);
+    let reg = registry_with_busybox();
+    let ws = Workspace::new(RANGED, "busybox");
+    let ctx = ws.ctx();
+    for (mode, says) in [
+        ("oci", "--isolation=oci needs root with CAP_SYS_ADMIN"),
+        ("chroot", "--isolation=chroot needs root (CAP_SYS_CHROOT"),
+    ] {
+        let flag = format!("--isolation={mode}");
+        let out = ws.kiln(&reg, &["build", &flag, ctx.to_str().unwrap()], &[]);
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{log}");
+        assert!(
+            log.contains(says) && log.contains("--isolation=rootless"),
+            "{log}"
+        );
+    }
+}
