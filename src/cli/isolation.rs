@@ -108,7 +108,8 @@ fn has_cap_sys_admin() -> bool {
 }
 
 const CHROOT_GIVES_UP: &str = "no namespaces (RUN sees the host's processes, network, hostname \
-     and IPC), no seccomp filter of kiln's own, /proc and /sys empty, no RUN --mount";
+     and IPC, no --network=none), no seccomp filter of kiln's own, /proc and /sys empty, RUN \
+     --mount targets are plain directories (a cache one RUN at a time, read-only unenforced)";
 
 /// The sandbox and snapshotter for the chosen isolation, and the notice to print (if any).
 pub fn engine(

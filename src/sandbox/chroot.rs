@@ -7,7 +7,8 @@
 //! What that gives up: the command sees the host's (the container's) processes, network,
 //! hostname and IPC; `/proc` and `/sys` are empty directories; `/dev` has only the nodes kiln
 //! could make (`CAP_MKNOD`, which podman drops by default); the command is confined only by
-//! what confines kiln itself; `RUN --mount` cannot be made, nor `--network=none`.
+//! what confines kiln itself; `RUN --mount`s are directories moved or copied in
+//! (`chroot_mounts`); `--network=none` cannot be had.
 
 use std::io;
 use std::os::unix::process::CommandExt as _;
@@ -16,6 +17,7 @@ use std::process::{Command, Stdio};
 
 use rustix::fs::{FileType, Mode};
 
+use super::chroot_mounts::Placed;
 use super::rootfs::Root;
 use super::{effective_env, hosts_file, ExitStatus, RunSpec, SandboxError, Stream};
 use super::{mount_point_dirs, stream_output, DEFAULT_HOSTNAME, DEFAULT_PATH};
@@ -54,11 +56,6 @@ pub fn run(
     if spec.network == super::NetworkMode::None {
         return Err(SandboxError::ChrootCannotIsolateNetwork);
     }
-    if let Some(m) = spec.mounts.first() {
-        return Err(SandboxError::ChrootCannotMount {
-            target: m.target.clone(),
-        });
-    }
     let dir = root_dir(spec)?;
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     if !cwd.starts_with('/') {
@@ -74,14 +71,19 @@ pub fn run(
         .to_string();
     if !spec.readonly_rootfs {
         root.mkdir_all(cwd, spec.user.uid, spec.user.gid)?;
-        // The mount points an OCI runtime would have made, so the layer is the same.
-        for d in mount_point_dirs(spec) {
+        // The runtime's own mount points, made as an OCI runtime would, so the layer is the
+        // same (a RUN --mount's target is made and removed again by `Placed`).
+        for d in mount_point_dirs(&RunSpec::default()) {
             if !root.missing(&d)?.is_empty() {
                 root.mkdir_all(&d, 0, 0)?;
             }
         }
-        prepare_etc_and_dev(dir, spec, resolv_conf)?;
     }
+    let mut placed = Placed::default();
+    if !spec.readonly_rootfs {
+        prepare_etc_and_dev(&mut placed, dir, spec, resolv_conf)?;
+    }
+    placed.mounts(dir, &spec.mounts)?;
     let Some(exe) = root.find_executable(&spec.args[0], &path_env, cwd)? else {
         return Err(SandboxError::ExecutableNotFound {
             name: spec.args[0].clone(),
@@ -119,6 +121,7 @@ pub fn run(
     let status = child
         .wait()
         .map_err(|e| SandboxError::io("wait for", &exe_path(&root_path, &exe), e))?;
+    placed.undo()?;
     use std::os::unix::process::ExitStatusExt as _;
     let code = status
         .code()
@@ -179,36 +182,46 @@ fn enter(
 
 /// `/etc/hosts` and `/etc/resolv.conf` when the image has none (a runtime would mount them;
 /// here they are written and left out of the layer), and `/dev`'s nodes where `CAP_MKNOD` is.
-fn prepare_etc_and_dev(dir: &Path, spec: &RunSpec, resolv_conf: &Path) -> Result<(), SandboxError> {
+fn prepare_etc_and_dev(
+    placed: &mut Placed,
+    dir: &Path,
+    spec: &RunSpec,
+    resolv_conf: &Path,
+) -> Result<(), SandboxError> {
     let etc = dir.join("etc");
     if etc.is_dir() && !etc.is_symlink() {
         let hosts = etc.join("hosts");
         if std::fs::symlink_metadata(&hosts).is_err() {
-            std::fs::write(&hosts, hosts_file(hostname(spec), &spec.extra_hosts))
-                .map_err(|e| SandboxError::io("write", &hosts, e))?;
+            let text = hosts_file(hostname(spec), &spec.extra_hosts);
+            placed.write_file(&hosts, text.as_bytes())?;
         }
         let resolv = etc.join("resolv.conf");
         if std::fs::symlink_metadata(&resolv).is_err() {
             let text = std::fs::read(resolv_conf).unwrap_or_default();
-            std::fs::write(&resolv, text).map_err(|e| SandboxError::io("write", &resolv, e))?;
+            placed.write_file(&resolv, &text)?;
         }
     }
     let dev = dir.join("dev");
     if dev.is_dir() && !dev.is_symlink() {
+        placed.keep_times(&dev);
         for (name, major, minor) in DEVICES {
             let node = dev.join(name);
             if std::fs::symlink_metadata(&node).is_ok() {
                 continue;
             }
             // Without CAP_MKNOD (podman's default) the node stays missing.
-            let _ = rustix::fs::mknodat(
+            if rustix::fs::mknodat(
                 rustix::fs::CWD,
                 &node,
                 FileType::CharacterDevice,
                 Mode::from_raw_mode(0o666),
                 rustix::fs::makedev(major, minor),
-            );
-            let _ = rustix::fs::chmod(&node, Mode::from_raw_mode(0o666));
+            )
+            .is_ok()
+            {
+                placed.made(&node);
+                let _ = rustix::fs::chmod(&node, Mode::from_raw_mode(0o666));
+            }
         }
     }
     Ok(())

@@ -9,6 +9,7 @@
 //! removal), also on errors and panics, through a drop guard.
 
 pub mod chroot;
+mod chroot_mounts;
 mod mounter;
 mod rootfs;
 pub mod seccomp;
@@ -80,10 +81,10 @@ pub enum SandboxError {
         stderr: String,
     },
     #[error(
-        "RUN --mount at {target} needs a mount, which chroot isolation cannot make: use \
-         --isolation=oci (root) or rootless where mounts are allowed, or do without the mount"
+        "RUN --mount at {target}: chroot isolation cannot put a mount there ({why}); use \
+         --isolation=oci (root) or rootless where mounts are allowed, or another target"
     )]
-    ChrootCannotMount { target: String },
+    ChrootMountTarget { target: String, why: &'static str },
     #[error(
         "--network=none needs a network namespace, which chroot isolation cannot make: use \
          --isolation=oci or rootless where namespaces are allowed, or the host's network"
@@ -305,8 +306,11 @@ pub enum NetworkMode {
 /// What an [`ExtraMount`] mounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtraMountKind {
-    /// A host directory or file (cache, secret and bind mounts become these).
+    /// A host directory or file (secret and bind mounts become these).
     Bind { source: PathBuf, readonly: bool },
+    /// A `RUN --mount=type=cache` directory: bound like [`ExtraMountKind::Bind`]; under
+    /// chroot isolation moved into the root for the command and back, where a bind is copied.
+    Cache { source: PathBuf, readonly: bool },
     /// A fresh tmpfs; `mode` defaults to 1777.
     Tmpfs {
         size: Option<u64>,
@@ -433,6 +437,7 @@ fn mount_point_dirs(spec: &RunSpec) -> Vec<String> {
         let is_dir = match &m.kind {
             ExtraMountKind::Tmpfs { .. } => true,
             ExtraMountKind::Bind { source, .. } => source.is_dir(),
+            ExtraMountKind::Cache { .. } => true,
         };
         (m.target.as_str(), is_dir)
     });

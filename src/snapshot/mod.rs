@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use chain::{chain_ids, ChainId};
 pub use flatten::flatten;
-pub use treediff::{diff_into, TreeIndex};
+pub use treediff::{diff_into, MountPoints, TreeIndex};
 
 /// The kind of [`Mount`] that is no mount: a plain directory to use as it is (directory
 /// snapshots, see [`Snapshotter::with_directory_copies`]).
@@ -454,10 +454,10 @@ impl Snapshotter {
     }
 
     /// Directory snapshots: writes what the step changed in active snapshot `key`'s root into
-    /// its upper dir (whiteouts, opaque dirs) and drops the root; `mount_points` (relative
-    /// paths) were mounted over during the step and are left out. Does nothing for overlay
+    /// its upper dir (whiteouts, opaque dirs) and drops the root; `mount_points` were mounted
+    /// over during the step and are left out. Does nothing for overlay
     /// snapshots or when done already.
-    pub fn settle(&self, key: &str, mount_points: &[PathBuf]) -> Result<()> {
+    pub fn settle(&self, key: &str, mount_points: MountPoints<'_>) -> Result<()> {
         let Some(index) = self.lock_indexes().remove(key) else {
             return Ok(());
         };
@@ -569,7 +569,7 @@ impl Snapshotter {
     /// `diff_id` is the DiffID of the layer made from its upper dir. If that snapshot exists
     /// already, the active one is discarded.
     pub fn commit(&self, key: &str, diff_id: &DiffId) -> Result<SnapshotInfo> {
-        self.settle(key, &[])?;
+        self.settle(key, MountPoints::default())?;
         let active = self.active_info(key)?;
         let src = self.active_path(key)?;
         let chain_id = ChainId::of(active.parent.as_ref(), diff_id);

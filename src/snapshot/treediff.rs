@@ -55,10 +55,13 @@ impl Before {
         self.ino == meta.ino() && self.is_dir == meta.is_dir()
     }
 
-    fn changed(&self, meta: &fs::Metadata) -> bool {
+    /// `ctime` false for the parents of mount targets, whose entries were added and removed
+    /// again (their times put back) where a runtime would have mounted.
+    fn changed(&self, meta: &fs::Metadata, ctime: bool) -> bool {
         let now = Before::of(meta);
-        (self.ctime, self.mtime, self.mode, self.uid, self.gid)
-            != (now.ctime, now.mtime, now.mode, now.uid, now.gid)
+        (ctime && self.ctime != now.ctime)
+            || (self.mtime, self.mode, self.uid, self.gid)
+                != (now.mtime, now.mode, now.uid, now.gid)
             || (!self.is_dir && self.size != now.size)
     }
 }
@@ -100,20 +103,31 @@ impl TreeIndex {
     }
 }
 
+/// Where a step had mounts (relative paths): their contents never reach a layer, and they
+/// themselves only as new empty directories.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MountPoints<'a> {
+    /// What every runtime mounts (`dev`, `etc/hosts`, …).
+    pub runtime: &'a [PathBuf],
+    /// `RUN --mount` targets: chroot isolation puts their parents' times back after the
+    /// command, so a change of ctime alone does not count there.
+    pub run: &'a [PathBuf],
+}
+
 /// Writes what changed under `root` since `before` into `upper` (an existing empty directory).
-/// `mount_points` (relative paths such as `dev`, `etc/hosts`) are what a runtime mounts over:
-/// their contents never reach a layer, and they themselves only as new empty directories.
 pub fn diff_into(
     root: &Path,
     before: &TreeIndex,
     upper: &Path,
-    mount_points: &[PathBuf],
+    mounts: MountPoints<'_>,
 ) -> io::Result<()> {
+    let mount_points: Vec<PathBuf> = mounts.runtime.iter().chain(mounts.run).cloned().collect();
     let mut d = Differ {
         root,
         before,
         upper,
-        mount_points,
+        mount_points: &mount_points,
+        run_mounts: mounts.run,
         made: Vec::new(),
         made_set: HashSet::new(),
     };
@@ -131,6 +145,7 @@ struct Differ<'a> {
     before: &'a TreeIndex,
     upper: &'a Path,
     mount_points: &'a [PathBuf],
+    run_mounts: &'a [PathBuf],
     made: Vec<PathBuf>,
     made_set: HashSet<PathBuf>,
 }
@@ -167,7 +182,11 @@ impl Differ<'_> {
                 }
                 None => self.link(&child)?,
                 Some(p) if p.same_object(&meta) => {
-                    if p.changed(&meta) {
+                    let holds_mount = self
+                        .run_mounts
+                        .iter()
+                        .any(|m| m != &child && m.starts_with(&child));
+                    if p.changed(&meta, !holds_mount) {
                         if meta.is_dir() {
                             self.make_dir(&child, &meta, false)?;
                         } else {
@@ -280,7 +299,12 @@ mod tests {
         fs::write(root.join("replaced/new"), "y").unwrap();
         fs::write(root.join("dev/null"), "not a device").unwrap();
         fs::create_dir(&upper).unwrap();
-        diff_into(&root, &before, &upper, &[PathBuf::from("dev")]).unwrap();
+        let dev = [PathBuf::from("dev")];
+        let mounts = MountPoints {
+            runtime: &dev,
+            run: &[],
+        };
+        diff_into(&root, &before, &upper, mounts).unwrap();
 
         let mut found = Vec::new();
         for e in walkdir(&upper) {

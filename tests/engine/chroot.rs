@@ -84,14 +84,79 @@ fn chroot_and_oci_builds_give_the_same_image_ids() {
     );
 }
 
+const MOUNTS: &str = "FROM busybox:latest AS tools\n\
+     RUN mkdir /opt && echo from-stage > /opt/t.txt\n\
+     FROM busybox:latest\n\
+     RUN mkdir -p /var/cache/app && echo base > /var/cache/app/keep\n\
+     RUN --mount=type=cache,target=/var/cache/app,id=chroot-test \\\n\
+         echo run >> /var/cache/app/runs && wc -l < /var/cache/app/runs > /runs-seen\n\
+     RUN --mount=type=cache,target=/new/cache/dir echo x > /new/cache/dir/x && echo ok > /new-ok\n\
+     RUN --mount=type=secret,id=token test \"$(cat /run/secrets/token)\" = s3cr3t && echo secret-ok > /secret-check\n\
+     RUN --mount=type=tmpfs,target=/scratch echo temp > /scratch/t && test ! -e /tmpfs-leak\n\
+     RUN --mount=type=bind,target=/ctx,rw echo thrown-away > /ctx/files/one.txt && cat /ctx/files/two.txt > /two-copy\n\
+     RUN --mount=type=bind,from=tools,source=/opt,target=/from cp /from/t.txt /t-copy\n\
+     CMD [\"sh\", \"-c\", \"cat /runs-seen /secret-check /t-copy /var/cache/app/keep; ls /var/cache/app; test ! -e /new -a ! -e /run && echo clean\"]\n";
+
 #[test]
-fn chroot_isolation_refuses_run_mounts_naming_the_fix() {
+fn run_mounts_under_chroot_give_the_oci_isolations_image() {
+    require_root();
+    let reg = registry_with_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::create_dir(ctx.path().join("files")).unwrap();
+    for f in ["one.txt", "two.txt"] {
+        std::fs::copy(
+            fixtures().join("busybox/files").join(f),
+            ctx.path().join("files").join(f),
+        )
+        .unwrap();
+    }
+    std::fs::write(ctx.path().join("Dockerfile"), MOUNTS).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let secret = state.path().join("token");
+    std::fs::write(&secret, "s3cr3t").unwrap();
+    let secret_arg = format!("id=token,src={}", secret.display());
+    let dir = ctx.path().to_str().unwrap();
+    let build = ["build", "--secret", &secret_arg, "-t", "mounts", dir];
+    let oci = ok(&kiln_with(&state.path().join("oci"), &reg, "oci", &build));
+    let chroot_root = state.path().join("chroot");
+    let chroot = ok(&kiln_with(&chroot_root, &reg, "chroot", &build));
+    assert_eq!(chroot, oci, "chroot and oci images differ");
+    let original = std::fs::read(fixtures().join("busybox/files/one.txt")).unwrap();
+    assert_eq!(
+        std::fs::read(ctx.path().join("files/one.txt")).unwrap(),
+        original,
+        "a rw bind's writes are thrown away"
+    );
+    let ran = ok(&kiln_with(&chroot_root, &reg, "chroot", &["run", "mounts"]));
+    assert_eq!(ran, "1\nsecret-ok\nfrom-stage\nbase\nkeep\nclean");
+    // The cache persisted: a rebuild without the layer cache sees the first run's line.
+    let again = [
+        "build",
+        "--no-cache",
+        "--secret",
+        &secret_arg,
+        "-t",
+        "again",
+        dir,
+    ];
+    ok(&kiln_with(&chroot_root, &reg, "chroot", &again));
+    let ran = ok(&kiln_with(
+        &chroot_root,
+        &reg,
+        "chroot",
+        &["run", "again", "cat", "/runs-seen"],
+    ));
+    assert_eq!(ran, "2");
+}
+
+#[test]
+fn chroot_isolation_refuses_network_none_naming_the_fix() {
     require_root();
     let reg = registry_with_busybox();
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(
         ctx.path().join("Dockerfile"),
-        "FROM busybox:latest\nRUN --mount=type=tmpfs,target=/scratch touch /scratch/x\n",
+        "FROM busybox:latest\nRUN --network=none true\n",
     )
     .unwrap();
     let state = tempfile::tempdir().unwrap();
@@ -104,8 +169,9 @@ fn chroot_isolation_refuses_run_mounts_naming_the_fix() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(
-        log.contains("RUN --mount at /scratch needs a mount, which chroot isolation cannot make")
-            && log.contains("--isolation=oci"),
+        log.contains(
+            "--network=none needs a network namespace, which chroot isolation cannot make"
+        ) && log.contains("--isolation=oci"),
         "{log}"
     );
 }
