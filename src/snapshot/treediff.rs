@@ -26,6 +26,9 @@ use super::flatten::{copy_meta, set_times};
 #[derive(Debug, Clone)]
 struct Before {
     ino: u64,
+    /// Directories: birth time, since a directory removed and made again may get the same
+    /// inode number back, and must then be opaque.
+    born: Option<(i64, u32, Option<u64>)>,
     is_dir: bool,
     ctime: (i64, i64),
     mtime: (i64, i64),
@@ -40,6 +43,7 @@ impl Before {
     fn of(meta: &fs::Metadata) -> Before {
         Before {
             ino: meta.ino(),
+            born: None,
             is_dir: meta.is_dir(),
             ctime: (meta.ctime(), meta.ctime_nsec()),
             mtime: (meta.mtime(), meta.mtime_nsec()),
@@ -51,8 +55,10 @@ impl Before {
         }
     }
 
-    fn same_object(&self, meta: &fs::Metadata) -> bool {
-        self.ino == meta.ino() && self.is_dir == meta.is_dir()
+    fn same_object(&self, meta: &fs::Metadata, path: &Path) -> bool {
+        self.ino == meta.ino()
+            && self.is_dir == meta.is_dir()
+            && (!self.is_dir || self.born == birth_time(path))
     }
 
     /// `ctime` false for the parents of mount targets, whose entries were added and removed
@@ -72,6 +78,41 @@ pub struct TreeIndex {
     entries: HashMap<PathBuf, Before>,
 }
 
+/// When directory `path` (not followed) was made (statx), and its inode generation where the
+/// filesystem has one (`FS_IOC_GETVERSION`: it changes when an inode number is reused, within
+/// the clock tick that could give two directories the same birth time).
+fn birth_time(path: &Path) -> Option<(i64, u32, Option<u64>)> {
+    use rustix::fs::{statx, AtFlags, StatxFlags};
+    let st = statx(
+        rustix::fs::CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BTIME,
+    )
+    .ok()?;
+    let generation = generation(path);
+    (st.stx_mask & StatxFlags::BTIME.bits() != 0).then_some((
+        st.stx_btime.tv_sec,
+        st.stx_btime.tv_nsec,
+        generation,
+    ))
+}
+
+fn generation(path: &Path) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    const FS_IOC_GETVERSION: libc::c_ulong = 0x8008_7601;
+    let dir = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let mut version: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETVERSION writes one long through the pointer, which lives on the stack.
+    let r = unsafe { libc::ioctl(dir.as_raw_fd(), FS_IOC_GETVERSION as _, &mut version) };
+    (r == 0).then_some(version as u64)
+}
+
 fn with_path(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
     move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
@@ -89,6 +130,7 @@ impl TreeIndex {
         let mut before = Before::of(meta);
         if meta.is_dir() {
             let dir = root.join(&rel);
+            before.born = birth_time(&dir);
             for entry in fs::read_dir(&dir).map_err(with_path(&dir))? {
                 let entry = entry.map_err(with_path(&dir))?;
                 let child = rel.join(entry.file_name());
@@ -181,7 +223,7 @@ impl Differ<'_> {
                     self.walk(&child, true)?;
                 }
                 None => self.link(&child)?,
-                Some(p) if p.same_object(&meta) => {
+                Some(p) if p.same_object(&meta, &path) => {
                     let holds_mount = self
                         .run_mounts
                         .iter()
@@ -323,6 +365,33 @@ mod tests {
         let opaque = crate::layer::overlay::opaque_xattr();
         assert!(rustix::fs::lgetxattr(upper.join("replaced"), opaque, &mut buf).is_ok());
         assert!(rustix::fs::lgetxattr(upper.join("edited"), opaque, &mut buf).is_err());
+    }
+
+    /// ext4 hands a removed directory's inode number straight to the next mkdir: that is a new
+    /// directory all the same (it failed as a changed one with a whiteout for its old entry).
+    #[test]
+    fn a_directory_made_again_with_a_reused_inode_is_opaque() {
+        let tmp = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        for i in 0..20 {
+            let (root, upper) = (
+                tmp.path().join(format!("r{i}")),
+                tmp.path().join(format!("u{i}")),
+            );
+            fs::create_dir_all(root.join("d")).unwrap();
+            fs::write(root.join("d/old"), "x").unwrap();
+            let before = TreeIndex::of(&root).unwrap();
+            fs::remove_dir_all(root.join("d")).unwrap();
+            fs::create_dir(root.join("d")).unwrap();
+            fs::create_dir(&upper).unwrap();
+            diff_into(&root, &before, &upper, MountPoints::default()).unwrap();
+            assert_eq!(walkdir(&upper), ["d"], "round {i}");
+            let mut buf = [0u8; 1];
+            let opaque = crate::layer::overlay::opaque_xattr();
+            assert!(
+                rustix::fs::lgetxattr(upper.join("d"), opaque, &mut buf).is_ok(),
+                "round {i}"
+            );
+        }
     }
 
     fn walkdir(root: &Path) -> Vec<String> {
