@@ -89,7 +89,7 @@ fn apply_dir(src: &Path, dest: &Path, links: &mut HashMap<(u64, u64), PathBuf>) 
 }
 
 /// Copies one non-directory (file, symlink, device, fifo, socket) with its metadata.
-fn copy_node(from: &Path, to: &Path, meta: &fs::Metadata) -> io::Result<()> {
+pub(super) fn copy_node(from: &Path, to: &Path, meta: &fs::Metadata) -> io::Result<()> {
     let ft = meta.file_type();
     if ft.is_file() {
         let mut src = fs::File::open(from).map_err(with_path(from))?;

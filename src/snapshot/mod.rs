@@ -10,12 +10,16 @@
 //! snapshots/<chain-id hex>/meta.json   SnapshotInfo
 //! active/<key>/{fs,work,meta.json}     a writable snapshot (overlay upper and work dirs)
 //! tmp/<pid>-<n>/                       work in progress; renamed into place when complete
+//! active/<key>/rootfs                   directory snapshots: the step's root, a full copy
+//! views/<chain-id hex>/                 directory snapshots: merged layers read by COPY --from
+//! flat/<chain-id hex>/                  directory snapshots: a step's root kept for the next
 //! ```
 //!
 //! Every snapshot appears at its final path by one `rename`, so a crash leaves only a stale
 //! directory in `tmp/`, removed by the next [`Snapshotter::new`] once its process is gone.
 
 mod chain;
+mod flatcache;
 mod flatten;
 mod treediff;
 
@@ -84,6 +88,14 @@ pub struct SnapshotInfo {
     pub size: Option<u64>,
 }
 
+/// An active directory snapshot: what its root held when prepared (until the step is
+/// compared), then what the comparison found.
+#[derive(Debug, Default)]
+struct ActiveCopy {
+    index: Option<TreeIndex>,
+    outcome: Option<treediff::DiffOutcome>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ActiveInfo {
     key: String,
@@ -150,8 +162,8 @@ pub struct Snapshotter {
     root: PathBuf,
     /// Directory snapshots: an active snapshot is a full copy of its parent, diffed afterwards.
     copies: bool,
-    /// What each active directory snapshot held when it was prepared, by key.
-    indexes: Mutex<HashMap<String, TreeIndex>>,
+    /// Each active directory snapshot's state, by key.
+    indexes: Mutex<HashMap<String, ActiveCopy>>,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -415,10 +427,13 @@ impl Snapshotter {
             }
             if self.copies {
                 let rootfs = tmp.join("rootfs");
-                fs::create_dir(&rootfs).map_err(io_err("create directory", &rootfs))?;
-                if let Some(parent) = parent {
-                    flatten(&self.lower_dirs(parent)?, &rootfs)
-                        .map_err(io_err("copy the parent layers into", &rootfs))?;
+                let reused = parent.is_some_and(|p| flatcache::take(&self.root, p, &rootfs));
+                if !reused {
+                    fs::create_dir(&rootfs).map_err(io_err("create directory", &rootfs))?;
+                    if let Some(parent) = parent {
+                        flatten(&self.lower_dirs(parent)?, &rootfs)
+                            .map_err(io_err("copy the parent layers into", &rootfs))?;
+                    }
                 }
             }
             let info = ActiveInfo {
@@ -439,7 +454,11 @@ impl Snapshotter {
         if self.copies {
             let rootfs = dest.join("rootfs");
             let index = TreeIndex::of(&rootfs).map_err(io_err("index", &rootfs))?;
-            self.lock_indexes().insert(key.to_string(), index);
+            let active = ActiveCopy {
+                index: Some(index),
+                outcome: None,
+            };
+            self.lock_indexes().insert(key.to_string(), active);
             // Change times come from a clock that ticks every few milliseconds: a step's first
             // write must fall on a later tick than the copy's last, or it would look unchanged.
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -447,28 +466,53 @@ impl Snapshotter {
         self.mounts(key)
     }
 
-    fn lock_indexes(&self) -> std::sync::MutexGuard<'_, HashMap<String, TreeIndex>> {
+    fn lock_indexes(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveCopy>> {
         self.indexes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Directory snapshots: writes what the step changed in active snapshot `key`'s root into
-    /// its upper dir (whiteouts, opaque dirs) and drops the root; `mount_points` were mounted
-    /// over during the step and are left out. Does nothing for overlay
-    /// snapshots or when done already.
+    /// its upper dir (whiteouts, opaque dirs); `mount_points` were mounted over during the step
+    /// and are left out. The root stays for [`Snapshotter::commit`] to keep for the next step.
+    /// Does nothing for overlay snapshots or when done already.
     pub fn settle(&self, key: &str, mount_points: MountPoints<'_>) -> Result<()> {
-        let Some(index) = self.lock_indexes().remove(key) else {
+        let Some(index) = self
+            .lock_indexes()
+            .get_mut(key)
+            .and_then(|a| a.index.take())
+        else {
             return Ok(());
         };
         let dir = self.active_path(key)?;
         let rootfs = dir.join("rootfs");
         let upper = dir.join("fs");
-        diff_into(&rootfs, &index, &upper, mount_points).map_err(io_err(
+        let outcome = diff_into(&rootfs, &index, &upper, mount_points, true).map_err(io_err(
             "compare the step's root with its parent in",
             &rootfs,
         ))?;
-        fs::remove_dir_all(&rootfs).map_err(io_err("remove", &rootfs))
+        if let Some(a) = self.lock_indexes().get_mut(key) {
+            a.outcome = Some(outcome);
+        }
+        Ok(())
+    }
+
+    /// Whether the root of directory snapshot `key` (claimed into `dir`) is exactly its parent
+    /// plus the layer: the comparison found nothing left out, and every directory it put in
+    /// the upper dir is still there (the runtime's stub cleaning may remove some).
+    fn root_is_exact(&self, key: &str, dir: &Path) -> bool {
+        let Some(ActiveCopy {
+            outcome: Some(outcome),
+            ..
+        }) = self.lock_indexes().remove(key)
+        else {
+            return false;
+        };
+        outcome.clean
+            && outcome
+                .made_dirs
+                .iter()
+                .all(|d| dir.join("fs").join(d).is_dir())
     }
 
     fn active_info(&self, key: &str) -> Result<ActiveInfo> {
@@ -580,7 +624,9 @@ impl Snapshotter {
             let work = tmp.join("work");
             fs::remove_dir_all(&work).map_err(io_err("remove", &work))?;
             let rootfs = tmp.join("rootfs");
-            if rootfs.exists() {
+            if self.root_is_exact(key, &tmp) {
+                flatcache::keep(&self.root, &chain_id, &rootfs, &self.new_tmp_path());
+            } else if rootfs.exists() {
                 fs::remove_dir_all(&rootfs).map_err(io_err("remove", &rootfs))?;
             }
             let info = SnapshotInfo {
@@ -625,6 +671,7 @@ impl Snapshotter {
         if view.exists() {
             self.discard(&view)?;
         }
+        flatcache::forget(&self.root, chain_id, &self.new_tmp_path());
         self.discard(&self.snapshot_dir(chain_id))
     }
 

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, Mode};
 
-use super::flatten::{copy_meta, set_times};
+use super::flatten::{copy_meta, copy_node, set_times};
 
 #[derive(Debug, Clone)]
 struct Before {
@@ -156,13 +156,26 @@ pub struct MountPoints<'a> {
     pub run: &'a [PathBuf],
 }
 
+/// What [`diff_into`] found besides the change.
+#[derive(Debug, Clone, Default)]
+pub struct DiffOutcome {
+    /// The directories made in the upper dir (relative paths).
+    pub made_dirs: Vec<PathBuf>,
+    /// Whether the root is still exactly its parent plus the upper dir: nothing left under a
+    /// mount point that the layer leaves out.
+    pub clean: bool,
+}
+
 /// Writes what changed under `root` since `before` into `upper` (an existing empty directory).
+/// `keep_root`: the root lives on (as the next step's), so changed files are copied into
+/// `upper` rather than hard-linked (a later step may rewrite them in place).
 pub fn diff_into(
     root: &Path,
     before: &TreeIndex,
     upper: &Path,
     mounts: MountPoints<'_>,
-) -> io::Result<()> {
+    keep_root: bool,
+) -> io::Result<DiffOutcome> {
     let mount_points: Vec<PathBuf> = mounts.runtime.iter().chain(mounts.run).cloned().collect();
     let mut d = Differ {
         root,
@@ -172,6 +185,9 @@ pub fn diff_into(
         run_mounts: mounts.run,
         made: Vec::new(),
         made_set: HashSet::new(),
+        keep_root,
+        links: HashMap::new(),
+        clean: true,
     };
     d.walk(Path::new(""), false)?;
     // Adding entries moved the directories' times: set them last.
@@ -179,7 +195,10 @@ pub fn diff_into(
         let meta = fs::symlink_metadata(root.join(rel)).map_err(with_path(rel))?;
         set_times(&upper.join(rel), &meta)?;
     }
-    Ok(())
+    Ok(DiffOutcome {
+        made_dirs: d.made,
+        clean: d.clean,
+    })
 }
 
 struct Differ<'a> {
@@ -190,9 +209,47 @@ struct Differ<'a> {
     run_mounts: &'a [PathBuf],
     made: Vec<PathBuf>,
     made_set: HashSet<PathBuf>,
+    keep_root: bool,
+    /// Upper path of each multiply-linked root inode copied so far, to link the others to.
+    links: HashMap<(u64, u64), PathBuf>,
+    clean: bool,
 }
 
 impl Differ<'_> {
+    /// Whether mount point `rel` (or what is under it) is as before the step, or a new empty
+    /// directory: else the root holds what no layer has.
+    fn untouched(&self, rel: &Path, meta: &fs::Metadata, prev: Option<&Before>) -> bool {
+        let path = self.root.join(rel);
+        let Some(p) = prev else {
+            return meta.is_dir() && fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none());
+        };
+        if !p.same_object(meta, &path) || p.changed(meta, false) {
+            return false;
+        }
+        if !meta.is_dir() {
+            return true;
+        }
+        let Ok(entries) = fs::read_dir(&path) else {
+            return false;
+        };
+        let mut count = 0;
+        for e in entries {
+            let Ok(e) = e else { return false };
+            count += 1;
+            let child = rel.join(e.file_name());
+            let (Ok(m), Some(before)) = (
+                fs::symlink_metadata(self.root.join(&child)),
+                self.before.entries.get(&child),
+            ) else {
+                return false;
+            };
+            if !self.untouched(&child, &m, Some(before)) {
+                return false;
+            }
+        }
+        count == p.children.len()
+    }
+
     /// Compares directory `rel`'s children; `fresh` when the directory is new (all of it is).
     fn walk(&mut self, rel: &Path, fresh: bool) -> io::Result<()> {
         let dir = self.root.join(rel);
@@ -214,6 +271,9 @@ impl Differ<'_> {
             if self.mount_points.contains(&child) {
                 if prev.is_none() && meta.is_dir() {
                     self.make_dir(&child, &meta, false)?;
+                }
+                if !self.untouched(&child, &meta, prev) {
+                    self.clean = false;
                 }
                 continue;
             }
@@ -254,7 +314,12 @@ impl Differ<'_> {
         };
         for name in &prev.children {
             let child = rel.join(name);
-            if now.binary_search(name).is_err() && !self.mount_points.contains(&child) {
+            if now.binary_search(name).is_ok() {
+                continue;
+            }
+            if self.mount_points.contains(&child) {
+                self.clean = false;
+            } else {
                 self.whiteout(&child)?;
             }
         }
@@ -296,11 +361,24 @@ impl Differ<'_> {
         Ok(())
     }
 
+    /// A changed non-directory into the upper dir: hard-linked when the root is thrown away
+    /// (linkat without AT_SYMLINK_FOLLOW links a symlink itself), else copied, hard links
+    /// among the copies kept.
     fn link(&mut self, rel: &Path) -> io::Result<()> {
         self.parents(rel)?;
-        let to = self.upper.join(rel);
-        // linkat without AT_SYMLINK_FOLLOW links a symlink itself.
-        fs::hard_link(self.root.join(rel), &to).map_err(with_path(&to))
+        let (from, to) = (self.root.join(rel), self.upper.join(rel));
+        if !self.keep_root {
+            return fs::hard_link(&from, &to).map_err(with_path(&to));
+        }
+        let meta = fs::symlink_metadata(&from).map_err(with_path(&from))?;
+        if meta.nlink() > 1 {
+            let id = (meta.dev(), meta.ino());
+            if let Some(first) = self.links.get(&id) {
+                return fs::hard_link(first, &to).map_err(with_path(&to));
+            }
+            self.links.insert(id, to.clone());
+        }
+        copy_node(&from, &to, &meta)
     }
 
     fn whiteout(&mut self, rel: &Path) -> io::Result<()> {
@@ -346,7 +424,7 @@ mod tests {
             runtime: &dev,
             run: &[],
         };
-        diff_into(&root, &before, &upper, mounts).unwrap();
+        diff_into(&root, &before, &upper, mounts, false).unwrap();
 
         let mut found = Vec::new();
         for e in walkdir(&upper) {
@@ -383,7 +461,7 @@ mod tests {
             fs::remove_dir_all(root.join("d")).unwrap();
             fs::create_dir(root.join("d")).unwrap();
             fs::create_dir(&upper).unwrap();
-            diff_into(&root, &before, &upper, MountPoints::default()).unwrap();
+            diff_into(&root, &before, &upper, MountPoints::default(), i % 2 == 0).unwrap();
             assert_eq!(walkdir(&upper), ["d"], "round {i}");
             let mut buf = [0u8; 1];
             let opaque = crate::layer::overlay::opaque_xattr();

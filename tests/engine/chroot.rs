@@ -71,6 +71,11 @@ fn chroot_and_oci_builds_give_the_same_image_ids() {
         );
         assert!(oci.starts_with("sha256:"), "{oci}");
         assert_eq!(chroot, oci, "{name}: chroot and oci images differ");
+        // Each step's root was kept for the next one; a few stay for later builds.
+        let kept = std::fs::read_dir(chroot_root.join("snapshots/flat"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert!((1..=3).contains(&kept), "{name}: {kept} roots kept");
     }
     let ran = ok(&kiln_with(
         &state.path().join("chroot-changes"),
