@@ -352,6 +352,11 @@ fn docker_like_seccomp(into: &Path) -> PathBuf {
 /// --privileged, the given seccomp profile. runc: crun ≤1.8 refuses cgroup-hybrid hosts.
 /// The rlimits are the ones this process has (podman's defaults need CAP_SYS_RESOURCE).
 fn podman(rootfs: &Path, seccomp: &Path, args: &[&str]) -> Output {
+    let profile = format!("--security-opt=seccomp={}", seccomp.display());
+    podman_with(rootfs, &[&profile], args)
+}
+
+fn podman_with(rootfs: &Path, security: &[&str], args: &[&str]) -> Output {
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .maximum
         .unwrap_or(1 << 20);
@@ -359,7 +364,7 @@ fn podman(rootfs: &Path, seccomp: &Path, args: &[&str]) -> Output {
         .args(["--runtime", "runc", "run", "--rm", "--network=host"])
         .arg(format!("--ulimit=nofile={nofile}:{nofile}"))
         .arg("--ulimit=nproc=4096:4096")
-        .arg(format!("--security-opt=seccomp={}", seccomp.display()))
+        .args(security)
         .arg("--rootfs")
         .arg(rootfs)
         .args(args)
@@ -448,4 +453,82 @@ fn python_and_busybox_fixtures_build_in_an_unprivileged_podman_container() {
         &["/kiln", "run", "--root", "/state", "bb:1"],
     ));
     assert_eq!(ran, "hello world");
+}
+
+/// Copies `tool` (a path) and the libraries `ldd` names for it into `rootfs`, at their paths.
+fn copy_with_libs(rootfs: &Path, tool: &Path) {
+    let to = rootfs.join(tool.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(tool, &to).unwrap();
+    let ldd = run(Command::new("ldd").arg(tool));
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let to = rootfs.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
+    }
+}
+
+/// With crun in the container, `auto` takes rootless where the container lets a user namespace
+/// make a sandbox (seccomp unconfined, /proc unmasked: "relaxed"), and chroot under podman's
+/// own default profile, which allows unshare(CLONE_NEWUSER) but not what crun then needs.
+#[test]
+fn auto_isolation_in_podman_is_rootless_when_relaxed_and_chroot_by_default() {
+    support::busybox::require_root();
+    support::require_tool("podman", "podman");
+    support::require_tool("runc", "runc");
+    let crun = support::require_tool("crun", "crun");
+    let busybox = support::busybox::registry_with_busybox();
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let rootfs = work.path().join("rootfs");
+    container_rootfs(&rootfs, &["busybox"]);
+    copy_with_libs(&rootfs, &std::fs::canonicalize(crun).unwrap());
+    let build = |state: &str| {
+        [
+            "/kiln",
+            "build",
+            "--root",
+            state,
+            "--registry-mirror",
+            busybox.addr.as_str(),
+            "--progress=plain",
+            "-t",
+            "bb:1",
+            "/ctx/busybox",
+        ]
+        .map(str::to_string)
+    };
+    let relaxed = [
+        "--security-opt=seccomp=unconfined",
+        "--security-opt=unmask=/proc/*",
+    ];
+    let args = build("/state-relaxed");
+    let out = podman_with(&rootfs, &relaxed, &args.each_ref().map(String::as_str));
+    ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("isolation: rootless"), "{log}");
+    // Only root is mapped there (no newuidmap in the container): the image's USER 1000 is not.
+    let run = [
+        "/kiln",
+        "run",
+        "--root",
+        "/state-relaxed",
+        "-u",
+        "0",
+        "bb:1",
+        "cat",
+        "/work/built.txt",
+    ];
+    assert_eq!(ok(&podman_with(&rootfs, &relaxed, &run)), "built by kiln");
+
+    let args = build("/state-default");
+    let out = podman_with(&rootfs, &[], &args.each_ref().map(String::as_str));
+    ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("isolation: chroot (no mounts here, and a user namespace cannot make"),
+        "{log}"
+    );
 }

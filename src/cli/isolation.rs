@@ -40,13 +40,14 @@ pub fn requested(flag: Option<Requested>) -> anyhow::Result<Requested> {
 }
 
 /// What this process does, decided before the engine starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chosen {
     Oci,
     /// In kiln's user namespace (after the re-exec).
     Rootless,
+    /// Why: "as asked", or what the probes found.
     Chroot {
-        asked: bool,
+        why: String,
     },
 }
 
@@ -54,7 +55,7 @@ static CHOSEN: OnceLock<Chosen> = OnceLock::new();
 
 /// What [`decide`] chose (oci when nothing was decided, as for commands without an engine).
 pub fn chosen() -> Chosen {
-    CHOSEN.get().copied().unwrap_or(Chosen::Oci)
+    CHOSEN.get().cloned().unwrap_or(Chosen::Oci)
 }
 
 /// Whether to re-execute in a user namespace (`Ok(true)`), or run here with the choice made.
@@ -78,12 +79,25 @@ pub fn decide(requested: Requested) -> anyhow::Result<bool> {
             "--isolation=chroot needs root (CAP_SYS_CHROOT, and CAP_CHOWN for the files of \
              images): run kiln as root (in its container), or use --isolation=rootless"
         ),
-        Requested::Chroot => Chosen::Chroot { asked: true },
+        Requested::Chroot => Chosen::Chroot {
+            why: "as asked".to_string(),
+        },
         Requested::Auto if has_cap_sys_admin() => Chosen::Oci,
-        Requested::Auto => match userns::probe_unshare() {
+        Requested::Auto => match (userns::probe_unshare(), userns::probe_sandbox()) {
+            (Err(e), _) => Chosen::Chroot {
+                why: format!("no mounts and no user namespace allowed here: {e}"),
+            },
+            (Ok(()), Err(e)) => Chosen::Chroot {
+                why: format!(
+                    "no mounts here, and a user namespace cannot make a container's sandbox \
+                     (masked /proc paths or seccomp refuse mounting /proc or sethostname): {e}"
+                ),
+            },
             // Root without mounts, but a user namespace gives them (relaxed seccomp).
-            Ok(()) if Runtime::detect(None).is_ok() => return Ok(true),
-            _ => Chosen::Chroot { asked: false },
+            (Ok(()), Ok(())) if Runtime::detect(None).is_ok() => return Ok(true),
+            (Ok(()), Ok(())) => Chosen::Chroot {
+                why: "no mounts here, and no OCI runtime for a user namespace".to_string(),
+            },
         },
     };
     let _ = CHOSEN.set(chosen);
@@ -118,19 +132,11 @@ pub fn engine(
     runtime_path: Option<&Path>,
 ) -> anyhow::Result<(Snapshotter, Sandbox, Option<String>)> {
     match chosen() {
-        Chosen::Chroot { asked } => {
+        Chosen::Chroot { why } => {
             if !has_cap_sys_admin() {
                 // trusted.* xattrs need CAP_SYS_ADMIN: opaque marks go to user.overlay.*.
                 crate::layer::overlay::use_user_xattrs();
             }
-            let why = if asked {
-                "as asked".to_string()
-            } else {
-                match userns::probe_unshare() {
-                    Err(e) => format!("no mounts and no user namespace allowed here: {e}"),
-                    Ok(()) => "no mounts allowed here and no OCI runtime".to_string(),
-                }
-            };
             std::fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
             let devices = if chroot::can_make_devices(root) {
                 ""
