@@ -32,10 +32,10 @@ const CHANGES: &str = "FROM busybox:latest AS tools\n\
      RUN rm -rf /d /gone && mkdir /d && touch /d/b && chmod 0700 /etc/kept\n\
      COPY files/ /d/\n\
      COPY --from=tools /opt/tool /opt/tool\n\
-     RUN ls -A /d > /listing && ln -s /d/b /link && echo app:x:1234:1234::/home/app:/bin/sh >> /etc/passwd && echo app:x:1234: >> /etc/group\n\
+     RUN ls -A /d > /listing && ln -s /d/b /link && ln /etc/kept /etc/kept-link && echo app:x:1234:1234::/home/app:/bin/sh >> /etc/passwd && echo app:x:1234: >> /etc/group\n\
      USER app\n\
      WORKDIR /home/app/w\n\
-     RUN echo mine > mine.txt\n\
+     RUN echo mine > mine.txt && ln mine.txt linked.txt\n\
      CMD [\"sh\", \"-c\", \"cat /listing /opt/tool/t.txt; test ! -e /gone && echo gone; stat -c '%a %U' /etc/kept mine.txt\"]\n";
 
 #[test]
