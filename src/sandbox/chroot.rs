@@ -170,6 +170,8 @@ fn enter(
     };
     // SAFETY: plain syscalls on valid NUL-terminated strings and a live slice.
     unsafe {
+        // Killed with kiln (the thread that waits for it): no namespace ends it otherwise.
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
         check(libc::chroot(root.as_ptr()))?;
         check(libc::chdir(cwd.as_ptr()))?;
         libc::umask(0o022);
