@@ -275,3 +275,260 @@ fn flask_from_debian_packages_on_bookworm_slim() {
     ];
     assert_eq!(ok(&kiln(&root, &mirror, &call)), "hello from flask");
 }
+
+/// A root filesystem for podman's `--rootfs`: busybox-static, the kiln binary and the shared
+/// libraries `ldd` names for it, a state dir and the fixtures' contexts. No crun, runc,
+/// newuidmap in it: kiln there has only what a minimal build container has.
+fn container_rootfs(dir: &Path, contexts: &[&str]) {
+    let busybox = support::require_tool("busybox", "busybox-static");
+    let kiln = PathBuf::from(env!("CARGO_BIN_EXE_kiln"));
+    for d in [
+        "bin", "tmp", "state", "ctx", "proc", "dev", "sys", "etc", "mnt",
+    ] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy(&busybox, dir.join("bin/busybox")).unwrap();
+    std::fs::copy(&kiln, dir.join("kiln")).unwrap();
+    let ldd = run(Command::new("ldd").arg(&kiln));
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let to = dir.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
+    }
+    for name in contexts {
+        run(Command::new("cp")
+            .arg("-r")
+            .arg(fixtures().join(name))
+            .arg(dir.join("ctx")));
+    }
+}
+
+/// Docker's default seccomp rule for a container without CAP_SYS_ADMIN, on podman's own
+/// profile: no unshare, mount, umount2, setns or pivot_root, clone without namespace flags,
+/// clone3 ENOSYS. (podman's profile, containers-common 0.50, lets unshare(CLONE_NEWUSER)
+/// through, where rootless kiln would work: this test is for the place that allows nothing.)
+fn docker_like_seccomp(into: &Path) -> PathBuf {
+    let podman_profile = "/usr/share/containers/seccomp.json";
+    let text = std::fs::read_to_string(podman_profile)
+        .unwrap_or_else(|e| panic!("{podman_profile}: {e} (apt-get install -y podman)"));
+    let mut profile: Value = serde_json::from_str(&text).expect("podman's seccomp profile");
+    let refused = [
+        "unshare",
+        "mount",
+        "umount",
+        "umount2",
+        "setns",
+        "pivot_root",
+        "clone",
+        "clone3",
+        "fsopen",
+        "fsmount",
+        "move_mount",
+        "open_tree",
+    ];
+    let rules = profile["syscalls"].as_array_mut().expect("syscalls");
+    for rule in rules.iter_mut() {
+        if let Some(names) = rule["names"].as_array_mut() {
+            names.retain(|n| !refused.contains(&n.as_str().unwrap_or_default()));
+        }
+    }
+    rules.retain(|r| r["names"].as_array().is_some_and(|n| !n.is_empty()));
+    rules.push(serde_json::json!({
+        "names": ["clone"], "action": "SCMP_ACT_ALLOW",
+        "args": [{"index": 0, "value": 2114060288u64, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]
+    }));
+    rules.push(serde_json::json!({
+        "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38
+    }));
+    let path = into.join("seccomp.json");
+    std::fs::write(&path, serde_json::to_vec(&profile).unwrap()).unwrap();
+    path
+}
+
+/// `podman run --rm --network=host` of `args` on `rootfs`: default capabilities, no
+/// --privileged, the given seccomp profile. runc: crun ≤1.8 refuses cgroup-hybrid hosts.
+/// The rlimits are the ones this process has (podman's defaults need CAP_SYS_RESOURCE).
+fn podman(rootfs: &Path, seccomp: &Path, args: &[&str]) -> Output {
+    let profile = format!("--security-opt=seccomp={}", seccomp.display());
+    podman_with(rootfs, &[&profile], args)
+}
+
+fn podman_with(rootfs: &Path, security: &[&str], args: &[&str]) -> Output {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(1 << 20);
+    Command::new("podman")
+        .args(["--runtime", "runc", "run", "--rm", "--network=host"])
+        .arg(format!("--ulimit=nofile={nofile}:{nofile}"))
+        .arg("--ulimit=nproc=4096:4096")
+        .args(security)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .args(args)
+        .output()
+        .expect("run podman")
+}
+
+#[test]
+fn python_and_busybox_fixtures_build_in_an_unprivileged_podman_container() {
+    support::busybox::require_root();
+    support::require_tool("podman", "podman");
+    support::require_tool("runc", "runc");
+    let bases = bases();
+    let busybox = support::busybox::registry_with_busybox();
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let rootfs = work.path().join("rootfs");
+    container_rootfs(&rootfs, &["django", "busybox"]);
+    let seccomp = docker_like_seccomp(work.path());
+
+    // The container really allows no namespace and no mount.
+    let probe = podman(
+        &rootfs,
+        &seccomp,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox unshare -U /bin/busybox true; echo unshare=$?; \
+             /bin/busybox mount -t tmpfs t /mnt; echo mount=$?",
+        ],
+    );
+    let said = String::from_utf8_lossy(&probe.stdout);
+    assert!(
+        said.contains("unshare=1") && said.contains("mount=") && !said.contains("mount=0"),
+        "unshare and mount must be refused in the container:\n{said}\n{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+
+    let mirror = bases.mirror();
+    let build = |mirror: &str, tag: &str, ctx: &str| {
+        podman(
+            &rootfs,
+            &seccomp,
+            &[
+                "/kiln",
+                "build",
+                "--root",
+                "/state",
+                "--registry-mirror",
+                mirror,
+                "--progress=plain",
+                "-t",
+                tag,
+                ctx,
+            ],
+        )
+    };
+    let out = build(&mirror, "django:1", "/ctx/django");
+    ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("isolation: chroot (no mounts and no user namespace allowed here")
+            && log.contains("gives up: no namespaces"),
+        "kiln must say it chose chroot isolation and what that gives up:\n{log}"
+    );
+    let ran = ok(&podman(
+        &rootfs,
+        &seccomp,
+        &[
+            "/kiln",
+            "run",
+            "--root",
+            "/state",
+            "django:1",
+            "python",
+            "-c",
+            "import django; print('django', django.get_version())",
+        ],
+    ));
+    assert!(ran.starts_with("django 4."), "{ran}");
+
+    ok(&build(&busybox.addr, "bb:1", "/ctx/busybox"));
+    let ran = ok(&podman(
+        &rootfs,
+        &seccomp,
+        &["/kiln", "run", "--root", "/state", "bb:1"],
+    ));
+    assert_eq!(ran, "hello world");
+}
+
+/// Copies `tool` (a path) and the libraries `ldd` names for it into `rootfs`, at their paths.
+fn copy_with_libs(rootfs: &Path, tool: &Path) {
+    let to = rootfs.join(tool.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(tool, &to).unwrap();
+    let ldd = run(Command::new("ldd").arg(tool));
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let to = rootfs.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
+    }
+}
+
+/// With crun in the container, `auto` takes rootless where the container lets a user namespace
+/// make a sandbox (seccomp unconfined, /proc unmasked: "relaxed"), and chroot under podman's
+/// own default profile, which allows unshare(CLONE_NEWUSER) but not what crun then needs.
+#[test]
+fn auto_isolation_in_podman_is_rootless_when_relaxed_and_chroot_by_default() {
+    support::busybox::require_root();
+    support::require_tool("podman", "podman");
+    support::require_tool("runc", "runc");
+    let crun = support::require_tool("crun", "crun");
+    let busybox = support::busybox::registry_with_busybox();
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let rootfs = work.path().join("rootfs");
+    container_rootfs(&rootfs, &["busybox"]);
+    copy_with_libs(&rootfs, &std::fs::canonicalize(crun).unwrap());
+    let build = |state: &str| {
+        [
+            "/kiln",
+            "build",
+            "--root",
+            state,
+            "--registry-mirror",
+            busybox.addr.as_str(),
+            "--progress=plain",
+            "-t",
+            "bb:1",
+            "/ctx/busybox",
+        ]
+        .map(str::to_string)
+    };
+    let relaxed = [
+        "--security-opt=seccomp=unconfined",
+        "--security-opt=unmask=/proc/*",
+    ];
+    let args = build("/state-relaxed");
+    let out = podman_with(&rootfs, &relaxed, &args.each_ref().map(String::as_str));
+    ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("isolation: rootless"), "{log}");
+    // Only root is mapped there (no newuidmap in the container): the image's USER 1000 is not.
+    let run = [
+        "/kiln",
+        "run",
+        "--root",
+        "/state-relaxed",
+        "-u",
+        "0",
+        "bb:1",
+        "cat",
+        "/work/built.txt",
+    ];
+    assert_eq!(ok(&podman_with(&rootfs, &relaxed, &run)), "built by kiln");
+
+    let args = build("/state-default");
+    let out = podman_with(&rootfs, &[], &args.each_ref().map(String::as_str));
+    ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("isolation: chroot (no mounts here, and a user namespace cannot make"),
+        "{log}"
+    );
+}

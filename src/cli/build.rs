@@ -24,7 +24,7 @@ use crate::exec::BuildError;
 use crate::oci::{Compression, Platform};
 use crate::progress::{NullReporter, Reporter};
 use crate::registry::pull::Puller;
-use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec, Runtime, Sandbox, Stream};
+use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec, Stream};
 use crate::snapshot::Snapshotter;
 use crate::store::Store;
 
@@ -38,12 +38,10 @@ pub(super) fn open_builder(
     let snapshots =
         Snapshotter::new(root.join("snapshots")).context("opening the snapshot directory")?;
     let cache = Cache::open(&root, store.clone())?;
-    let mut rt = Runtime::detect(runtime_path)?;
-    if crate::sandbox::userns::inside() {
-        crate::sandbox::userns::probe_overlay(&root)?;
-        rt = rt.with_state_root(root.join("runtime"));
+    let (snapshots, sandbox, notice) = super::isolation::engine(&root, snapshots, runtime_path)?;
+    if let Some(notice) = notice {
+        eprintln!("{notice}");
     }
-    let sandbox = Sandbox::new(rt, root.join("bundles"));
     let puller = Puller {
         config: registry.load()?,
         credentials: registry.credentials(),

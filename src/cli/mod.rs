@@ -8,6 +8,7 @@ mod cache_opts;
 mod check;
 mod check_ignore;
 mod images;
+mod isolation;
 mod login;
 mod manifest;
 mod output;
@@ -28,6 +29,11 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Commands,
+    /// How RUN steps are confined: auto (the strongest allowed here; the default, or
+    /// $KILN_ISOLATION), oci (root: overlay snapshots and crun/runc), rootless (a user
+    /// namespace), chroot (no namespaces or mounts)
+    #[arg(long, global = true, value_enum)]
+    isolation: Option<isolation::Requested>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,7 +80,7 @@ impl Commands {
     fn needs_engine(&self) -> bool {
         matches!(
             self,
-            Commands::Build(_) | Commands::Run(_) | Commands::Prune(_)
+            Commands::Build(_) | Commands::Bake(_) | Commands::Run(_) | Commands::Prune(_)
         )
     }
 }
@@ -100,7 +106,17 @@ pub fn main() -> ExitCode {
     };
     // Rootless: the engine (mounts, the OCI runtime) runs in a user namespace where kiln is
     // root. Before any thread exists: the re-exec forks.
-    if cli.command.needs_engine() && userns::needed() {
+    let reexec = match cli.command.needs_engine() {
+        true => match isolation::requested(cli.isolation).and_then(isolation::decide) {
+            Ok(r) => r,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+        false => false,
+    };
+    if reexec {
         // Inside, kiln is root, but the state root stays the user's: resolve it out here.
         if std::env::var_os("KILN_ROOT").is_none() {
             if let Ok(root) = crate::store::Store::default_root() {

@@ -178,11 +178,7 @@ impl Builder {
         // Prune waits while builds run: snapshots a build mounts must not disappear.
         let _builds_lock = super::prune::BuildsLock::shared(&self.state_root)?;
         // Mounts, containers and scratch left by killed builds (never a live one's).
-        super::sweep::sweep_stale(
-            &self.state_root,
-            &self.snapshots,
-            Some(self.sandbox.runtime()),
-        );
+        super::sweep::sweep_stale(&self.state_root, &self.snapshots, self.sandbox.runtime());
         let session = BuildSession::new(self, &req)?;
         session.build_stages()?;
         let target = session

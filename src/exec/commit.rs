@@ -32,6 +32,7 @@ pub fn commit_active(
     parent: Option<&ChainId>,
     settings: &LayerSettings,
 ) -> Result<Option<LayerState>, BuildError> {
+    snapshots.settle(key, crate::snapshot::MountPoints::default())?;
     let upper = snapshots.upper_dir(key)?;
     let Some(layer) = write_layer(store, &upper, settings)? else {
         snapshots.remove_active(key)?;

@@ -384,7 +384,11 @@ pub fn execute_copy(
     let work = unique_dir(ctx.scratch_dir, "copy");
     let merged = work.join("merged");
     // Seeding only where every write goes through the one tracked copy below.
-    let seedable = !prepared.is_add && prepared.heredocs.is_empty() && ctx.url_files.is_empty();
+    // Directory snapshots are written through their copy of the parent, not the upper dir.
+    let seedable = !prepared.is_add
+        && prepared.heredocs.is_empty()
+        && ctx.url_files.is_empty()
+        && !ctx.snapshots.copies();
     let upper = ctx.snapshots.upper_dir(&key)?;
     let contents = (seedable && prepared.from.is_none()).then(|| ContentLog::new(hashes));
     let seeding = match &ctx.copy_donor {

@@ -31,6 +31,14 @@ impl MountGuard {
         let [m] = mounts else {
             return Err(BuildError::SnapshotMounts(mounts.len()));
         };
+        // A directory snapshot is used where it is: no mount (chroot isolation has none).
+        if m.kind == crate::snapshot::DIR_MOUNT {
+            return Ok(MountGuard {
+                target: m.source.clone(),
+                mounted: false,
+                mounter,
+            });
+        }
         std::fs::create_dir_all(target).map_err(BuildError::io("create", target))?;
         mounter
             .mount(m, target)
@@ -48,6 +56,9 @@ impl MountGuard {
 
     /// Unmounts, lazily (`MNT_DETACH`) if something still holds the mount, so the build can go on.
     pub fn unmount(mut self) -> Result<(), BuildError> {
+        if !self.mounted {
+            return Ok(());
+        }
         self.mounted = false;
         self.mounter.unmount(&self.target).map_err(BuildError::from)
     }

@@ -227,7 +227,13 @@ impl PreparedMounts {
                 .map_err(BuildError::io("chown cache mount", &dir))?;
         }
         let lock_path = dir.with_extension("lock");
-        let dir = match m.sharing {
+        // Chroot isolation moves the directory into the root: one RUN at a time may have it.
+        let sharing = match m.sharing {
+            Some(Sharing::Private) => Some(Sharing::Private),
+            _ if ctx.sandbox.runtime().is_none() => Some(Sharing::Locked),
+            other => other,
+        };
+        let dir = match sharing {
             Some(Sharing::Locked) | Some(Sharing::Private) => {
                 let lock = std::fs::OpenOptions::new()
                     .create(true)
@@ -235,7 +241,7 @@ impl PreparedMounts {
                     .write(true)
                     .open(&lock_path)
                     .map_err(BuildError::io("open", &lock_path))?;
-                if m.sharing == Some(Sharing::Locked) {
+                if sharing == Some(Sharing::Locked) {
                     lock.lock().map_err(BuildError::io("lock", &lock_path))?;
                     self.locks.push(lock);
                     dir
@@ -252,7 +258,7 @@ impl PreparedMounts {
         };
         self.mounts.push(ExtraMount {
             target,
-            kind: ExtraMountKind::Bind {
+            kind: ExtraMountKind::Cache {
                 source: dir,
                 readonly: m.read_only,
             },
@@ -339,7 +345,8 @@ impl PreparedMounts {
                 m.source.clone().unwrap_or_else(|| "/".into()),
             ));
         }
-        let source = if m.read_only {
+        // Chroot isolation copies a bind into the root: writes are thrown away with it.
+        let source = if m.read_only || ctx.sandbox.runtime().is_none() {
             source
         } else if source.is_dir() {
             for d in ["upper", "work", "merged"] {
@@ -430,6 +437,23 @@ pub fn run_in_snapshot(
             return Err(e.into());
         }
     };
+    let mount_points: Vec<PathBuf> = crate::snapshot::RUNTIME_MOUNT_POINTS
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    let run_mounts: Vec<PathBuf> = spec
+        .mounts
+        .iter()
+        .map(|m| PathBuf::from(m.target.trim_start_matches('/')))
+        .collect();
+    let mount_points = crate::snapshot::MountPoints {
+        runtime: &mount_points,
+        run: &run_mounts,
+    };
+    if let Err(e) = ctx.snapshots.settle(key, mount_points) {
+        let _ = ctx.snapshots.remove_active(key);
+        return Err(e.into());
+    }
     if let Ok(upper) = ctx.snapshots.upper_dir(key) {
         let lowers = match parent {
             Some(p) => ctx.snapshots.lower_dirs(p).unwrap_or_default(),

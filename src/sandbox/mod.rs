@@ -8,6 +8,8 @@
 //! and always cleans up (runtime `delete -f`, mount points it had to create, unmount, bundle
 //! removal), also on errors and panics, through a drop guard.
 
+pub mod chroot;
+mod chroot_mounts;
 pub mod emulation;
 mod mounter;
 mod rootfs;
@@ -79,6 +81,18 @@ pub enum SandboxError {
         code: i32,
         stderr: String,
     },
+    #[error(
+        "RUN --mount at {target}: chroot isolation cannot put a mount there ({why}); use \
+         --isolation=oci (root) or rootless where mounts are allowed, or another target"
+    )]
+    ChrootMountTarget { target: String, why: &'static str },
+    #[error(
+        "--network=none needs a network namespace, which chroot isolation cannot make: use \
+         --isolation=oci or rootless where namespaces are allowed, or the host's network"
+    )]
+    ChrootCannotIsolateNetwork,
+    #[error("chroot isolation runs in a directory snapshot, not a {kind} mount")]
+    ChrootNeedsDirectory { kind: String },
     #[error("{runtime} was killed by signal {signal}")]
     RuntimeKilled { runtime: PathBuf, signal: i32 },
 }
@@ -293,8 +307,11 @@ pub enum NetworkMode {
 /// What an [`ExtraMount`] mounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtraMountKind {
-    /// A host directory or file (cache, secret and bind mounts become these).
+    /// A host directory or file (secret and bind mounts become these).
     Bind { source: PathBuf, readonly: bool },
+    /// A `RUN --mount=type=cache` directory: bound like [`ExtraMountKind::Bind`]; under
+    /// chroot isolation moved into the root for the command and back, where a bind is copied.
+    Cache { source: PathBuf, readonly: bool },
     /// A fresh tmpfs; `mode` defaults to 1777.
     Tmpfs {
         size: Option<u64>,
@@ -400,7 +417,8 @@ pub fn hosts_file(hostname: &str, extra: &[(String, String)]) -> String {
 
 /// Runs commands with one OCI runtime, keeping bundles under one state directory.
 pub struct Sandbox {
-    runtime: Runtime,
+    /// `None`: chroot isolation, no OCI runtime.
+    runtime: Option<Runtime>,
     state_dir: PathBuf,
     mounter: Arc<dyn Mounter>,
     resolv_conf: PathBuf,
@@ -420,6 +438,7 @@ fn mount_point_dirs(spec: &RunSpec) -> Vec<String> {
         let is_dir = match &m.kind {
             ExtraMountKind::Tmpfs { .. } => true,
             ExtraMountKind::Bind { source, .. } => source.is_dir(),
+            ExtraMountKind::Cache { .. } => true,
         };
         (m.target.as_str(), is_dir)
     });
@@ -448,7 +467,18 @@ impl Sandbox {
     /// A sandbox using `runtime`, with bundles in `state_dir` (created when needed).
     pub fn new(runtime: Runtime, state_dir: impl Into<PathBuf>) -> Sandbox {
         Sandbox {
-            runtime,
+            runtime: Some(runtime),
+            state_dir: state_dir.into(),
+            mounter: Arc::new(SystemMounter),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        }
+    }
+
+    /// A sandbox with chroot isolation: no runtime, no mounts, no namespaces (see [`chroot`]);
+    /// roots must be directory snapshots.
+    pub fn chroot(state_dir: impl Into<PathBuf>) -> Sandbox {
+        Sandbox {
+            runtime: None,
             state_dir: state_dir.into(),
             mounter: Arc::new(SystemMounter),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
@@ -467,8 +497,9 @@ impl Sandbox {
         self
     }
 
-    pub fn runtime(&self) -> &Runtime {
-        &self.runtime
+    /// The OCI runtime; `None` with chroot isolation.
+    pub fn runtime(&self) -> Option<&Runtime> {
+        self.runtime.as_ref()
     }
 
     /// Runs `spec` to completion, passing output to `output` as it arrives.
@@ -477,6 +508,9 @@ impl Sandbox {
         spec: &RunSpec,
         output: &mut dyn FnMut(Stream, &[u8]),
     ) -> Result<ExitStatus, SandboxError> {
+        let Some(runtime) = &self.runtime else {
+            return chroot::run(spec, &self.resolv_conf, output);
+        };
         if spec.args.is_empty() {
             return Err(SandboxError::NoCommand);
         }
@@ -502,7 +536,7 @@ impl Sandbox {
         let bundle = self.state_dir.join(&id);
         fs::create_dir(&bundle).map_err(|e| SandboxError::io("create directory", &bundle, e))?;
         let mut guard = Guard {
-            runtime: &self.runtime,
+            runtime,
             mounter: self.mounter.as_ref(),
             id,
             bundle,
@@ -582,7 +616,7 @@ impl Sandbox {
         fs::write(&config, json).map_err(|e| SandboxError::io("write", &config, e))?;
 
         let pid_file = guard.bundle.join("pid");
-        let mut cmd = self.runtime.command();
+        let mut cmd = runtime.command();
         cmd.arg("run")
             .arg("--bundle")
             .arg(&guard.bundle)
@@ -593,64 +627,18 @@ impl Sandbox {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         guard.started = true;
-        let mut child = cmd.spawn().map_err(|source| SandboxError::Spawn {
-            runtime: self.runtime.path.clone(),
+        let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
+            runtime: runtime.path.clone(),
             source,
         })?;
-        let (tx, rx) = mpsc::channel::<(Stream, Vec<u8>)>();
-        let mut readers = Vec::new();
-        for (stream, pipe) in [
-            (
-                Stream::Stdout,
-                child
-                    .stdout
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            ),
-            (
-                Stream::Stderr,
-                child
-                    .stderr
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            ),
-        ] {
-            let Some(mut pipe) = pipe else { continue };
-            let tx = tx.clone();
-            readers.push(std::thread::spawn(move || {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match pipe.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            if tx.send((stream, buf[..n].to_vec())).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
-                }
-            }));
-        }
-        drop(tx);
         guard.child = Some(child);
-        let mut tail: Vec<u8> = Vec::new();
-        for (stream, chunk) in rx {
-            if stream == Stream::Stderr {
-                tail.extend_from_slice(&chunk);
-                if tail.len() > STDERR_TAIL {
-                    tail.drain(..tail.len() - STDERR_TAIL);
-                }
-            }
-            output(stream, &chunk);
-        }
-        for r in readers {
-            let _ = r.join();
-        }
+        let tail = match guard.child.as_mut() {
+            Some(child) => stream_output(child, output),
+            None => Vec::new(),
+        };
         let status = match guard.child.as_mut().map(Child::wait) {
             Some(Ok(s)) => s,
-            Some(Err(e)) => return Err(SandboxError::io("wait for", &self.runtime.path, e)),
+            Some(Err(e)) => return Err(SandboxError::io("wait for", &runtime.path, e)),
             None => return Err(SandboxError::NoCommand),
         };
         guard.child = None;
@@ -659,20 +647,76 @@ impl Sandbox {
             None => {
                 use std::os::unix::process::ExitStatusExt;
                 return Err(SandboxError::RuntimeKilled {
-                    runtime: self.runtime.path.clone(),
+                    runtime: runtime.path.clone(),
                     signal: status.signal().unwrap_or(0),
                 });
             }
         };
         if code != 0 && !pid_file.exists() {
             return Err(SandboxError::Runtime {
-                runtime: self.runtime.path.clone(),
+                runtime: runtime.path.clone(),
                 code,
                 stderr: String::from_utf8_lossy(&tail).trim().to_string(),
             });
         }
         Ok(ExitStatus { code })
     }
+}
+
+/// Passes the child's stdout and stderr to `output` as they arrive, until both close; returns
+/// the last [`STDERR_TAIL`] bytes of stderr.
+fn stream_output(child: &mut Child, output: &mut dyn FnMut(Stream, &[u8])) -> Vec<u8> {
+    let (tx, rx) = mpsc::channel::<(Stream, Vec<u8>)>();
+    let mut readers = Vec::new();
+    for (stream, pipe) in [
+        (
+            Stream::Stdout,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            Stream::Stderr,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+    ] {
+        let Some(mut pipe) = pipe else { continue };
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if tx.send((stream, buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let mut tail: Vec<u8> = Vec::new();
+    for (stream, chunk) in rx {
+        if stream == Stream::Stderr {
+            tail.extend_from_slice(&chunk);
+            if tail.len() > STDERR_TAIL {
+                tail.drain(..tail.len() - STDERR_TAIL);
+            }
+        }
+        output(stream, &chunk);
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    tail
 }
 
 /// Undoes whatever [`Sandbox::run`] did so far, in reverse, whatever way it is left.

@@ -55,7 +55,8 @@ pub struct MountPlan {
 pub fn plan(m: &Mount) -> MountPlan {
     let mut p = MountPlan {
         fstype: m.kind.clone(),
-        bind: m.kind == "bind",
+        // A directory snapshot is bound where a mount is wanted.
+        bind: m.kind == "bind" || m.kind == crate::snapshot::DIR_MOUNT,
         recursive: false,
         readonly: false,
         flags: MountFlags::empty(),

@@ -260,7 +260,8 @@ pub fn build_spec(
     }
     for m in &spec.mounts {
         let built = match &m.kind {
-            ExtraMountKind::Bind { source, readonly } => MountBuilder::default()
+            ExtraMountKind::Bind { source, readonly }
+            | ExtraMountKind::Cache { source, readonly } => MountBuilder::default()
                 .destination(&m.target)
                 .typ("bind")
                 .source(source)

@@ -390,6 +390,100 @@ pub fn finish_entry() -> Option<UsernsError> {
     })
 }
 
+/// Whether this process may create a user namespace: a forked child tries `unshare`. Call it
+/// before threads exist.
+pub fn probe_unshare() -> io::Result<()> {
+    // SAFETY: unshare has no memory-safety preconditions.
+    fork_probe(|| unsafe { errno_of(libc::unshare(libc::CLONE_NEWUSER)) })
+}
+
+/// Whether an OCI runtime's sandbox can be made in a new user namespace here: a forked child
+/// unshares user, mount, pid and UTS namespaces and its child mounts a fresh `/proc` and sets
+/// the hostname, as the runtime will. A container that masks `/proc` paths (podman, docker)
+/// lets the namespace be made but refuses that mount; its seccomp profile may refuse
+/// sethostname. Call it before threads exist.
+pub fn probe_sandbox() -> io::Result<()> {
+    fork_probe(|| {
+        let flags =
+            libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS;
+        // SAFETY: raw syscalls on NUL-terminated literals; the grandchild only calls mount and
+        // _exit, its parent waitpid.
+        unsafe {
+            if libc::unshare(flags) != 0 {
+                return errno_of(-1);
+            }
+            let pid = libc::fork();
+            if pid < 0 {
+                return errno_of(-1);
+            }
+            if pid == 0 {
+                let private = libc::MS_REC | libc::MS_PRIVATE;
+                let none = std::ptr::null();
+                if libc::mount(c"none".as_ptr(), c"/".as_ptr(), none, private, none.cast()) != 0 {
+                    libc::_exit(errno_of(-1));
+                }
+                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                let r = libc::mount(
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    flags,
+                    none.cast(),
+                );
+                if r != 0 {
+                    libc::_exit(errno_of(r));
+                }
+                let name = c"kiln-probe";
+                libc::_exit(errno_of(libc::sethostname(name.as_ptr(), 10)));
+            }
+            let mut status = 0;
+            if libc::waitpid(pid, &mut status, 0) < 0 {
+                return errno_of(-1);
+            }
+            if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                libc::EINTR
+            }
+        }
+    })
+}
+
+/// 0 for a syscall's success (`r` 0), else errno (clamped to an exit code).
+fn errno_of(r: libc::c_int) -> libc::c_int {
+    if r == 0 {
+        0
+    } else {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EPERM)
+            .clamp(1, 255)
+    }
+}
+
+/// Runs `probe` in a forked child and returns its result (an errno, or 0).
+fn fork_probe(probe: fn() -> libc::c_int) -> io::Result<()> {
+    // SAFETY: the child runs only `probe` (raw syscalls) and _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: in the forked child; _exit never returns.
+        unsafe { libc::_exit(probe()) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child with a valid status pointer.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+        Some(0) => Ok(()),
+        Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+        None => Err(io::Error::other("the namespace probe was killed")),
+    }
+}
+
 /// In the final stage: checks that the namespace gave kiln CAP_SYS_ADMIN (AppArmor's restriction
 /// lets the namespace be made but strips its capabilities).
 pub fn check_capabilities() -> Result<(), UsernsError> {

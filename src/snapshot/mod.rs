@@ -10,21 +10,38 @@
 //! snapshots/<chain-id hex>/meta.json   SnapshotInfo
 //! active/<key>/{fs,work,meta.json}     a writable snapshot (overlay upper and work dirs)
 //! tmp/<pid>-<n>/                       work in progress; renamed into place when complete
+//! active/<key>/rootfs                   directory snapshots: the step's root, a full copy
+//! views/<chain-id hex>/                 directory snapshots: merged layers read by COPY --from
+//! flat/<chain-id hex>/                  directory snapshots: a step's root kept for the next
 //! ```
 //!
 //! Every snapshot appears at its final path by one `rename`, so a crash leaves only a stale
 //! directory in `tmp/`, removed by the next [`Snapshotter::new`] once its process is gone.
 
 mod chain;
+mod flatcache;
+mod flatten;
+mod treediff;
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
 pub use chain::{chain_ids, ChainId};
+pub use flatten::flatten;
+pub use treediff::{diff_into, MountPoints, TreeIndex};
+
+/// The kind of [`Mount`] that is no mount: a plain directory to use as it is (directory
+/// snapshots, see [`Snapshotter::with_directory_copies`]).
+pub const DIR_MOUNT: &str = "dir";
+
+/// What runtimes mount over every container's root: never in a layer (relative paths).
+pub const RUNTIME_MOUNT_POINTS: [&str; 5] = ["dev", "proc", "sys", "etc/hosts", "etc/resolv.conf"];
 
 /// An overlay mount with `options`, plus `userxattr` where overlayfs keeps its marks in
 /// `user.overlay.*` (rootless kiln's user namespace, see `layer::overlay`), so every mounter
@@ -69,6 +86,14 @@ pub struct SnapshotInfo {
     /// Size of the uncompressed layer tar, when the snapshot was unpacked from one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+}
+
+/// An active directory snapshot: what its root held when prepared (until the step is
+/// compared), then what the comparison found.
+#[derive(Debug, Default)]
+struct ActiveCopy {
+    index: Option<TreeIndex>,
+    outcome: Option<treediff::DiffOutcome>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +160,10 @@ const MAX_CHAIN: usize = 500;
 
 pub struct Snapshotter {
     root: PathBuf,
+    /// Directory snapshots: an active snapshot is a full copy of its parent, diffed afterwards.
+    copies: bool,
+    /// Each active directory snapshot's state, by key.
+    indexes: Mutex<HashMap<String, ActiveCopy>>,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -152,7 +181,11 @@ impl Snapshotter {
         {
             return Err(SnapshotError::InvalidRoot(root));
         }
-        let s = Snapshotter { root };
+        let s = Snapshotter {
+            root,
+            copies: false,
+            indexes: Mutex::new(HashMap::new()),
+        };
         for dir in [s.snapshots_dir(), s.active_dir(), s.tmp_dir()] {
             fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
         }
@@ -162,6 +195,24 @@ impl Snapshotter {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Makes active snapshots plain directories: a copy of the parent's merged layers that
+    /// needs no mount, compared with what it held when the step ends. For chroot isolation and
+    /// for user namespaces where overlayfs is refused. Committed snapshots are the same layer
+    /// directories either way.
+    pub fn with_directory_copies(mut self) -> Snapshotter {
+        self.copies = true;
+        self
+    }
+
+    /// Whether active snapshots are directory copies.
+    pub fn copies(&self) -> bool {
+        self.copies
+    }
+
+    fn views_dir(&self) -> PathBuf {
+        self.root.join("views")
     }
 
     fn snapshots_dir(&self) -> PathBuf {
@@ -374,6 +425,17 @@ impl Snapshotter {
                 let d = tmp.join(sub);
                 fs::create_dir(&d).map_err(io_err("create directory", &d))?;
             }
+            if self.copies {
+                let rootfs = tmp.join("rootfs");
+                let reused = parent.is_some_and(|p| flatcache::take(&self.root, p, &rootfs));
+                if !reused {
+                    fs::create_dir(&rootfs).map_err(io_err("create directory", &rootfs))?;
+                    if let Some(parent) = parent {
+                        flatten(&self.lower_dirs(parent)?, &rootfs)
+                            .map_err(io_err("copy the parent layers into", &rootfs))?;
+                    }
+                }
+            }
             let info = ActiveInfo {
                 key: key.to_string(),
                 parent: parent.cloned(),
@@ -389,7 +451,68 @@ impl Snapshotter {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
+        if self.copies {
+            let rootfs = dest.join("rootfs");
+            let index = TreeIndex::of(&rootfs).map_err(io_err("index", &rootfs))?;
+            let active = ActiveCopy {
+                index: Some(index),
+                outcome: None,
+            };
+            self.lock_indexes().insert(key.to_string(), active);
+            // Change times come from a clock that ticks every few milliseconds: a step's first
+            // write must fall on a later tick than the copy's last, or it would look unchanged.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         self.mounts(key)
+    }
+
+    fn lock_indexes(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveCopy>> {
+        self.indexes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Directory snapshots: writes what the step changed in active snapshot `key`'s root into
+    /// its upper dir (whiteouts, opaque dirs); `mount_points` were mounted over during the step
+    /// and are left out. The root stays for [`Snapshotter::commit`] to keep for the next step.
+    /// Does nothing for overlay snapshots or when done already.
+    pub fn settle(&self, key: &str, mount_points: MountPoints<'_>) -> Result<()> {
+        let Some(index) = self
+            .lock_indexes()
+            .get_mut(key)
+            .and_then(|a| a.index.take())
+        else {
+            return Ok(());
+        };
+        let dir = self.active_path(key)?;
+        let rootfs = dir.join("rootfs");
+        let upper = dir.join("fs");
+        let outcome = diff_into(&rootfs, &index, &upper, mount_points, true).map_err(io_err(
+            "compare the step's root with its parent in",
+            &rootfs,
+        ))?;
+        if let Some(a) = self.lock_indexes().get_mut(key) {
+            a.outcome = Some(outcome);
+        }
+        Ok(())
+    }
+
+    /// Whether the root of directory snapshot `key` (claimed into `dir`) is exactly its parent
+    /// plus the layer: the comparison found nothing left out, and every directory it put in
+    /// the upper dir is still there (the runtime's stub cleaning may remove some).
+    fn root_is_exact(&self, key: &str, dir: &Path) -> bool {
+        let Some(ActiveCopy {
+            outcome: Some(outcome),
+            ..
+        }) = self.lock_indexes().remove(key)
+        else {
+            return false;
+        };
+        outcome.clean
+            && outcome
+                .made_dirs
+                .iter()
+                .all(|d| dir.join("fs").join(d).is_dir())
     }
 
     fn active_info(&self, key: &str) -> Result<ActiveInfo> {
@@ -409,6 +532,13 @@ impl Snapshotter {
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         let info = self.active_info(key)?;
         let dir = self.active_path(key)?;
+        if self.copies {
+            return Ok(vec![Mount {
+                kind: DIR_MOUNT.to_string(),
+                source: dir.join("rootfs"),
+                options: Vec::new(),
+            }]);
+        }
         let upper = dir.join("fs");
         let Some(parent) = info.parent else {
             return Ok(vec![Mount {
@@ -429,6 +559,9 @@ impl Snapshotter {
     /// an overlay of lower dirs only.
     pub fn view(&self, chain_id: &ChainId) -> Result<Vec<Mount>> {
         let lowers = self.lower_dirs(chain_id)?;
+        if self.copies {
+            return self.view_copy(chain_id, &lowers);
+        }
         if let [only] = lowers.as_slice() {
             return Ok(vec![Mount {
                 kind: "bind".to_string(),
@@ -439,10 +572,48 @@ impl Snapshotter {
         Ok(vec![overlay_mount(vec![lowerdir_option(&lowers)])])
     }
 
+    /// A read-only view without mounts: the layer itself, or its merged layers copied once
+    /// into `views/<chain-id hex>` (removed with the snapshot).
+    fn view_copy(&self, chain_id: &ChainId, lowers: &[PathBuf]) -> Result<Vec<Mount>> {
+        let dir = match lowers {
+            [only] => only.clone(),
+            _ => {
+                let dest = self.views_dir().join(chain_id.0.hex());
+                if !dest.is_dir() {
+                    let tmp = self.new_tmp()?;
+                    let made = flatten(lowers, &tmp)
+                        .map_err(io_err("copy the layers into", &tmp))
+                        .and_then(|()| {
+                            fs::create_dir_all(self.views_dir())
+                                .map_err(io_err("create directory", &self.views_dir()))
+                        });
+                    if let Err(e) = made {
+                        let _ = fs::remove_dir_all(&tmp);
+                        return Err(e);
+                    }
+                    match fs::rename(&tmp, &dest) {
+                        Ok(()) => {}
+                        Err(e) if already_there(&e) => {
+                            let _ = fs::remove_dir_all(&tmp);
+                        }
+                        Err(e) => return Err(io_err("rename into place", &dest)(e)),
+                    }
+                }
+                dest
+            }
+        };
+        Ok(vec![Mount {
+            kind: DIR_MOUNT.to_string(),
+            source: dir,
+            options: vec!["ro".to_string()],
+        }])
+    }
+
     /// Turns active snapshot `key` into committed snapshot `ChainID(parent, diff_id)`, where
     /// `diff_id` is the DiffID of the layer made from its upper dir. If that snapshot exists
     /// already, the active one is discarded.
     pub fn commit(&self, key: &str, diff_id: &DiffId) -> Result<SnapshotInfo> {
+        self.settle(key, MountPoints::default())?;
         let active = self.active_info(key)?;
         let src = self.active_path(key)?;
         let chain_id = ChainId::of(active.parent.as_ref(), diff_id);
@@ -452,6 +623,12 @@ impl Snapshotter {
         let result = (|| {
             let work = tmp.join("work");
             fs::remove_dir_all(&work).map_err(io_err("remove", &work))?;
+            let rootfs = tmp.join("rootfs");
+            if self.root_is_exact(key, &tmp) {
+                flatcache::keep(&self.root, &chain_id, &rootfs, &self.new_tmp_path());
+            } else if rootfs.exists() {
+                fs::remove_dir_all(&rootfs).map_err(io_err("remove", &rootfs))?;
+            }
             let info = SnapshotInfo {
                 chain_id: chain_id.clone(),
                 diff_id: diff_id.clone(),
@@ -490,6 +667,11 @@ impl Snapshotter {
                 children,
             });
         }
+        let view = self.views_dir().join(chain_id.0.hex());
+        if view.exists() {
+            self.discard(&view)?;
+        }
+        flatcache::forget(&self.root, chain_id, &self.new_tmp_path());
         self.discard(&self.snapshot_dir(chain_id))
     }
 
@@ -499,6 +681,7 @@ impl Snapshotter {
         if !dir.exists() {
             return Err(SnapshotError::ActiveNotFound(key.to_string()));
         }
+        self.lock_indexes().remove(key);
         self.discard(&dir)
     }
 

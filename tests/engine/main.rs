@@ -8,6 +8,7 @@ mod support;
 mod bake;
 mod build;
 mod cache;
+mod chroot;
 mod export;
 mod extract;
 mod multiplatform;

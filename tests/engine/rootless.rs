@@ -314,7 +314,7 @@ impl Drop for Unmount {
 }
 
 #[test]
-fn rootless_state_root_refusing_overlay_names_the_fix() {
+fn rootless_state_root_refusing_overlay_falls_back_to_directory_snapshots() {
     ensure_user(RANGED, true);
     let reg = registry_with_busybox();
     let ws = Workspace::new(RANGED, "busybox");
@@ -339,14 +339,43 @@ fn rootless_state_root_refusing_overlay_names_the_fix() {
     let out = ws.kiln_in(
         &merged.join("state"),
         &reg,
-        &["build", ctx.to_str().unwrap()],
+        &["build", "-t", "fallback:1", ctx.to_str().unwrap()],
         &[],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let log = stderr(&out);
-    assert!(
-        log.contains("overlayfs cannot be mounted in kiln's user namespace")
-            && log.contains("pass --root"),
+    assert!(out.status.success(), "{log}");
+    // It says why and what it does instead, once.
+    assert_eq!(
+        log.matches("overlayfs cannot be mounted in kiln's user namespace")
+            .count(),
+        1,
         "{log}"
     );
+    assert!(log.contains("falling back to directory snapshots"), "{log}");
+    let ran = ok(&ws.kiln_in(&merged.join("state"), &reg, &["run", "fallback:1"], &[]));
+    assert_eq!(
+        ran, "hello world",
+        "the image built on directory snapshots runs"
+    );
+}
+
+#[test]
+fn an_ordinary_user_asking_for_oci_or_chroot_isolation_gets_the_cause_and_fix() {
+    ensure_user(RANGED, true);
+    let reg = registry_with_busybox();
+    let ws = Workspace::new(RANGED, "busybox");
+    let ctx = ws.ctx();
+    for (mode, says) in [
+        ("oci", "--isolation=oci needs root with CAP_SYS_ADMIN"),
+        ("chroot", "--isolation=chroot needs root (CAP_SYS_CHROOT"),
+    ] {
+        let flag = format!("--isolation={mode}");
+        let out = ws.kiln(&reg, &["build", &flag, ctx.to_str().unwrap()], &[]);
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{log}");
+        assert!(
+            log.contains(says) && log.contains("--isolation=rootless"),
+            "{log}"
+        );
+    }
 }
