@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{FileType, Mode, Timespec, Timestamps};
 
 /// Copies the merged view of `lowers` (top first) into `dest`, an existing empty directory.
+/// `dest` keeps its own mode, owner and times: an overlay's root is its upper directory, never
+/// a layer's (a base made from a 0700 temp dir still runs as 0755, and a USER can reach `/`).
 pub fn flatten(lowers: &[PathBuf], dest: &Path) -> io::Result<()> {
     for lower in lowers.iter().rev() {
         let mut links = HashMap::new();
         apply_dir(lower, dest, &mut links)?;
-        copy_meta(lower, dest, &fs::symlink_metadata(lower)?)?;
     }
     Ok(())
 }
@@ -227,5 +228,21 @@ mod tests {
         assert!(!out.join("opq/old").exists());
         assert!(!out.join("gone").exists());
         assert!(!is_opaque(&out.join("opq")), "overlay marks are not copied");
+    }
+
+    #[test]
+    fn the_root_keeps_its_own_mode_not_a_layers() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let (low, out) = (tmp.path().join("low"), tmp.path().join("out"));
+        fs::create_dir_all(low.join("bin")).unwrap();
+        // A base image whose tar was made from a `mktemp -d` directory: `./` is 0700.
+        fs::set_permissions(&low, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::create_dir(&out).unwrap();
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o755)).unwrap();
+        flatten(&[low], &out).unwrap();
+        let mode = fs::metadata(&out).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755, "a USER other than root could not reach /");
+        assert!(out.join("bin").is_dir());
     }
 }
