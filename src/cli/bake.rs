@@ -30,7 +30,7 @@ use crate::exec::run_step::Secret;
 use crate::exec::BuildError;
 use crate::layer::Compression;
 use crate::oci::{Platform, Reference};
-use crate::progress::{NullReporter, Reporter, Tagged};
+use crate::progress::{Reporter, Tagged};
 use crate::sandbox::NetworkMode;
 
 #[derive(Debug, clap::Args)]
@@ -127,7 +127,7 @@ pub fn run(args: BakeArgs) -> anyhow::Result<ExitCode> {
     };
     let base: Arc<dyn Reporter> = match mode {
         Some(m) => Arc::from(reporter(m)),
-        None => Arc::new(NullReporter),
+        None => Arc::from(super::render::quiet_reporter()),
     };
     let mut jobs = Vec::new();
     let mut requests = Vec::new();

@@ -22,7 +22,7 @@ use crate::exec::commit::LayerSettings;
 use crate::exec::run_step::Secret;
 use crate::exec::BuildError;
 use crate::oci::{Compression, Platform};
-use crate::progress::{NullReporter, Reporter};
+use crate::progress::Reporter;
 use crate::registry::pull::Puller;
 use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec, Runtime, Sandbox, Stream};
 use crate::snapshot::Snapshotter;
@@ -187,7 +187,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let mode = args.progress_mode();
     let rep: Arc<dyn Reporter> = match mode {
         Some(m) => Arc::from(reporter(m)),
-        None => Arc::new(NullReporter),
+        None => Arc::from(super::render::quiet_reporter()),
     };
     let mut names = Vec::new();
     for t in &args.tags {

@@ -64,7 +64,12 @@ pub async fn resolve_image(
                 platform: platform.clone(),
                 ..PullOptions::default()
             };
+            let start = std::time::Instant::now();
             puller.pull(&reference, &options).await?;
+            puller.reporter.report(crate::progress::Event::Timing {
+                phase: format!("pull {reference}"),
+                elapsed: start.elapsed(),
+            });
             store
                 .image(&tag, platform)?
                 .ok_or_else(|| BuildError::PulledButMissing(tag.clone()))?
@@ -83,14 +88,20 @@ pub async fn resolve_image(
     for (descriptor, diff_id) in image.manifest.layers.iter().zip(diff_ids) {
         let chain = ChainId::of(parent.as_ref(), diff_id);
         if !snapshots.exists(&chain) {
-            unpack_blob(
-                store,
-                snapshots,
-                parent.as_ref(),
-                diff_id,
-                &descriptor.digest,
-                &descriptor.media_type,
-            )?;
+            let timer = crate::progress::PhaseTimer {
+                reporter: &*puller.reporter,
+                prefix: &tag,
+            };
+            timer.time(&format!("unpack layer {}", layers.len() + 1), || {
+                unpack_blob(
+                    store,
+                    snapshots,
+                    parent.as_ref(),
+                    diff_id,
+                    &descriptor.digest,
+                    &descriptor.media_type,
+                )
+            })?;
         }
         layers.push(LayerState {
             layer: BlobRef {

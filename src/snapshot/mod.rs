@@ -156,6 +156,8 @@ impl Snapshotter {
         for dir in [s.snapshots_dir(), s.active_dir(), s.tmp_dir()] {
             fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
         }
+        // Every snapshot starts life in tmp/ (then one rename puts it in place).
+        spread_new_dirs(&s.tmp_dir());
         s.cleanup_stale()?;
         Ok(s)
     }
@@ -418,11 +420,15 @@ impl Snapshotter {
             }]);
         };
         let lowers = self.lower_dirs(&parent)?;
-        Ok(vec![overlay_mount(vec![
+        let mut options = vec![
             lowerdir_option(&lowers),
             format!("upperdir={}", upper.display()),
             format!("workdir={}", dir.join("work").display()),
-        ])])
+        ];
+        if volatile_supported() {
+            options.push("volatile".to_string());
+        }
+        Ok(vec![overlay_mount(options)])
     }
 
     /// A read-only view of committed snapshot `chain_id`: a read-only bind of a single layer, or
@@ -568,6 +574,51 @@ impl Snapshotter {
     }
 }
 
+/// Asks ext2/3/4 to place each directory made in `dir` as its own top-level tree (the
+/// `FS_TOPDIR_FL` attribute, `chattr +T`): the Orlov allocator then puts it in a block group
+/// with many free inodes, instead of next to its parent. On ext4 without a journal, creating
+/// an inode skips the ones freed in the last minutes, so a tree unpacked in the group where the
+/// last build's snapshots were just deleted took 1.4-2.3 s for debian:bookworm-slim's 6,000
+/// entries instead of 0.16-0.3 s. Best effort: other filesystems refuse or ignore it.
+fn spread_new_dirs(dir: &Path) {
+    use rustix::fs::IFlags;
+    let Ok(fd) = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return;
+    };
+    if let Ok(flags) = rustix::fs::ioctl_getflags(&fd) {
+        if !flags.contains(IFlags::TOPDIR) {
+            let _ = rustix::fs::ioctl_setflags(&fd, flags | IFlags::TOPDIR);
+        }
+    }
+}
+
+/// Whether overlayfs has the `volatile` option (Linux 5.10+): then a writable snapshot's
+/// mount ignores fsync and syncfs. dpkg fsyncs every file it unpacks (5,400 fsyncs, 0.45 s
+/// of an apt-get install of 58 packages here), and none of it buys anything: an active
+/// snapshot whose build dies is discarded (`exec::sweep`), never mounted again, and
+/// [`Snapshotter::commit`] syncs the filesystem before the snapshot becomes visible.
+fn volatile_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        kernel_at_least(&release, (5, 10))
+    })
+}
+
+/// `6.1.0-13-amd64` ≥ (5, 10)? Unparsable releases count as old.
+fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (next(), next()) {
+        (Some(major), Some(minor)) => (major, minor) >= want,
+        _ => false,
+    }
+}
+
 fn lowerdir_option(lowers: &[PathBuf]) -> String {
     let joined: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
     format!("lowerdir={}", joined.join(":"))
@@ -636,7 +687,10 @@ mod tests {
                     ),
                     format!("upperdir={}", active.join("fs").display()),
                     format!("workdir={}", active.join("work").display()),
-                ],
+                ]
+                .into_iter()
+                .chain(volatile_supported().then(|| "volatile".to_string()))
+                .collect(),
             }]
         );
         assert!(matches!(
@@ -669,6 +723,32 @@ mod tests {
         assert!(!s.root().join("active/base").exists());
         assert!(!s.snapshot_dir(&info.chain_id).join("work").exists());
         assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn kernel_releases_compare() {
+        assert!(kernel_at_least("6.1.0-13-amd64\n", (5, 10)));
+        assert!(kernel_at_least("5.10.0", (5, 10)));
+        assert!(!kernel_at_least("5.4.0-150-generic", (5, 10)));
+        assert!(!kernel_at_least("4.19.0", (5, 10)));
+        assert!(!kernel_at_least("", (5, 10)));
+        assert!(!kernel_at_least("garbage", (5, 10)));
+    }
+
+    #[test]
+    fn new_snapshots_are_spread_on_ext4() {
+        // ext2/3/4 all report this magic; elsewhere the flag is not expected.
+        const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+        let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+        let s = Snapshotter::new(tmp.path().join("snap")).unwrap();
+        let on_ext4 = rustix::fs::statfs(tmp.path()).unwrap().f_type as i64 == EXT4_SUPER_MAGIC;
+        let fd = fs::File::open(s.tmp_dir()).unwrap();
+        let flags = rustix::fs::ioctl_getflags(&fd).unwrap_or(rustix::fs::IFlags::empty());
+        assert_eq!(
+            flags.contains(rustix::fs::IFlags::TOPDIR),
+            on_ext4,
+            "tmp/ of a snapshotter on ext4 has FS_TOPDIR_FL (chattr +T)"
+        );
     }
 
     #[test]
