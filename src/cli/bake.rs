@@ -238,6 +238,7 @@ fn finish(
             &outcome.manifest_digest,
             &job.names,
             &outcome.remote_layers,
+            true,
         ))?;
     }
     rt.block_on(super::cache_opts::export_caches(
@@ -374,7 +375,8 @@ fn prepare(
         pull: args.pull || t.pull == Some(true),
         allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
         layer: LayerSettings {
-            compression: Compression::Gzip,
+            // Compressed when pushed (see `exec::compress`).
+            compression: Compression::None,
             level: None,
             source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
                 .ok()

@@ -179,10 +179,12 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Platform::parse(p)?.normalized(),
         None => Platform::host(),
     };
-    let compression = match args.compression.as_str() {
-        "zstd" => Compression::Zstd,
-        "uncompressed" => Compression::None,
-        _ => Compression::Gzip,
+    // Without a choice, layers are compressed when pushed (see `exec::compress`).
+    let (compression, gzip_on_push) = match (args.compression.as_deref(), args.compression_level) {
+        (None, None) => (Compression::None, true),
+        (Some("zstd"), _) => (Compression::Zstd, false),
+        (Some("uncompressed"), _) => (Compression::None, false),
+        _ => (Compression::Gzip, false),
     };
     let mode = args.progress_mode();
     let rep: Arc<dyn Reporter> = match mode {
@@ -296,6 +298,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             &outcome.manifest_digest,
             &names,
             &outcome.remote_layers,
+            gzip_on_push,
         ))?)
     } else {
         None
@@ -332,8 +335,8 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.metadata_file {
-        // With --push, the digest the registry holds (the same manifest bytes, so the same
-        // digest as the store's), as buildx records it.
+        // With --push, the digest the registry holds, as buildx records it: the store's
+        // manifest names uncompressed layers, the pushed one their gzip copies.
         let digest = pushed
             .as_ref()
             .map(|p| p.digest.clone())

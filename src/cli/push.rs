@@ -49,8 +49,13 @@ pub fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
         store: args.store.open()?,
         reporter: rep,
     };
-    let report = runtime()?.block_on(pusher.push_image(
-        &source.to_string(),
+    let stored = pusher.stored_image(&source.to_string())?;
+    // A build keeps its layers uncompressed in the store; they leave it compressed.
+    let bytes = crate::exec::compress::gzip_layers_for_push(&pusher.store, &stored.bytes)?;
+    let image =
+        ManifestPush::from_image_manifest(bytes, &stored.media_type).map_err(anyhow::Error::msg)?;
+    let report = runtime()?.block_on(pusher.push(
+        &image,
         std::slice::from_ref(&destination),
         &PushOptions::default(),
     ))?;
@@ -61,12 +66,14 @@ pub fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
 
 /// Pushes the image a build made (its manifest in the store) to every name
 /// (`kiln build --push`). Layers in `remote` are not in the store: they live in an imported
-/// registry cache of the same registry, and are mounted from there.
+/// registry cache of the same registry, and are mounted from there. With `gzip_uncompressed`,
+/// uncompressed layers are pushed as gzip (the build left compression to the push).
 pub async fn push_built(
     puller: &Puller,
     manifest_digest: &Digest,
     names: &[String],
     remote: &[(Digest, RecordSource)],
+    gzip_uncompressed: bool,
 ) -> anyhow::Result<PushReport> {
     if names.is_empty() {
         anyhow::bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY[:TAG]");
@@ -81,7 +88,10 @@ pub async fn push_built(
         store: puller.store.clone(),
         reporter: puller.reporter.clone(),
     };
-    let bytes = pusher.store.read_blob(manifest_digest)?;
+    let mut bytes = pusher.store.read_blob(manifest_digest)?;
+    if gzip_uncompressed {
+        bytes = crate::exec::compress::gzip_layers_for_push(&pusher.store, &bytes)?;
+    }
     let mut manifest = ManifestPush::from_image_manifest(bytes, crate::oci::media::OCI_MANIFEST)
         .map_err(anyhow::Error::msg)?;
     for blob in &mut manifest.blobs {
