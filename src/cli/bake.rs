@@ -30,7 +30,7 @@ use crate::exec::run_step::Secret;
 use crate::exec::BuildError;
 use crate::layer::Compression;
 use crate::oci::{Platform, Reference};
-use crate::progress::{NullReporter, Reporter, Tagged};
+use crate::progress::{Reporter, Tagged};
 use crate::sandbox::NetworkMode;
 
 #[derive(Debug, clap::Args)]
@@ -127,7 +127,7 @@ pub fn run(args: BakeArgs) -> anyhow::Result<ExitCode> {
     };
     let base: Arc<dyn Reporter> = match mode {
         Some(m) => Arc::from(reporter(m)),
-        None => Arc::new(NullReporter),
+        None => Arc::from(super::render::quiet_reporter()),
     };
     let mut jobs = Vec::new();
     let mut requests = Vec::new();
@@ -253,6 +253,7 @@ fn finish(
             &outcome.manifest_digest,
             &job.names,
             &outcome.remote_layers,
+            true,
         ))?;
     }
     rt.block_on(super::cache_opts::export_caches(
@@ -384,7 +385,8 @@ fn prepare(
         pull: args.pull || t.pull == Some(true),
         allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
         layer: LayerSettings {
-            compression: Compression::Gzip,
+            // Compressed when pushed (see `exec::compress`).
+            compression: Compression::None,
             level: None,
             source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
                 .ok()

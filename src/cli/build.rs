@@ -22,7 +22,7 @@ use crate::exec::commit::LayerSettings;
 use crate::exec::run_step::Secret;
 use crate::exec::BuildError;
 use crate::oci::{Compression, Platform};
-use crate::progress::{NullReporter, Reporter};
+use crate::progress::Reporter;
 use crate::registry::pull::Puller;
 use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec, Stream};
 use crate::snapshot::Snapshotter;
@@ -205,15 +205,17 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         // Before anything is built, as for any bad -o.
         super::output::check_multi_platform(&output, platforms.len())?;
     }
-    let compression = match args.compression.as_str() {
-        "zstd" => Compression::Zstd,
-        "uncompressed" => Compression::None,
-        _ => Compression::Gzip,
+    // Without a choice, layers are compressed when pushed (see `exec::compress`).
+    let (compression, gzip_on_push) = match (args.compression.as_deref(), args.compression_level) {
+        (None, None) => (Compression::None, true),
+        (Some("zstd"), _) => (Compression::Zstd, false),
+        (Some("uncompressed"), _) => (Compression::None, false),
+        _ => (Compression::Gzip, false),
     };
     let mode = args.progress_mode();
     let rep: Arc<dyn Reporter> = match mode {
         Some(m) => Arc::from(reporter(m)),
-        None => Arc::new(NullReporter),
+        None => Arc::from(super::render::quiet_reporter()),
     };
     let mut names = Vec::new();
     for t in &args.tags {
@@ -341,6 +343,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             &outcome.manifest_digest,
             &names,
             &outcome.remote_layers,
+            gzip_on_push,
         ))?)
     } else {
         None
@@ -377,8 +380,8 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.metadata_file {
-        // With --push, the digest the registry holds (the same manifest bytes, so the same
-        // digest as the store's), as buildx records it.
+        // With --push, the digest the registry holds, as buildx records it: the store's
+        // manifest names uncompressed layers, the pushed one their gzip copies.
         let digest = pushed
             .as_ref()
             .map(|p| p.digest.clone())

@@ -87,10 +87,11 @@ pub struct BuildArgs {
     /// OCI runtime to run RUN steps with (default: crun, else runc, on PATH)
     #[arg(long)]
     pub runtime: Option<PathBuf>,
-    /// Layer compression
-    #[arg(long, value_parser = ["gzip", "zstd", "uncompressed"], default_value = "gzip")]
-    pub compression: String,
-    /// Compression level (gzip 1-9, zstd 1-19)
+    /// Layer compression in the store [default: layers stay uncompressed in the store and are
+    /// gzip-compressed (level 6) when pushed, as Docker's image store does]
+    #[arg(long, value_parser = ["gzip", "zstd", "uncompressed"])]
+    pub compression: Option<String>,
+    /// Compression level (gzip 1-9, zstd 1-19); alone, it means --compression gzip
     #[arg(long)]
     pub compression_level: Option<u32>,
     /// Use OCI media types (false: Docker schema 2)

@@ -102,7 +102,13 @@ fn create(args: CreateArgs, store: &StoreOpts) -> anyhow::Result<ExitCode> {
         },
     )?;
     if args.push {
-        rt.block_on(super::push::push_built(&puller, &index.digest, &tags, &[]))?;
+        rt.block_on(super::push::push_built(
+            &puller,
+            &index.digest,
+            &tags,
+            &[],
+            true,
+        ))?;
     }
     println!("{}", index.digest);
     Ok(ExitCode::SUCCESS)

@@ -49,8 +49,17 @@ pub fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
         store: args.store.open()?,
         reporter: rep,
     };
-    let report = runtime()?.block_on(pusher.push_image(
-        &source.to_string(),
+    let tag = source.to_string();
+    let descriptor = pusher
+        .store
+        .resolve(&tag)?
+        .ok_or_else(|| anyhow::anyhow!("no image {tag} in the store (see `kiln images`)"))?;
+    // A build keeps its layers uncompressed in the store; they leave it compressed.
+    let digest = crate::exec::compress::gzip_for_push(&pusher.store, &descriptor.digest)?;
+    let image = ManifestPush::from_store(&pusher.store, &digest, &descriptor.media_type)
+        .map_err(|reason| anyhow::anyhow!("cannot push {tag}: {reason}"))?;
+    let report = runtime()?.block_on(pusher.push(
+        &image,
         std::slice::from_ref(&destination),
         &PushOptions::default(),
     ))?;
@@ -61,12 +70,14 @@ pub fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
 
 /// Pushes the image a build made (its manifest in the store) to every name
 /// (`kiln build --push`). Layers in `remote` are not in the store: they live in an imported
-/// registry cache of the same registry, and are mounted from there.
+/// registry cache of the same registry, and are mounted from there. With `gzip_uncompressed`,
+/// uncompressed layers are pushed as gzip (the build left compression to the push).
 pub async fn push_built(
     puller: &Puller,
     manifest_digest: &Digest,
     names: &[String],
     remote: &[(Digest, RecordSource)],
+    gzip_uncompressed: bool,
 ) -> anyhow::Result<PushReport> {
     if names.is_empty() {
         anyhow::bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY[:TAG]");
@@ -81,12 +92,14 @@ pub async fn push_built(
         store: puller.store.clone(),
         reporter: puller.reporter.clone(),
     };
-    let mut manifest = ManifestPush::from_store(
-        &pusher.store,
-        manifest_digest,
-        crate::oci::media::OCI_MANIFEST,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let digest = if gzip_uncompressed {
+        crate::exec::compress::gzip_for_push(&pusher.store, manifest_digest)?
+    } else {
+        manifest_digest.clone()
+    };
+    let mut manifest =
+        ManifestPush::from_store(&pusher.store, &digest, crate::oci::media::OCI_MANIFEST)
+            .map_err(anyhow::Error::msg)?;
     for (digest, source) in remote {
         if let RecordSource::Registry(r) = source {
             if let Ok(r) = Reference::parse(r) {

@@ -19,6 +19,53 @@ pub enum ProgressMode {
 
 /// Picks the renderer: `auto` means bars when stderr is a terminal.
 pub fn reporter(mode: ProgressMode) -> Box<dyn Reporter> {
+    let inner = renderer(mode);
+    if timings_wanted() {
+        Box::new(Timings { inner: Some(inner) })
+    } else {
+        inner
+    }
+}
+
+/// The reporter of `--quiet`: nothing, or only the phase timings when `KILN_TIMINGS` is set.
+pub fn quiet_reporter() -> Box<dyn Reporter> {
+    if timings_wanted() {
+        Box::new(Timings { inner: None })
+    } else {
+        Box::new(crate::progress::NullReporter)
+    }
+}
+
+fn timings_wanted() -> bool {
+    std::env::var_os("KILN_TIMINGS").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Prints [`Event::Timing`] lines (`timing 1.23s unpack layer 1 …`) to stderr and passes every
+/// other event on; the renderers themselves ignore timings.
+struct Timings {
+    inner: Option<Box<dyn Reporter>>,
+}
+
+impl Reporter for Timings {
+    fn report(&self, event: Event) {
+        match event {
+            Event::Timing { phase, elapsed } => {
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "timing {:>7.3}s {phase}",
+                    elapsed.as_secs_f64()
+                );
+            }
+            other => {
+                if let Some(inner) = &self.inner {
+                    inner.report(other);
+                }
+            }
+        }
+    }
+}
+
+fn renderer(mode: ProgressMode) -> Box<dyn Reporter> {
     let tty = match mode {
         ProgressMode::Tty => true,
         ProgressMode::Plain => false,
@@ -97,6 +144,7 @@ impl Reporter for PlainRenderer {
         let _ = match event {
             Event::Status { message } => writeln!(err, "{message}"),
             Event::Warning { message } => writeln!(err, "warning: {message}"),
+            Event::Timing { .. } => Ok(()),
             Event::StepStarted { id, name } => writeln!(err, "{} {name}", step_ref(&id)),
             Event::StepOutput { id, line } => writeln!(err, "{} {line}", step_ref(&id)),
             Event::CacheMiss { id, reasons } => {
@@ -195,6 +243,7 @@ impl Reporter for TtyRenderer {
             Event::Warning { message } => {
                 let _ = self.multi.println(format!("warning: {message}"));
             }
+            Event::Timing { .. } => {}
             Event::StepStarted { id, name } => {
                 let bar = self.multi.add(ProgressBar::new_spinner());
                 bar.set_style(

@@ -70,9 +70,14 @@ pub async fn resolve_image(
                 platform: platform.clone(),
                 ..PullOptions::default()
             };
+            let start = std::time::Instant::now();
             // What was pulled, not what the tag names now: the pull of another platform
             // (of the same multi-platform build) may have moved the tag since.
             let pulled = puller.pull(&reference, &options).await?;
+            puller.reporter.report(crate::progress::Event::Timing {
+                phase: format!("pull {reference}"),
+                elapsed: start.elapsed(),
+            });
             store.image_at(&tag, pulled.manifest, platform)?
         }
     };
@@ -88,16 +93,6 @@ pub async fn resolve_image(
     let mut parent: Option<ChainId> = None;
     for (descriptor, diff_id) in image.manifest.layers.iter().zip(diff_ids) {
         let chain = ChainId::of(parent.as_ref(), diff_id);
-        if !snapshots.exists(&chain) {
-            unpack_blob(
-                store,
-                snapshots,
-                parent.as_ref(),
-                diff_id,
-                &descriptor.digest,
-                &descriptor.media_type,
-            )?;
-        }
         layers.push(LayerState {
             layer: BlobRef {
                 media_type: descriptor.media_type.clone(),
@@ -109,6 +104,11 @@ pub async fn resolve_image(
         });
         parent = Some(chain);
     }
+    let timer = crate::progress::PhaseTimer {
+        reporter: &*puller.reporter,
+        prefix: &tag,
+    };
+    timer.time("unpack", || unpack_layers(store, snapshots, &layers))?;
     let base_id = image.id().clone();
     let mut config = image.config;
     config.created = None;
@@ -130,15 +130,62 @@ pub async fn resolve_image(
     ))
 }
 
-/// Unpacks a stored layer blob on top of `parent`.
-pub fn unpack_blob(
+/// Unpacks the layers of `layers` (bottom first) that have no snapshot yet. Their directories
+/// do not depend on each other (overlay whiteouts), so up to one layer per core is extracted
+/// at a time (python:3.11-slim's two layers: 1.0 s one after the other), and each is installed
+/// once the ones below it are.
+fn unpack_layers(
+    store: &Store,
+    snapshots: &Snapshotter,
+    layers: &[LayerState],
+) -> Result<(), BuildError> {
+    let missing: Vec<(Option<&ChainId>, &LayerState)> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.checked_sub(1).map(|p| &layers[p].chain), l))
+        .filter(|(_, l)| !snapshots.exists(&l.chain))
+        .collect();
+    let width = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    for window in missing.chunks(width) {
+        let extracted: Vec<Result<crate::snapshot::Unpacked, BuildError>> =
+            std::thread::scope(|scope| {
+                let threads: Vec<_> = window
+                    .iter()
+                    .map(|(parent, l)| {
+                        scope.spawn(move || extract_blob(store, snapshots, *parent, l))
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().unwrap_or(Err(BuildError::StagePanicked)))
+                    .collect()
+            });
+        for unpacked in extracted {
+            snapshots.install_unpacked(unpacked?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Extracts the stored blob of `layer` (to go on top of `parent`) into a temporary directory.
+fn extract_blob(
     store: &Store,
     snapshots: &Snapshotter,
     parent: Option<&ChainId>,
-    diff_id: &DiffId,
-    digest: &crate::oci::Digest,
+    layer: &LayerState,
+) -> Result<crate::snapshot::Unpacked, BuildError> {
+    let digest = &layer.layer.digest;
+    let (reader, compression) = open_layer_blob(store, digest, &layer.layer.media_type)?;
+    Ok(snapshots.extract(parent, &layer.diff_id, reader, compression)?)
+}
+
+/// A stored layer blob to read, and its compression (from the media type, else its first
+/// bytes).
+fn open_layer_blob(
+    store: &Store,
+    digest: &Digest,
     media_type: &str,
-) -> Result<ChainId, BuildError> {
+) -> Result<(std::io::BufReader<std::fs::File>, Compression), BuildError> {
     let file = store.open_blob(digest)?;
     let compression = match Compression::from_media_type(media_type) {
         Some(c) => c,
@@ -151,7 +198,22 @@ pub fn unpack_blob(
             Compression::sniff(&prefix[..n])
         }
     };
-    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    Ok((
+        std::io::BufReader::with_capacity(1 << 20, file),
+        compression,
+    ))
+}
+
+/// Unpacks a stored layer blob on top of `parent`.
+pub fn unpack_blob(
+    store: &Store,
+    snapshots: &Snapshotter,
+    parent: Option<&ChainId>,
+    diff_id: &DiffId,
+    digest: &crate::oci::Digest,
+    media_type: &str,
+) -> Result<ChainId, BuildError> {
+    let (reader, compression) = open_layer_blob(store, digest, media_type)?;
     Ok(snapshots
         .unpack(parent, diff_id, reader, compression)?
         .chain_id)

@@ -9,6 +9,7 @@ use crate::layer::{write_overlay_diff, Compression, DiffOptions, LayerWriter};
 
 /// Where compressed gzip chunks of stored layers are indexed (see `layer::pargzip`).
 pub const GZIP_CHUNKS_DIR: &str = "gzip-chunks-v2";
+use crate::progress::PhaseTimer;
 use crate::snapshot::{ChainId, Snapshotter};
 use crate::store::Store;
 
@@ -23,22 +24,35 @@ pub struct LayerSettings {
     pub source_date_epoch: Option<i64>,
 }
 
+/// Where a step's layer goes: the blob into the store, the snapshot into the snapshotter, with
+/// the phases timed.
+pub struct LayerSink<'a> {
+    pub store: &'a Store,
+    pub snapshots: &'a Snapshotter,
+    pub settings: &'a LayerSettings,
+    pub timer: PhaseTimer<'a>,
+}
+
 /// Commits the active snapshot `key` as a layer on top of `parent`; `None` (and the active
 /// snapshot removed) when the step changed nothing.
 pub fn commit_active(
-    store: &Store,
-    snapshots: &Snapshotter,
+    sink: &LayerSink<'_>,
     key: &str,
     parent: Option<&ChainId>,
-    settings: &LayerSettings,
 ) -> Result<Option<LayerState>, BuildError> {
+    let snapshots = sink.snapshots;
     snapshots.settle(key, crate::snapshot::MountPoints::default())?;
     let upper = snapshots.upper_dir(key)?;
-    let Some(layer) = write_layer(store, &upper, settings)? else {
+    let written = sink.timer.time("layer (diff, compress, store)", || {
+        write_layer(sink.store, &upper, sink.settings)
+    })?;
+    let Some(layer) = written else {
         snapshots.remove_active(key)?;
         return Ok(None);
     };
-    let info = snapshots.commit(key, &layer.1)?;
+    let info = sink
+        .timer
+        .time("snapshot commit", || snapshots.commit(key, &layer.1))?;
     let chain = info.chain_id;
     debug_assert_eq!(Some(chain.clone()), Some(ChainId::of(parent, &layer.1)));
     Ok(Some(LayerState {

@@ -26,6 +26,8 @@ pub enum BuildError {
     Metadata(#[from] super::metadata::MetadataError),
     #[error(transparent)]
     Sandbox(#[from] Box<crate::sandbox::SandboxError>),
+    #[error("preparing the manifest for the push: {0}")]
+    PushManifest(String),
     #[error("expected one mount for a snapshot, got {0}")]
     SnapshotMounts(usize),
     /// Mounting a snapshot for a file step (COPY, WORKDIR, `--mount=from`).

@@ -13,7 +13,7 @@ use crate::snapshot::{ChainId, Snapshotter};
 use crate::store::Store;
 
 use super::base::LayerState;
-use super::commit::{commit_active, LayerSettings};
+use super::commit::{commit_active, LayerSettings, LayerSink};
 use super::error::BuildError;
 use super::mounts::MountGuard;
 
@@ -31,6 +31,7 @@ pub struct FileStepContext<'a> {
     pub image_roots: BTreeMap<String, Option<ChainId>>,
     pub scratch_dir: &'a Path,
     pub settings: &'a LayerSettings,
+    pub timer: crate::progress::PhaseTimer<'a>,
     pub escape: char,
     /// The files the previous build of this COPY wrote on the same parent, to seed the new
     /// one with (see `seed`).
@@ -459,7 +460,16 @@ pub fn execute_copy(
         return Err(e);
     }
     Ok(CopyDone {
-        layer: commit_active(ctx.store, ctx.snapshots, &key, parent, ctx.settings)?,
+        layer: commit_active(
+            &LayerSink {
+                store: ctx.store,
+                snapshots: ctx.snapshots,
+                settings: ctx.settings,
+                timer: ctx.timer,
+            },
+            &key,
+            parent,
+        )?,
         contents: contents.map(ContentLog::into_written),
     })
 }
@@ -568,14 +578,13 @@ impl<'a> CopyTarget<'a> {
 
 /// WORKDIR: creates the directory (and missing parents) owned by the current user.
 pub fn workdir_step(
-    store: &Store,
-    snapshots: &Snapshotter,
+    sink: &LayerSink<'_>,
     parent: Option<&ChainId>,
     dir: &str,
     user: &str,
     scratch_dir: &Path,
-    settings: &LayerSettings,
 ) -> Result<Option<LayerState>, BuildError> {
+    let snapshots = sink.snapshots;
     let key = unique_dir(Path::new(""), "workdir")
         .to_string_lossy()
         .to_string();
@@ -606,7 +615,7 @@ pub fn workdir_step(
         let _ = snapshots.remove_active(&key);
         return Err(e);
     }
-    commit_active(store, snapshots, &key, parent, settings)
+    commit_active(sink, &key, parent)
 }
 
 fn has_glob(s: &str) -> bool {

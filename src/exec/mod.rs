@@ -9,6 +9,7 @@ pub mod prune;
 pub use error::BuildError;
 pub mod build;
 pub mod commit;
+pub mod compress;
 pub mod file_step;
 pub mod history;
 mod protocol;

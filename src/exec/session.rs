@@ -81,6 +81,19 @@ impl<'b> BuildSession<'b> {
         self.own_puller.as_ref().unwrap_or(&self.builder.puller)
     }
 
+    /// Where a step's layer goes, its phases timed as `<prefix> <phase>`.
+    pub fn layer_sink<'a>(&'a self, prefix: &'a str) -> super::commit::LayerSink<'a> {
+        super::commit::LayerSink {
+            store: &self.builder.store,
+            snapshots: &self.builder.snapshots,
+            settings: &self.settings,
+            timer: crate::progress::PhaseTimer {
+                reporter: self.reporter(),
+                prefix,
+            },
+        }
+    }
+
     /// Where this build's step events go.
     pub fn reporter(&self) -> &dyn crate::progress::Reporter {
         match &self.req.reporter {

@@ -57,6 +57,34 @@ pub enum Event {
     Warning {
         message: String,
     },
+    /// How long one phase of the work took (`unpack layer 1 of debian:bookworm-slim`,
+    /// `#2 run`, `#2 layer`), to see where a build's time goes; the CLI shows them when
+    /// `KILN_TIMINGS` is set.
+    Timing {
+        phase: String,
+        elapsed: Duration,
+    },
+}
+
+/// Times phases of one piece of work (a build step `#3`, a base image) as [`Event::Timing`]s
+/// named `<prefix> <phase>`.
+#[derive(Clone, Copy)]
+pub struct PhaseTimer<'a> {
+    pub reporter: &'a dyn Reporter,
+    pub prefix: &'a str,
+}
+
+impl PhaseTimer<'_> {
+    /// Runs `f`, reports how long it took as `phase`, and returns what it returned.
+    pub fn time<T>(&self, phase: &str, f: impl FnOnce() -> T) -> T {
+        let start = std::time::Instant::now();
+        let out = f();
+        self.reporter.report(Event::Timing {
+            phase: format!("{} {phase}", self.prefix),
+            elapsed: start.elapsed(),
+        });
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +163,10 @@ impl Reporter for Tagged {
             },
             Event::Warning { message } => Event::Warning {
                 message: self.text(message),
+            },
+            Event::Timing { phase, elapsed } => Event::Timing {
+                phase: self.text(phase),
+                elapsed,
             },
             Event::StepStarted { id, name } => Event::StepStarted {
                 id: self.id(id),

@@ -1293,3 +1293,55 @@ fn named_build_contexts_replace_from_copy_from_and_mount_from() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("local directory"), "{err}");
 }
+
+/// RUN steps write through an overlay mounted `volatile` (fsync is a no-op there, see
+/// `snapshot::volatile_supported`); what they wrote and synced is the layer all the same.
+#[test]
+fn run_steps_write_through_a_volatile_overlay_into_the_layer() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\n\
+         RUN grep ' / ' /proc/mounts > /root-mount.txt \
+             && mkdir -p /data && echo synced > /data/f && sync\n",
+    )
+    .unwrap();
+    ok(&kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            "vol:1",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let rootfs = unpack(&root, "docker.io/library/vol:1", &work.path().join("u"));
+    let mount = std::fs::read_to_string(rootfs.join("root-mount.txt")).unwrap();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let (major, minor) = {
+        let mut p = release.split(|c: char| !c.is_ascii_digit());
+        let mut n = || p.next().and_then(|x| x.parse::<u32>().ok()).unwrap_or(0);
+        (n(), n())
+    };
+    if (major, minor) >= (5, 10) {
+        assert!(
+            mount.starts_with("overlay / overlay") && mount.contains("volatile"),
+            "the RUN's root is a volatile overlay: {mount}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("data/f")).unwrap(),
+        "synced\n"
+    );
+    // The committed snapshot has no overlay work dir (where `volatile` leaves its marker).
+    let snapshots = std::fs::read_dir(root.join("snapshots/snapshots")).unwrap();
+    for s in snapshots {
+        assert!(!s.unwrap().path().join("work").exists());
+    }
+}

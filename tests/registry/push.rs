@@ -431,3 +431,101 @@ fn uploads_cut_midway_or_answered_500_and_429_still_complete() {
     assert!(matches!(err, PushError::BlobUnavailable { .. }), "{err}");
     assert!(err.to_string().contains("not in the local store"), "{err}");
 }
+
+/// The layers a build makes stay uncompressed in the store (an OCI layout umoci unpacks), and
+/// leave it as gzip: the pushed manifest names gzip copies, which decompress to the stored
+/// tars, under the same config (image ID); pushing twice gives the same manifest digest.
+#[test]
+fn built_layers_are_stored_uncompressed_and_pushed_as_gzip() {
+    let bb: BusyboxRegistry = registry_with_busybox();
+    let env = Env::new(&[&bb.addr]);
+    let image = format!("{}/team/lazy:1", bb.addr);
+    let id = ok(&env.build(&bb.addr, &["-t", &image]));
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&env.kiln(&["inspect", &image], None))).unwrap();
+    let stored = inspect["manifest"]["layers"].as_array().unwrap().clone();
+    let types: Vec<&str> = stored
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.v1.tar",
+            "application/vnd.oci.image.layer.v1.tar",
+        ],
+        "the base as pulled, the built layers uncompressed"
+    );
+    let umoci = crate::support::require_tool("umoci", "umoci");
+    let bundle = env.work.path().join("bundle");
+    let unpacked = Command::new(umoci)
+        .args(["unpack", "--image"])
+        .arg(format!("{}:{image}", env.root().join("oci").display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(unpacked.status.success(), "{unpacked:?}");
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/hello")).unwrap(),
+        "pushed\n"
+    );
+
+    let digest = ok(&env.kiln(&["push", "--progress=plain", &image], None));
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{image}"),
+    ]);
+    let pushed: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&raw.stdout)),
+        digest,
+        "kiln push prints the pushed manifest's digest"
+    );
+    assert_eq!(
+        pushed["config"]["digest"].as_str().unwrap(),
+        id,
+        "same image ID"
+    );
+    let layers = pushed["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3);
+    for (sent, kept) in layers.iter().zip(&stored) {
+        assert_eq!(
+            sent["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip",
+            "{pushed}"
+        );
+        if kept["mediaType"] == "application/vnd.oci.image.layer.v1.tar" {
+            // The gzip blob decompresses to the stored tar.
+            let gz =
+                std::fs::read(blob_path(&env.root(), sent["digest"].as_str().unwrap())).unwrap();
+            let mut tar = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar)
+                .unwrap();
+            assert_eq!(
+                format!("sha256:{}", sha256_hex(&tar)),
+                kept["digest"].as_str().unwrap()
+            );
+        } else {
+            assert_eq!(sent["digest"], kept["digest"]);
+        }
+    }
+    assert_eq!(assert_copy_matches_store(&image, None, &env.root()), 5);
+    // Compressing again gives the same bytes, so the same manifest.
+    let again = format!("{}/team/lazy:2", bb.addr);
+    assert_eq!(ok(&env.kiln(&["push", "-q", &image, &again], None)), digest);
+}
+
+fn blob_path(root: &Path, digest: &str) -> PathBuf {
+    root.join("oci/blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -45,6 +45,7 @@ impl BuildSession<'_> {
                 return Err(e);
             }
         };
+        let timing_prefix = format!("#{}", step.id);
         let fctx = FileStepContext {
             url_files,
             image_roots,
@@ -56,6 +57,10 @@ impl BuildSession<'_> {
             stage_roots,
             scratch_dir: &self.scratch_dir,
             settings: &self.settings,
+            timer: crate::progress::PhaseTimer {
+                reporter: self.reporter(),
+                prefix: &timing_prefix,
+            },
             escape: self.plan.escape,
             copy_donor: Donor::find(
                 &b.state_root,

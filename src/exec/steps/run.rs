@@ -133,7 +133,11 @@ impl BuildSession<'_> {
                 line: line.to_string(),
             })
         };
-        let result = run_in_snapshot(&ctx, &active, parent.as_ref(), spec, &mut on_output);
+        let prefix = format!("#{}", command.step_id);
+        let sink = self.layer_sink(&prefix);
+        let result = sink.timer.time("run", || {
+            run_in_snapshot(&ctx, &active, parent.as_ref(), spec, &mut on_output)
+        });
         for guard in prepared.guards.into_iter().chain(from_guards) {
             let _ = guard.unmount();
         }
@@ -148,13 +152,7 @@ impl BuildSession<'_> {
                 tail,
             });
         }
-        commit_active(
-            &b.store,
-            &b.snapshots,
-            &active,
-            parent.as_ref(),
-            &self.settings,
-        )
+        commit_active(&sink, &active, parent.as_ref())
     }
 
     /// `--mount=from=<stage|image>`: each root, mounted read-only under `step_dir` for this

@@ -27,18 +27,11 @@ impl BuildSession<'_> {
         self.step_started(step);
         let user = stage.user();
         let material = StepMaterial::workdir(&stage.key, &dir, &user);
-        let b = self.builder;
         let cached = self
             .layer_step(stage, step, material, line, async |parent| {
-                workdir_step(
-                    &b.store,
-                    &b.snapshots,
-                    parent.as_ref(),
-                    &dir,
-                    &user,
-                    &self.scratch_dir,
-                    &self.settings,
-                )
+                let prefix = format!("#{}", step.id);
+                let sink = self.layer_sink(&prefix);
+                workdir_step(&sink, parent.as_ref(), &dir, &user, &self.scratch_dir)
             })
             .await?;
         Ok(Some(cached))
