@@ -9,7 +9,7 @@ use crate::oci::manifest::{ContainerConfig, History, ImageConfig};
 use crate::oci::Digest;
 use crate::progress::Event;
 
-use super::base::{resolve_image, ImageState};
+use super::base::ImageState;
 use super::error::BuildError;
 use super::metadata::{self, StageMeta};
 use super::session::BuildSession;
@@ -247,14 +247,7 @@ impl BuildSession<'_> {
             }
             Base::Image(reference) => {
                 let b = self.builder;
-                let (resolved, image) = resolve_image(
-                    self.puller(),
-                    &b.snapshots,
-                    reference,
-                    &planned.platform,
-                    self.req.pull,
-                )
-                .await?;
+                let (resolved, image) = self.resolve_image(reference, &planned.platform).await?;
                 let id = image
                     .base_id
                     .as_ref()

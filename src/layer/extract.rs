@@ -24,7 +24,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timesta
 use rustix::io::Errno;
 use tar::EntryType;
 
-use crate::oci::{Compression, DiffId, DigestingReader, NewDir, SafeRoot};
+use crate::oci::{Compression, DiffId, NewDir, SafeRoot};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
@@ -133,11 +133,12 @@ pub fn extract_layer(
         dirs: HashMap::new(),
         stats: Counts::default(),
     };
-    // Inflating and hashing run on their own thread, ahead of the file creation here.
+    // Inflating and hashing run on threads of their own, ahead of the file creation here.
     let (written, diff_id) = std::thread::scope(|scope| {
+        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel(super::readahead::DEPTH);
         let (tx, rx) = std::sync::mpsc::sync_channel(super::readahead::DEPTH);
-        let producer =
-            scope.spawn(move || super::readahead::pump(DigestingReader::new(decoder), tx));
+        scope.spawn(move || drop(super::readahead::pump(decoder, raw_tx)));
+        let producer = scope.spawn(move || super::readahead::hash_forward(raw_rx, tx));
         let written = (|| -> Result<(), LayerError> {
             let mut archive = tar::Archive::new(super::readahead::ChannelReader::new(rx));
             for entry in archive.entries().map_err(read_err)? {
@@ -152,7 +153,7 @@ pub fn extract_layer(
             Ok(())
         })();
         // On an error the channel is gone by now, so the producer stops at its next chunk.
-        let digest = producer.join().map(DigestingReader::finish);
+        let digest = producer.join();
         (written, digest)
     });
     written?;

@@ -35,6 +35,30 @@ pub fn pump<R: Read>(mut reader: R, tx: SyncSender<io::Result<Vec<u8>>>) -> R {
     }
 }
 
+/// Hashes (sha256) and counts the chunks of `rx` on their way to `tx`, so that inflating and
+/// hashing a layer run on two threads (they were a third of the time of unpacking
+/// debian:bookworm-slim, one after the other). Stops at the first error, which it passes on,
+/// or when either side is gone; returns the digest and size of what went through.
+pub fn hash_forward(
+    rx: Receiver<io::Result<Vec<u8>>>,
+    tx: SyncSender<io::Result<Vec<u8>>>,
+) -> (crate::oci::Digest, u64) {
+    use sha2::Digest as _;
+    let mut sha = sha2::Sha256::new();
+    let mut size = 0u64;
+    for item in rx {
+        let failed = item.is_err();
+        if let Ok(chunk) = &item {
+            sha.update(chunk);
+            size += chunk.len() as u64;
+        }
+        if tx.send(item).is_err() || failed {
+            break;
+        }
+    }
+    (crate::oci::Digest::from_hasher(sha), size)
+}
+
 /// The receiving end of [`pump`] as a reader; the end of the stream is the sender hanging up.
 pub struct ChannelReader {
     rx: Receiver<io::Result<Vec<u8>>>,
@@ -102,6 +126,23 @@ mod tests {
             .read_to_end(&mut Vec::new())
             .unwrap_err();
         assert_eq!(err.to_string(), "bad gzip");
+    }
+
+    #[test]
+    fn hashed_on_the_way_and_in_order() {
+        let data: Vec<u8> = (0..2 * CHUNK + 5).map(|i| (i % 253) as u8).collect();
+        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel(DEPTH);
+        let (tx, rx) = std::sync::mpsc::sync_channel(DEPTH);
+        let input = data.clone();
+        std::thread::spawn(move || pump(&input[..], raw_tx).len());
+        let hasher = std::thread::spawn(move || hash_forward(raw_rx, tx));
+        let mut got = Vec::new();
+        ChannelReader::new(rx).read_to_end(&mut got).unwrap();
+        assert_eq!(got, data);
+        assert_eq!(
+            hasher.join().unwrap(),
+            (crate::oci::Digest::of(&data), data.len() as u64)
+        );
     }
 
     #[test]

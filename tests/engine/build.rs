@@ -1345,3 +1345,48 @@ fn run_steps_write_through_a_volatile_overlay_into_the_layer() {
         assert!(!s.unwrap().path().join("work").exists());
     }
 }
+
+/// Stages side by side on one base resolve it once: with `--pull`, each used to pull (and
+/// unpack) the same image at the same time.
+#[test]
+fn stages_on_the_same_base_pull_it_once() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox AS a\nRUN echo a > /a\n\
+         FROM busybox AS b\nRUN echo b > /b\n\
+         FROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
+    )
+    .unwrap();
+    let out = kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--progress=plain",
+            "--pull",
+            "-t",
+            "once:1",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("Pulled ")).count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(
+        ok(&kiln(
+            &root,
+            &reg,
+            &["run", "--rm", "once:1", "cat", "/a", "/b"]
+        )),
+        "a\nb"
+    );
+}

@@ -8,7 +8,6 @@ use crate::dockerfile::{Command, Instruction};
 use crate::graph::{FromRef, StepMaterial};
 use crate::snapshot::ChainId;
 
-use super::super::base::resolve_image;
 use super::super::error::BuildError;
 use super::super::file_step::{
     download_urls, execute_copy, is_url, prepare_copy, FileStepContext, UrlFile,
@@ -130,15 +129,7 @@ impl BuildSession<'_> {
                 stage_roots.insert(i, built.image.top_chain().cloned());
             }
             FromRef::Image(reference) => {
-                let b = self.builder;
-                let (_, image) = resolve_image(
-                    self.puller(),
-                    &b.snapshots,
-                    &reference,
-                    &self.req.platform,
-                    self.req.pull,
-                )
-                .await?;
+                let (_, image) = self.resolve_image(&reference, &self.req.platform).await?;
                 image_roots.insert(from.clone(), image.top_chain().cloned());
             }
             FromRef::Dir(_) => return Err(BuildError::FromNotReady(from.clone())),

@@ -12,7 +12,7 @@ use crate::progress::Event;
 use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec, Security};
 use crate::snapshot::ChainId;
 
-use super::super::base::{resolve_image, LayerState};
+use super::super::base::LayerState;
 use super::super::commit::commit_active;
 use super::super::error::BuildError;
 use super::super::history::run_created_by;
@@ -183,17 +183,12 @@ impl BuildSession<'_> {
                     roots.insert(from.clone(), dir);
                     continue;
                 }
-                FromRef::Image(reference) => resolve_image(
-                    self.puller(),
-                    &b.snapshots,
-                    &reference,
-                    &self.req.platform,
-                    self.req.pull,
-                )
-                .await?
-                .1
-                .top_chain()
-                .cloned(),
+                FromRef::Image(reference) => self
+                    .resolve_image(&reference, &self.req.platform)
+                    .await?
+                    .1
+                    .top_chain()
+                    .cloned(),
             };
             self.materialize(chain.as_ref()).await?;
             let target = step_dir.join(format!("from-{i}"));
