@@ -132,6 +132,8 @@ pub fn extract_layer(
         added: HashSet::new(),
         dirs: HashMap::new(),
         stats: Counts::default(),
+        last_dir: None,
+        removed: std::cell::Cell::new(false),
     };
     // Inflating and hashing run on threads of their own, ahead of the file creation here.
     let (written, diff_id) = std::thread::scope(|scope| {
@@ -224,6 +226,12 @@ struct Extractor<'a> {
     /// directory's mtime, and a read-only mode would stop them being written).
     dirs: HashMap<Vec<u8>, DirMeta>,
     stats: Counts,
+    /// The parent directory of the last entry, kept open: a tar lists a directory's entries
+    /// together, so most entries skip resolving their parent again. Dropped whenever anything
+    /// is removed (the directory or one above it may be gone).
+    last_dir: Option<(Vec<u8>, OwnedFd)>,
+    /// Set by `remove_all`: something was removed during this entry.
+    removed: std::cell::Cell<bool>,
 }
 
 /// `a/./b/../../../c/` → `["c"]`; a leading `/` is dropped and `..` stops at the root.
@@ -406,6 +414,7 @@ impl<'a> Extractor<'a> {
 
         if let Some(last) = comps.last() {
             if last.starts_with(WHITEOUT_PREFIX) {
+                self.last_dir = None;
                 return self.whiteout(&comps, &meta);
             }
         }
@@ -425,29 +434,51 @@ impl<'a> Extractor<'a> {
             return Ok(());
         };
         let rel = join(&comps);
-        let dir = self
-            .open_dir(parent, true)?
-            .ok_or_else(|| Self::invalid(&raw, "parent directory vanished"))?;
-
-        if kind == EntryType::Link {
-            return self.hardlink(entry, &dir, name, &rel);
+        let parent_rel = join(parent);
+        let dir = match self.last_dir.take() {
+            Some((cached, fd)) if cached == parent_rel => fd,
+            _ => self
+                .open_dir(parent, true)?
+                .ok_or_else(|| Self::invalid(&raw, "parent directory vanished"))?,
+        };
+        self.removed.set(false);
+        let result = if kind == EntryType::Link {
+            self.hardlink(entry, &dir, name, &rel)
+        } else {
+            self.create(entry, &dir, name, &rel, &meta)
+        };
+        if result.is_ok() && !self.removed.get() {
+            self.last_dir = Some((parent_rel, dir));
         }
+        result
+    }
+
+    /// Creates entry `name` (not a hard link) in `dir`, replacing what is there.
+    fn create<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        dir: &OwnedFd,
+        name: &[u8],
+        rel: &[u8],
+        meta: &Meta,
+    ) -> Result<(), LayerError> {
+        let kind = entry.header().entry_type();
 
         // Replace what is there, except a directory over a directory (docker's archive.go).
-        let existing = match rfs::statat(&dir, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+        let existing = match rfs::statat(dir, os(name), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Some(FileType::from_raw_mode(st.st_mode)),
             Err(e) if e == Errno::NOENT => None,
-            Err(e) => return Err(self.io("stat", &rel, e)),
+            Err(e) => return Err(self.io("stat", rel, e)),
         };
         let keep_dir = existing == Some(FileType::Directory) && kind == EntryType::Directory;
         if existing.is_some() && !keep_dir {
-            self.remove_all(&dir, name, &rel)?;
+            self.remove_all(dir, name, rel)?;
         }
 
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let fd = rfs::openat(
-                    &dir,
+                    dir,
                     os(name),
                     OFlags::WRONLY
                         | OFlags::CREATE
@@ -456,29 +487,29 @@ impl<'a> Extractor<'a> {
                         | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
-                .map_err(|e| self.io("create file", &rel, e))?;
+                .map_err(|e| self.io("create file", rel, e))?;
                 let mut file = File::from(fd);
                 io::copy(entry, &mut file).map_err(|e| self.read_err(e))?;
-                self.set_meta_fd(file.as_fd(), &meta, &rel, true)?;
+                self.set_meta_fd(file.as_fd(), meta, rel, true)?;
             }
             EntryType::Directory => {
                 if !keep_dir {
-                    rfs::mkdirat(&dir, os(name), Mode::from_raw_mode(0o700))
-                        .map_err(|e| self.io("create directory", &rel, e))?;
+                    rfs::mkdirat(dir, os(name), Mode::from_raw_mode(0o700))
+                        .map_err(|e| self.io("create directory", rel, e))?;
                 }
                 let fd = rfs::openat(
-                    &dir,
+                    dir,
                     os(name),
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
-                .map_err(|e| self.io("open directory", &rel, e))?;
-                self.set_meta_fd(fd.as_fd(), &meta, &rel, false)?;
+                .map_err(|e| self.io("open directory", rel, e))?;
+                self.set_meta_fd(fd.as_fd(), meta, rel, false)?;
                 self.dirs.insert(
-                    rel.clone(),
+                    rel.to_vec(),
                     DirMeta {
                         mode: meta.mode,
-                        times: meta.times,
+                        times: meta.times.clone(),
                     },
                 );
             }
@@ -486,10 +517,10 @@ impl<'a> Extractor<'a> {
                 let link = entry
                     .link_name_bytes()
                     .filter(|l| !l.is_empty())
-                    .ok_or_else(|| Self::invalid(&raw, "symlink without a target"))?;
-                rfs::symlinkat(os(&link), &dir, os(name))
-                    .map_err(|e| self.io("create symlink", &rel, e))?;
-                self.set_meta_at(&dir, name, &meta, &rel, false)?;
+                    .ok_or_else(|| Self::invalid(rel, "symlink without a target"))?;
+                rfs::symlinkat(os(&link), dir, os(name))
+                    .map_err(|e| self.io("create symlink", rel, e))?;
+                self.set_meta_at(dir, name, meta, rel, false)?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let (file_type, dev) = if kind == EntryType::Fifo {
@@ -505,23 +536,23 @@ impl<'a> Extractor<'a> {
                     };
                     (ft, rfs::makedev(major, minor))
                 };
-                match rfs::mknodat(&dir, os(name), file_type, Mode::from_raw_mode(0o600), dev) {
-                    Ok(()) => self.set_meta_at(&dir, name, &meta, &rel, true)?,
+                match rfs::mknodat(dir, os(name), file_type, Mode::from_raw_mode(0o600), dev) {
+                    Ok(()) => self.set_meta_at(dir, name, meta, rel, true)?,
                     // Without CAP_MKNOD (a user namespace, an unprivileged container) a device
                     // node is left out, as rootless podman does: a container's /dev comes from
                     // its runtime, and the layer's DiffID is the tar's, not the directory's.
                     Err(Errno::PERM) if file_type != FileType::Fifo => return Ok(()),
-                    Err(e) => return Err(self.io("create device node", &rel, e)),
+                    Err(e) => return Err(self.io("create device node", rel, e)),
                 }
             }
             other => {
                 return Err(Self::invalid(
-                    &raw,
+                    rel,
                     format!("unsupported tar entry type {other:?}"),
                 ))
             }
         }
-        self.added.insert(rel);
+        self.added.insert(rel.to_vec());
         Ok(())
     }
 
@@ -719,6 +750,7 @@ impl<'a> Extractor<'a> {
 
     /// Removes `name` in `dir`, recursively if it is a directory; never follows symlinks.
     fn remove_all(&self, dir: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<(), LayerError> {
+        self.removed.set(true);
         match rfs::unlinkat(dir, os(name), AtFlags::empty()) {
             Ok(()) => return Ok(()),
             Err(e) if e == Errno::ISDIR || e == Errno::PERM => {}
