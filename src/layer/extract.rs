@@ -463,37 +463,59 @@ impl<'a> Extractor<'a> {
         meta: &Meta,
     ) -> Result<(), LayerError> {
         let kind = entry.header().entry_type();
-
         // Replace what is there, except a directory over a directory (docker's archive.go).
-        let existing = match rfs::statat(dir, os(name), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => Some(FileType::from_raw_mode(st.st_mode)),
-            Err(e) if e == Errno::NOENT => None,
-            Err(e) => return Err(self.io("stat", rel, e)),
+        // Files and directories, most entries, are made first and only looked at when that
+        // fails: in a new layer directory nothing is there. `dir_ready`: a directory entry's
+        // directory exists (made now, or one that was there).
+        let dir_ready = match kind {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => false,
+            EntryType::Directory => match rfs::mkdirat(dir, os(name), Mode::from_raw_mode(0o700)) {
+                Ok(()) => true,
+                Err(Errno::EXIST) if self.is_dir_at(dir, name, rel)? => true,
+                Err(Errno::EXIST) => {
+                    self.remove_all(dir, name, rel)?;
+                    false
+                }
+                Err(e) => return Err(self.io("create directory", rel, e)),
+            },
+            _ => {
+                match rfs::statat(dir, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(_) => self.remove_all(dir, name, rel)?,
+                    Err(e) if e == Errno::NOENT => {}
+                    Err(e) => return Err(self.io("stat", rel, e)),
+                }
+                false
+            }
         };
-        let keep_dir = existing == Some(FileType::Directory) && kind == EntryType::Directory;
-        if existing.is_some() && !keep_dir {
-            self.remove_all(dir, name, rel)?;
-        }
 
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let fd = rfs::openat(
-                    dir,
-                    os(name),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
+                let create = || {
+                    rfs::openat(
+                        dir,
+                        os(name),
+                        OFlags::WRONLY
+                            | OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                };
+                let fd = match create() {
+                    Err(Errno::EXIST) => {
+                        self.remove_all(dir, name, rel)?;
+                        create()
+                    }
+                    made => made,
+                }
                 .map_err(|e| self.io("create file", rel, e))?;
                 let mut file = File::from(fd);
                 io::copy(entry, &mut file).map_err(|e| self.read_err(e))?;
                 self.set_meta_fd(file.as_fd(), meta, rel, true)?;
             }
             EntryType::Directory => {
-                if !keep_dir {
+                if !dir_ready {
                     rfs::mkdirat(dir, os(name), Mode::from_raw_mode(0o700))
                         .map_err(|e| self.io("create directory", rel, e))?;
                 }
@@ -749,6 +771,14 @@ impl<'a> Extractor<'a> {
     }
 
     /// Removes `name` in `dir`, recursively if it is a directory; never follows symlinks.
+    /// Whether `name` in `dir` is a directory (not a symlink to one).
+    fn is_dir_at(&self, dir: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<bool, LayerError> {
+        match rfs::statat(dir, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+            Err(e) => Err(self.io("stat", rel, e)),
+        }
+    }
+
     fn remove_all(&self, dir: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<(), LayerError> {
         self.removed.set(true);
         match rfs::unlinkat(dir, os(name), AtFlags::empty()) {

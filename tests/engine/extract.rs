@@ -243,8 +243,11 @@ fn entries_replace_existing_ones() {
         .dir("keep/")
         .symlink("s", "somewhere")
         .symlink("s", "elsewhere")
+        .file("twice", b"first")
+        .file("twice", b"second")
         .finish();
     extract(&tar, &t, &unprivileged(WhiteoutMode::Overlay)).unwrap();
+    assert_eq!(fs::read(t.join("twice")).unwrap(), b"second");
     assert_eq!(fs::read(t.join("d")).unwrap(), b"a file now");
     assert_eq!(fs::read(t.join("f/inner")).unwrap(), b"inner");
     assert_eq!(fs::read(t.join("keep/a")).unwrap(), b"a");
