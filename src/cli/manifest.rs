@@ -4,17 +4,15 @@
 //! has no such tag, a registry reference, pulled first (every platform of a remote index).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use super::pull::StoreOpts;
 use super::registry_opts::{runtime, RegistryOpts};
-use super::render::{reporter, ProgressMode};
+use super::render::{command_reporter, ProgressMode};
 use crate::export::{export_index, ExportOptions};
 use crate::oci::manifest::{ImageIndex, Manifest};
 use crate::oci::{media, Descriptor, Platform, Reference};
-use crate::progress::{NullReporter, Reporter};
 use crate::registry::pull::{PullOptions, Puller};
 use crate::store::Store;
 
@@ -60,17 +58,8 @@ pub fn run(args: ManifestArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn create(args: CreateArgs, store: &StoreOpts) -> anyhow::Result<ExitCode> {
-    let rep: Arc<dyn Reporter> = if args.quiet {
-        Arc::new(NullReporter)
-    } else {
-        Arc::from(reporter(args.progress))
-    };
-    let puller = Puller {
-        config: args.registry.load()?,
-        credentials: args.registry.credentials(),
-        store: store.open()?,
-        reporter: rep,
-    };
+    let rep = command_reporter(args.quiet, args.progress);
+    let puller = args.registry.puller(store.open()?, rep)?;
     let rt = runtime()?;
     let mut manifests: Vec<Descriptor> = Vec::new();
     for source in &args.sources {

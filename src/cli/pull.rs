@@ -1,15 +1,13 @@
 //! `kiln pull REF [--platform os/arch[/variant]] [-q]`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use super::registry_opts::{runtime, RegistryOpts};
-use super::render::{reporter, ProgressMode};
+use super::render::{command_reporter, ProgressMode};
 use crate::oci::{Platform, Reference};
-use crate::progress::{NullReporter, Reporter};
-use crate::registry::pull::{PullOptions, Puller};
+use crate::registry::pull::PullOptions;
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
@@ -54,17 +52,8 @@ pub fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Platform::parse(p)?.normalized(),
         None => Platform::host(),
     };
-    let rep: Arc<dyn Reporter> = if args.quiet {
-        Arc::new(NullReporter)
-    } else {
-        Arc::from(reporter(args.progress))
-    };
-    let puller = Puller {
-        config: args.registry.load()?,
-        credentials: args.registry.credentials(),
-        store: args.store.open()?,
-        reporter: rep,
-    };
+    let rep = command_reporter(args.quiet, args.progress);
+    let puller = args.registry.puller(args.store.open()?, rep)?;
     let options = PullOptions {
         platform,
         ..PullOptions::default()

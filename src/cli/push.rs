@@ -1,15 +1,14 @@
 //! `kiln push REF [DEST]`, and the push after `kiln build --push`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use super::pull::StoreOpts;
 use super::registry_opts::{runtime, RegistryOpts};
-use super::render::{reporter, ProgressMode};
+use super::render::{command_reporter, ProgressMode};
 use crate::cache::RecordSource;
 use crate::oci::Digest;
 use crate::oci::Reference;
-use crate::progress::{Event, Reporter};
+use crate::progress::Event;
 use crate::registry::pull::Puller;
 use crate::registry::push::{ManifestPush, PushOptions, PushReport, Pusher};
 
@@ -38,11 +37,7 @@ pub fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
         Some(d) => Reference::parse(d)?,
         None => source.clone(),
     };
-    let rep: Arc<dyn Reporter> = if args.quiet {
-        Arc::new(crate::progress::NullReporter)
-    } else {
-        Arc::from(reporter(args.progress))
-    };
+    let rep = command_reporter(args.quiet, args.progress);
     let pusher = Pusher {
         config: args.registry.load()?,
         credentials: args.registry.credentials(),

@@ -57,6 +57,20 @@ impl RegistryOpts {
     pub fn credentials(&self) -> CredentialSources {
         CredentialSources::from_env()
     }
+
+    /// A puller into `store` with this configuration and these credentials.
+    pub fn puller(
+        &self,
+        store: crate::store::Store,
+        reporter: std::sync::Arc<dyn crate::progress::Reporter>,
+    ) -> anyhow::Result<crate::registry::pull::Puller> {
+        Ok(crate::registry::pull::Puller {
+            config: self.load()?,
+            credentials: self.credentials(),
+            store,
+            reporter,
+        })
+    }
 }
 
 /// A tokio runtime for one command.

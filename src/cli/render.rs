@@ -36,6 +36,15 @@ pub fn quiet_reporter() -> Box<dyn Reporter> {
     }
 }
 
+/// The reporter of a command with `--quiet` and `--progress`.
+pub fn command_reporter(quiet: bool, mode: ProgressMode) -> std::sync::Arc<dyn Reporter> {
+    std::sync::Arc::from(if quiet {
+        quiet_reporter()
+    } else {
+        reporter(mode)
+    })
+}
+
 fn timings_wanted() -> bool {
     std::env::var_os("KILN_TIMINGS").is_some_and(|v| !v.is_empty() && v != "0")
 }
