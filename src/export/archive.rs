@@ -44,10 +44,7 @@ pub fn write_archive<W: Write>(
     format: ArchiveFormat,
     out: W,
 ) -> Result<W, ExportError> {
-    let mut tar = tar::Builder::new(out);
-    append_bytes(&mut tar, "oci-layout", OCI_LAYOUT.as_bytes())?;
-    append_dir(&mut tar, "blobs/")?;
-    append_dir(&mut tar, "blobs/sha256/")?;
+    let mut tar = start_layout(out)?;
     let mut written = BTreeSet::new();
     let mut docker_layers = Vec::new();
     for image in images {
@@ -85,9 +82,7 @@ pub fn write_archive<W: Write>(
             &docker_manifest(images, &docker_layers),
         )?;
     }
-    let mut out = tar.into_inner().map_err(ExportError::Write)?;
-    out.flush().map_err(ExportError::Write)?;
-    Ok(out)
+    finish(tar)
 }
 
 /// Writes a multi-platform image as an OCI archive into `out` (flushed): every platform's
@@ -97,10 +92,7 @@ pub fn write_index_archive<W: Write>(
     index: &IndexSource,
     out: W,
 ) -> Result<W, ExportError> {
-    let mut tar = tar::Builder::new(out);
-    append_bytes(&mut tar, "oci-layout", OCI_LAYOUT.as_bytes())?;
-    append_dir(&mut tar, "blobs/")?;
-    append_dir(&mut tar, "blobs/sha256/")?;
+    let mut tar = start_layout(out)?;
     let mut written = BTreeSet::new();
     for image in &index.platforms {
         for blob in image.blobs() {
@@ -117,6 +109,20 @@ pub fn write_index_archive<W: Write>(
     )?;
     let entry = [(index.descriptor.clone(), index.names.clone())];
     append_json(&mut tar, "index.json", &layout_index(&entry))?;
+    finish(tar)
+}
+
+/// An archive's tar with the OCI layout's marker file and blob directories.
+fn start_layout<W: Write>(out: W) -> Result<tar::Builder<W>, ExportError> {
+    let mut tar = tar::Builder::new(out);
+    append_bytes(&mut tar, "oci-layout", OCI_LAYOUT.as_bytes())?;
+    append_dir(&mut tar, "blobs/")?;
+    append_dir(&mut tar, "blobs/sha256/")?;
+    Ok(tar)
+}
+
+/// Ends the tar and flushes what it wrote to.
+fn finish<W: Write>(tar: tar::Builder<W>) -> Result<W, ExportError> {
     let mut out = tar.into_inner().map_err(ExportError::Write)?;
     out.flush().map_err(ExportError::Write)?;
     Ok(out)

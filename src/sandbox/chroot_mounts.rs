@@ -169,19 +169,10 @@ impl Drop for Placed {
     }
 }
 
-fn remove_any(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 fn undo_one(step: Undo) -> Result<(), SandboxError> {
     match step {
         Undo::MoveBack { at, home } => fs::rename(&at, &home).map_err(io("move back", &at)),
-        Undo::Remove(at) => remove_any(&at).map_err(io("remove", &at)),
+        Undo::Remove(at) => crate::snapshot::remove_any(&at).map_err(io("remove", &at)),
         Undo::Restore { aside, at } => fs::rename(&aside, &at).map_err(io("put back", &at)),
         Undo::RemoveDir(at) => fs::remove_dir(&at).map_err(io("remove", &at)),
         Undo::Times { at, meta } => {

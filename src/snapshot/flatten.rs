@@ -37,7 +37,8 @@ fn is_opaque(dir: &Path) -> bool {
         .any(|name| matches!(rustix::fs::lgetxattr(dir, *name, &mut buf), Ok(n) if n > 0 && buf[0] == b'y'))
 }
 
-fn remove_any(path: &Path) -> io::Result<()> {
+/// Removes whatever is at `path` (a directory with its contents); nothing there is success.
+pub fn remove_any(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),

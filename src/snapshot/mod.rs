@@ -33,7 +33,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 pub use chain::{chain_ids, ChainId};
-pub use flatten::flatten;
+pub use flatten::{flatten, remove_any};
 pub use treediff::{diff_into, MountPoints, TreeIndex};
 
 /// The kind of [`Mount`] that is no mount: a plain directory to use as it is (directory
