@@ -25,6 +25,21 @@ fn kiln_with(root: &Path, reg: &Registry, isolation: &str, args: &[&str]) -> Out
         .expect("run kiln")
 }
 
+/// A context with the busybox fixture's files and `dockerfile`.
+fn busybox_files_context(dockerfile: &str) -> tempfile::TempDir {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::create_dir(ctx.path().join("files")).unwrap();
+    for f in ["one.txt", "two.txt"] {
+        std::fs::copy(
+            fixtures().join("busybox/files").join(f),
+            ctx.path().join("files").join(f),
+        )
+        .unwrap();
+    }
+    std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+    ctx
+}
+
 const CHANGES: &str = "FROM busybox:latest AS tools\n\
      RUN mkdir -p /opt/tool && echo tool > /opt/tool/t.txt\n\
      FROM busybox:latest\n\
@@ -42,16 +57,7 @@ const CHANGES: &str = "FROM busybox:latest AS tools\n\
 fn chroot_and_oci_builds_give_the_same_image_ids() {
     require_root();
     let reg = registry_with_busybox();
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::create_dir(ctx.path().join("files")).unwrap();
-    for f in ["one.txt", "two.txt"] {
-        std::fs::copy(
-            fixtures().join("busybox/files").join(f),
-            ctx.path().join("files").join(f),
-        )
-        .unwrap();
-    }
-    std::fs::write(ctx.path().join("Dockerfile"), CHANGES).unwrap();
+    let ctx = busybox_files_context(CHANGES);
     let state = tempfile::tempdir().unwrap();
     for (name, dir) in [
         ("changes", ctx.path().to_path_buf()),
@@ -106,16 +112,7 @@ const MOUNTS: &str = "FROM busybox:latest AS tools\n\
 fn run_mounts_under_chroot_give_the_oci_isolations_image() {
     require_root();
     let reg = registry_with_busybox();
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::create_dir(ctx.path().join("files")).unwrap();
-    for f in ["one.txt", "two.txt"] {
-        std::fs::copy(
-            fixtures().join("busybox/files").join(f),
-            ctx.path().join("files").join(f),
-        )
-        .unwrap();
-    }
-    std::fs::write(ctx.path().join("Dockerfile"), MOUNTS).unwrap();
+    let ctx = busybox_files_context(MOUNTS);
     let state = tempfile::tempdir().unwrap();
     let secret = state.path().join("token");
     std::fs::write(&secret, "s3cr3t").unwrap();
