@@ -163,10 +163,25 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", render_chain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, `: `-joined as anyhow's `{:#}` does, but without a cause the
+/// message already ends with: the library's errors name their source in their own text
+/// (`cannot open PATH: No such file…`) and also return it as `source()`.
+fn render_chain(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Reads a Dockerfile (`-` is stdin) into a source file, with errors that name the path.
@@ -192,4 +207,17 @@ pub(crate) fn read_dockerfile(path: &std::path::Path) -> anyhow::Result<crate::d
             e.message
         )
     })
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[test]
+    fn a_cause_the_message_already_names_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "Permission denied");
+        let err = crate::oci::IoError::new("open", "/x", io);
+        let rendered = super::render_chain(&anyhow::Error::new(err));
+        assert_eq!(rendered, "cannot open /x: Permission denied");
+        let wrapped = anyhow::anyhow!("inner cause").context("outer");
+        assert_eq!(super::render_chain(&wrapped), "outer: inner cause");
+    }
 }
