@@ -90,16 +90,21 @@ fn create(args: CreateArgs, store: &StoreOpts) -> anyhow::Result<ExitCode> {
             tags: tags.clone(),
         },
     )?;
-    if args.push {
+    // Pushed, the index names gzip copies of layers the store keeps uncompressed: print the
+    // digest the registry holds.
+    let digest = if args.push {
         rt.block_on(super::push::push_built(
             &puller,
             &index.digest,
             &tags,
             &[],
             true,
-        ))?;
-    }
-    println!("{}", index.digest);
+        ))?
+        .digest
+    } else {
+        index.digest
+    };
+    println!("{digest}");
     Ok(ExitCode::SUCCESS)
 }
 
