@@ -49,6 +49,8 @@ pub fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
         .store
         .resolve(&tag)?
         .ok_or_else(|| anyhow::anyhow!("no image {tag} in the store (see `kiln images`)"))?;
+    // The gzip copies are untagged blobs until the push ends: prune waits for it as for a build.
+    let _lock = crate::exec::prune::BuildsLock::shared(pusher.store.root())?;
     // A build keeps its layers uncompressed in the store; they leave it compressed.
     let digest = crate::exec::compress::gzip_for_push(&pusher.store, &descriptor.digest)?;
     let image = ManifestPush::from_store(&pusher.store, &digest, &descriptor.media_type)
@@ -87,6 +89,8 @@ pub async fn push_built(
         store: puller.store.clone(),
         reporter: puller.reporter.clone(),
     };
+    // The gzip copies are untagged blobs until the push ends: prune waits for it as for a build.
+    let _lock = crate::exec::prune::BuildsLock::shared(pusher.store.root())?;
     let digest = if gzip_uncompressed {
         crate::exec::compress::gzip_for_push(&pusher.store, manifest_digest)?
     } else {

@@ -21,7 +21,9 @@ pub async fn push_cache(
         .write_blob(&export.config)
         .context("writing the cache config into the store")?;
     // Its config and layers are the blobs, as for any image manifest.
-    // Layers a build left uncompressed in the store leave it as gzip, as an image push does.
+    // Layers a build left uncompressed in the store leave it as gzip, as an image push does;
+    // those copies are untagged until the push ends, so prune waits for it as for a build.
+    let _lock = crate::exec::prune::BuildsLock::shared(builder.store.root())?;
     let bytes = crate::exec::compress::gzip_layers_for_push(&builder.store, &export.manifest)?;
     let manifest = ManifestPush::from_image_manifest(bytes, media::OCI_MANIFEST)
         .map_err(anyhow::Error::msg)?;
