@@ -113,8 +113,9 @@ pub fn run(
     unsafe {
         cmd.pre_exec(move || enter(&root_c, &cwd_c, &gids, uid, gid));
     }
+    // A failed chroot, setuid or exec comes back here: name the command inside the root.
     let mut child = cmd.spawn().map_err(|source| SandboxError::Spawn {
-        runtime: PathBuf::from("chroot"),
+        runtime: exe_path(&root_path, &exe),
         source,
     })?;
     let _tail = stream_output(&mut child, output);
@@ -222,7 +223,9 @@ fn prepare_etc_and_dev(
             .is_ok()
             {
                 placed.made(&node);
-                let _ = rustix::fs::chmod(&node, Mode::from_raw_mode(0o666));
+                // mknod applied the umask; a USER other than root must write /dev/null.
+                rustix::fs::chmod(&node, Mode::from_raw_mode(0o666))
+                    .map_err(|e| SandboxError::io("chmod", &node, e.into()))?;
             }
         }
     }
