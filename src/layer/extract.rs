@@ -770,7 +770,6 @@ impl<'a> Extractor<'a> {
         Ok(out)
     }
 
-    /// Removes `name` in `dir`, recursively if it is a directory; never follows symlinks.
     /// Whether `name` in `dir` is a directory (not a symlink to one).
     fn is_dir_at(&self, dir: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<bool, LayerError> {
         match rfs::statat(dir, os(name), AtFlags::SYMLINK_NOFOLLOW) {
@@ -779,6 +778,7 @@ impl<'a> Extractor<'a> {
         }
     }
 
+    /// Removes `name` in `dir`, recursively if it is a directory; never follows symlinks.
     fn remove_all(&self, dir: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<(), LayerError> {
         self.removed.set(true);
         match rfs::unlinkat(dir, os(name), AtFlags::empty()) {

@@ -193,7 +193,8 @@ impl ManifestPush {
                 .unwrap_or_else(|| "no platform".into());
             if !store.has_blob(&d.digest) {
                 return Err(format!(
-                    "the index lists {} ({platform}), which is not in the store (`kiln pull                      --platform` it, or push a single platform)",
+                    "the index lists {} ({platform}), which is not in the store (`kiln pull \
+                     --platform` it, or push a single platform)",
                     d.digest
                 ));
             }

@@ -94,7 +94,8 @@ pub fn check_can_run_in(
     Ok(())
 }
 
-/// Whether the host runs `platform`'s binaries itself (amd64 runs 386; arm64 runs arm).
+/// Whether the host runs `platform`'s binaries itself (amd64 runs 386; arm64's 32-bit arm
+/// support varies by CPU, so arm goes through emulation).
 fn native_on(host: &Platform, platform: &Platform) -> bool {
     host.architecture == platform.architecture
         || matches!(

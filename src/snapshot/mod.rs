@@ -873,8 +873,9 @@ fn spread_new_dirs(dir: &Path) {
 /// Whether overlayfs has the `volatile` option (Linux 5.10+): then a writable snapshot's
 /// mount ignores fsync and syncfs. dpkg fsyncs every file it unpacks (5,400 fsyncs, 0.45 s
 /// of an apt-get install of 58 packages here), and none of it buys anything: an active
-/// snapshot whose build dies is discarded (`exec::sweep`), never mounted again, and
-/// [`Snapshotter::commit`] syncs the filesystem before the snapshot becomes visible.
+/// snapshot whose build dies is discarded (`exec::sweep`), never mounted again, and a
+/// committed snapshot records the boot it was written in, so a later boot unpacks it again
+/// from its (fsynced) blob instead of trusting unsynced files.
 fn volatile_supported() -> bool {
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SUPPORTED.get_or_init(|| {
