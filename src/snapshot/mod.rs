@@ -507,7 +507,8 @@ impl Snapshotter {
             }
             if self.copies {
                 let rootfs = tmp.join("rootfs");
-                let reused = parent.is_some_and(|p| flatcache::take(&self.root, p, &rootfs));
+                let reused = parent
+                    .is_some_and(|p| flatcache::take(&self.root, p, &rootfs, &self.new_tmp_path()));
                 if !reused {
                     fs::create_dir(&rootfs).map_err(io_err("create directory", &rootfs))?;
                     if let Some(parent) = parent {
@@ -837,7 +838,7 @@ impl Snapshotter {
 }
 
 /// This boot's ID, `None` where the kernel does not give one.
-fn boot_id() -> Option<String> {
+pub(crate) fn boot_id() -> Option<String> {
     static BOOT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     BOOT.get_or_init(|| {
         fs::read_to_string("/proc/sys/kernel/random/boot_id")
