@@ -79,7 +79,7 @@ pub fn run(
             }
         }
     }
-    let mut placed = Placed::default();
+    let mut placed = Placed::in_root(dir);
     if !spec.readonly_rootfs {
         prepare_etc_and_dev(&mut placed, dir, spec, resolv_conf)?;
     }

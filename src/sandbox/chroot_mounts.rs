@@ -33,8 +33,10 @@ enum Undo {
 }
 
 /// What was done to put the mounts in place; undone by [`Placed::undo`] or on drop.
-#[derive(Default)]
 pub struct Placed {
+    /// The root the command ran in: it may have put symlinks there, and undoing runs as
+    /// kiln on the host, where they would resolve.
+    root: PathBuf,
     undo: Vec<Undo>,
 }
 
@@ -43,6 +45,13 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sandbox
 }
 
 impl Placed {
+    pub fn in_root(root: &Path) -> Placed {
+        Placed {
+            root: root.to_path_buf(),
+            undo: Vec::new(),
+        }
+    }
+
     /// Records `dir`'s times, to restore them after entries were added to it or removed.
     pub fn keep_times(&mut self, dir: &Path) {
         if let Ok(meta) = fs::symlink_metadata(dir) {
@@ -153,7 +162,7 @@ impl Placed {
     pub fn undo(mut self) -> Result<(), SandboxError> {
         let mut first = None;
         while let Some(step) = self.undo.pop() {
-            if let Err(e) = undo_one(step) {
+            if let Err(e) = undo_one(&self.root, step) {
                 first.get_or_insert(e);
             }
         }
@@ -164,12 +173,39 @@ impl Placed {
 impl Drop for Placed {
     fn drop(&mut self) {
         while let Some(step) = self.undo.pop() {
-            let _ = undo_one(step);
+            let _ = undo_one(&self.root, step);
         }
     }
 }
 
-fn undo_one(step: Undo) -> Result<(), SandboxError> {
+/// Whether every directory between `root` and `at` (not `at` itself) is still no symlink.
+fn reached_without_symlinks(root: &Path, at: &Path) -> bool {
+    let Ok(rel) = at.strip_prefix(root) else {
+        return true;
+    };
+    let mut path = root.to_path_buf();
+    let comps: Vec<_> = rel.components().collect();
+    for c in &comps[..comps.len().saturating_sub(1)] {
+        path.push(c);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return false;
+        }
+    }
+    true
+}
+
+fn undo_one(root: &Path, step: Undo) -> Result<(), SandboxError> {
+    let at = match &step {
+        Undo::MoveBack { at, .. }
+        | Undo::Remove(at)
+        | Undo::Restore { at, .. }
+        | Undo::RemoveDir(at)
+        | Undo::Times { at, .. } => at,
+    };
+    // The command may have replaced a directory on the way with a symlink to a host path.
+    if !reached_without_symlinks(root, at) {
+        return Err(SandboxError::ChrootMountSymlinked { path: at.clone() });
+    }
     match step {
         Undo::MoveBack { at, home } => fs::rename(&at, &home).map_err(io("move back", &at)),
         Undo::Remove(at) => crate::snapshot::remove_any(&at).map_err(io("remove", &at)),

@@ -87,6 +87,12 @@ pub enum SandboxError {
     )]
     ChrootMountTarget { target: String, why: &'static str },
     #[error(
+        "RUN --mount under chroot isolation: after the command, {path} is reached through a \
+         symlink the command made, which would resolve on the host; kiln left it as it is. \
+         Do not replace a mount target's parent directories in the RUN, or use --isolation=oci"
+    )]
+    ChrootMountSymlinked { path: PathBuf },
+    #[error(
         "--network=none needs a network namespace, which chroot isolation cannot make: use \
          --isolation=oci or rootless where namespaces are allowed, or the host's network"
     )]

@@ -177,3 +177,46 @@ fn chroot_isolation_refuses_network_none_naming_the_fix() {
         "{log}"
     );
 }
+
+#[test]
+fn a_symlink_the_run_puts_on_a_mounts_path_is_not_followed_on_the_host() {
+    require_root();
+    let reg = registry_with_busybox();
+    // A host directory the RUN points a symlink at: undoing the tmpfs mount at
+    // /home/app/.cache/x must not remove the host's x.
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("x"), "host file").unwrap();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM busybox:latest\n\
+             RUN mkdir -p /home/app/.cache && chown -R 1000:1000 /home/app\n\
+             USER 1000:1000\n\
+             RUN --mount=type=tmpfs,target=/home/app/.cache/x \
+             mv /home/app/.cache /home/app/.c && ln -s {} /home/app/.cache\n",
+            host.path().display()
+        ),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let out = kiln_with(
+        state.path(),
+        &reg,
+        "chroot",
+        &["build", ctx.path().to_str().unwrap()],
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("x"))
+            .ok()
+            .as_deref(),
+        Some("host file"),
+        "the host's file was removed through the RUN's symlink: {log}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("reached through a symlink the command made"),
+        "{log}"
+    );
+}
