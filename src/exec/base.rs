@@ -5,8 +5,12 @@ use crate::oci::manifest::ImageConfig;
 use crate::oci::{BlobRef, Compression};
 use crate::oci::{DiffId, Digest, Platform, Reference};
 use crate::registry::pull::{PullOptions, Puller};
-use crate::snapshot::{ChainId, Snapshotter};
+use crate::registry::tap::{self, LayerTap, SharedTap, TapSender};
+use crate::snapshot::{chain_ids, ChainId, ExtractStarter, Snapshotter, Unpacked};
 use crate::store::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use super::error::BuildError;
 
@@ -63,17 +67,29 @@ pub async fn resolve_image(
                 .filter(is_for_platform),
         }
     };
+    let streaming = Arc::new(UnpackWhileDownloading::new(snapshots.extract_starter()));
     let image = match local {
         Some(image) => image,
         None => {
             let options = PullOptions {
                 platform: platform.clone(),
+                tap: Some(SharedTap(streaming.clone())),
                 ..PullOptions::default()
             };
             let start = std::time::Instant::now();
             // What was pulled, not what the tag names now: the pull of another platform
             // (of the same multi-platform build) may have moved the tag since.
-            let pulled = puller.pull(&reference, &options).await?;
+            let pulled = match puller.pull(&reference, &options).await {
+                Ok(pulled) => pulled,
+                Err(e) => {
+                    // Their taps are closed, so the extraction threads end now, each removing
+                    // its directory. Waited for off the runtime: the aborted downloads that
+                    // close the last taps may need this very thread to run.
+                    let threads = streaming.handles();
+                    let _ = tokio::task::spawn_blocking(move || join_extractions(threads)).await;
+                    return Err(e.into());
+                }
+            };
             puller.reporter.report(crate::progress::Event::Timing {
                 phase: format!("pull {reference}"),
                 elapsed: start.elapsed(),
@@ -104,11 +120,18 @@ pub async fn resolve_image(
         });
         parent = Some(chain);
     }
-    let timer = crate::progress::PhaseTimer {
-        reporter: &*puller.reporter,
-        prefix: &tag,
-    };
-    timer.time("unpack", || unpack_layers(store, snapshots, &layers))?;
+    // The pull has verified and stored every blob, so what was extracted from their taps is
+    // those blobs' content (and each extraction checked its DiffID).
+    let streamed = streaming.handles();
+    let start = std::time::Instant::now();
+    let unpacked = unpack_layers(store, snapshots, &layers, streamed)?;
+    puller.reporter.report(crate::progress::Event::Timing {
+        phase: format!(
+            "{tag} unpack ({} of {} layers while downloading)",
+            unpacked.while_downloading, unpacked.unpacked
+        ),
+        elapsed: start.elapsed(),
+    });
     let base_id = image.id().clone();
     let mut config = image.config;
     config.created = None;
@@ -130,41 +153,123 @@ pub async fn resolve_image(
     ))
 }
 
-/// Unpacks the layers of `layers` (bottom first) that have no snapshot yet. Their directories
-/// do not depend on each other (overlay whiteouts), so up to one layer per core is extracted
-/// at a time (python:3.11-slim's two layers: 1.0 s one after the other), and each is installed
-/// once the ones below it are.
+/// Unpacks a base's layers while they download (`registry::tap`): each layer the pull fetches
+/// from its first byte is extracted on a thread of its own as the bytes arrive. Nothing is
+/// installed here: what the threads made waits in temporary directories until the pull has
+/// verified every blob. A failed extraction only means the stored blob is extracted again
+/// afterwards, which reports the error if there is one.
+struct UnpackWhileDownloading {
+    starter: ExtractStarter,
+    threads: Mutex<Vec<JoinHandle<Option<Unpacked>>>>,
+}
+
+impl UnpackWhileDownloading {
+    fn new(starter: ExtractStarter) -> UnpackWhileDownloading {
+        UnpackWhileDownloading {
+            starter,
+            threads: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The extraction threads started so far. Once the pull has returned, each has its
+    /// whole layer or has been told it will not get it, so joining them does not wait on the
+    /// download.
+    fn handles(&self) -> Vec<JoinHandle<Option<Unpacked>>> {
+        std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn join_extractions(threads: Vec<JoinHandle<Option<Unpacked>>>) -> Vec<Unpacked> {
+    threads
+        .into_iter()
+        .filter_map(|t| t.join().ok().flatten())
+        .collect()
+}
+
+impl LayerTap for UnpackWhileDownloading {
+    fn layer_started(
+        &self,
+        index: usize,
+        layer: &crate::oci::BlobRef,
+        config: &[u8],
+    ) -> Option<TapSender> {
+        // An unknown media type is sniffed from the stored blob's first bytes instead.
+        let compression = Compression::from_media_type(&layer.media_type)?;
+        let config: ImageConfig = serde_json::from_slice(config).ok()?;
+        let chains = chain_ids(config.rootfs.diff_ids.get(..=index)?);
+        let diff_id = config.rootfs.diff_ids.get(index)?;
+        let parent = index.checked_sub(1).and_then(|p| chains.get(p));
+        let pending = self.starter.begin(parent, diff_id).ok()?;
+        let (sender, reader) = tap::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("unpack layer {}", index + 1))
+            .spawn(move || pending.run(reader, compression).ok())
+            .ok()?;
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(thread);
+        Some(sender)
+    }
+}
+
+/// Unpacks the layers of `layers` (bottom first) that have no snapshot yet, taking those that
+/// `streamed` (extractions fed during the pull) made. Their directories do not depend on each
+/// other (overlay whiteouts), so up to one layer per core is extracted at a time
+/// (python:3.11-slim's two layers: 1.0 s one after the other), and each is installed once the
+/// ones below it are.
 fn unpack_layers(
     store: &Store,
     snapshots: &Snapshotter,
     layers: &[LayerState],
-) -> Result<(), BuildError> {
+    streamed: Vec<JoinHandle<Option<Unpacked>>>,
+) -> Result<UnpackCounts, BuildError> {
     let missing: Vec<(Option<&ChainId>, &LayerState)> = layers
         .iter()
         .enumerate()
         .map(|(i, l)| (i.checked_sub(1).map(|p| &layers[p].chain), l))
         .filter(|(_, l)| !snapshots.exists(&l.chain))
         .collect();
+    let mut ready: HashMap<ChainId, Unpacked> = join_extractions(streamed)
+        .into_iter()
+        .map(|u| (u.chain_id().clone(), u))
+        .collect();
+    let to_extract: Vec<&(Option<&ChainId>, &LayerState)> = missing
+        .iter()
+        .filter(|(_, l)| !ready.contains_key(&l.chain))
+        .collect();
     let width = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    for window in missing.chunks(width) {
-        let extracted: Vec<Result<crate::snapshot::Unpacked, BuildError>> =
-            std::thread::scope(|scope| {
-                let threads: Vec<_> = window
-                    .iter()
-                    .map(|(parent, l)| {
-                        scope.spawn(move || extract_blob(store, snapshots, *parent, l))
-                    })
-                    .collect();
-                threads
-                    .into_iter()
-                    .map(|t| t.join().unwrap_or(Err(BuildError::StagePanicked)))
-                    .collect()
-            });
+    for window in to_extract.chunks(width) {
+        let extracted: Vec<Result<Unpacked, BuildError>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = window
+                .iter()
+                .map(|(parent, l)| scope.spawn(move || extract_blob(store, snapshots, *parent, l)))
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or(Err(BuildError::StagePanicked)))
+                .collect()
+        });
         for unpacked in extracted {
-            snapshots.install_unpacked(unpacked?)?;
+            let unpacked = unpacked?;
+            ready.insert(unpacked.chain_id().clone(), unpacked);
         }
     }
-    Ok(())
+    for (_, layer) in &missing {
+        if let Some(unpacked) = ready.remove(&layer.chain) {
+            snapshots.install_unpacked(unpacked)?;
+        }
+    }
+    Ok(UnpackCounts {
+        unpacked: missing.len(),
+        while_downloading: missing.len() - to_extract.len(),
+    })
+}
+
+/// How many layers [`unpack_layers`] unpacked, and how many of them during their download.
+struct UnpackCounts {
+    unpacked: usize,
+    while_downloading: usize,
 }
 
 /// Extracts the stored blob of `layer` (to go on top of `parent`) into a temporary directory.

@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod error;
 pub mod pull;
 pub mod push;
+pub mod tap;
 mod tasks;
 
 pub use client::{BlobSink, EndpointConfig, FetchedManifest, RegistryClient, RetryPolicy, Scheme};

@@ -1,7 +1,9 @@
 //! Pulling an image into the store: resolve the reference on the first endpoint that answers
 //! (mirrors first), pick the platform from an index, then fetch config and layers in parallel
 //! (bounded), each streamed into a resumable ingest that verifies size and digest before the
-//! blob becomes visible. The pulled manifest is tagged with the full reference.
+//! blob becomes visible. The pulled manifest is tagged with the full reference. With a layer
+//! tap (`registry::tap`) the config comes first, and each layer's bytes also go to the tap as
+//! they arrive, so a build can unpack it during the download.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +20,7 @@ use super::client::{BlobSink, FetchedManifest, RegistryClient};
 use super::config::RegistryConfig;
 use super::credentials::CredentialSources;
 use super::error::RegistryError;
+use super::tap::{SharedTap, TapSender};
 
 /// The manifest digest as the registry knows it (what `docker images --digests` shows).
 pub const ANNOTATION_SOURCE_DIGEST: &str = "dev.kiln.image.registry-digest";
@@ -59,6 +62,8 @@ pub struct PullOptions {
     pub platform: Platform,
     /// Blobs downloaded at once.
     pub concurrency: usize,
+    /// Gets each layer's bytes as they download (the config is then fetched first).
+    pub tap: Option<SharedTap>,
 }
 
 impl Default for PullOptions {
@@ -66,6 +71,7 @@ impl Default for PullOptions {
         PullOptions {
             platform: Platform::host(),
             concurrency: 3,
+            tap: None,
         }
     }
 }
@@ -192,6 +198,11 @@ impl Puller {
         let endpoints = self
             .config
             .endpoints(reference.registry(), &self.credentials)?;
+        let job = BlobJob {
+            blob: blob.clone(),
+            label: label.to_string(),
+            tap: None,
+        };
         let mut last = None;
         for endpoint in endpoints {
             let client = RegistryClient::new(endpoint)?;
@@ -200,8 +211,7 @@ impl Puller {
                 &self.store,
                 &*self.reporter,
                 reference.repository(),
-                blob,
-                label,
+                &job,
             )
             .await
             {
@@ -254,17 +264,47 @@ impl Puller {
             unreachable!("indexes were resolved above");
         };
 
-        let blobs: Vec<(BlobRef, String)> = std::iter::once((config.clone(), "config".to_string()))
-            .chain(
-                layers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| (l.clone(), format!("layer {}", i + 1))),
-            )
-            .collect();
-        let downloaded = self
-            .fetch_blobs(client, &repo, blobs, options.concurrency)
-            .await?;
+        let config_job = BlobJob {
+            blob: config.clone(),
+            label: "config".to_string(),
+            tap: None,
+        };
+        let layer_jobs = |tap: Option<(SharedTap, Arc<Vec<u8>>)>| -> Vec<BlobJob> {
+            layers
+                .iter()
+                .enumerate()
+                .map(|(index, l)| BlobJob {
+                    blob: l.clone(),
+                    label: format!("layer {}", index + 1),
+                    tap: tap.as_ref().map(|(tap, config)| LayerTapJob {
+                        tap: tap.clone(),
+                        index,
+                        config: config.clone(),
+                    }),
+                })
+                .collect()
+        };
+        let downloaded = match &options.tap {
+            // A tap needs the config (its DiffIDs) before the first layer byte arrives.
+            Some(tap) => {
+                let mut moved = self
+                    .fetch_blobs(client, &repo, vec![config_job], options.concurrency)
+                    .await?;
+                let config_bytes = Arc::new(self.store.read_blob(&config.digest)?);
+                let jobs = layer_jobs(Some((tap.clone(), config_bytes)));
+                moved += self
+                    .fetch_blobs(client, &repo, jobs, options.concurrency)
+                    .await?;
+                moved
+            }
+            None => {
+                let jobs = std::iter::once(config_job)
+                    .chain(layer_jobs(None))
+                    .collect();
+                self.fetch_blobs(client, &repo, jobs, options.concurrency)
+                    .await?
+            }
+        };
 
         // The store is an OCI layout that skopeo and umoci must read, and they only accept OCI
         // media types there: a Docker schema 2 manifest is rewritten with OCI types. Config and
@@ -412,12 +452,12 @@ impl Puller {
         &self,
         client: &Arc<RegistryClient>,
         repo: &str,
-        blobs: Vec<(BlobRef, String)>,
+        blobs: Vec<BlobJob>,
         concurrency: usize,
     ) -> Result<u64, PullError> {
         let semaphore = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut tasks = JoinSet::new();
-        for (desc, label) in blobs {
+        for job in blobs {
             let (client, store, reporter, repo, semaphore) = (
                 client.clone(),
                 self.store.clone(),
@@ -427,7 +467,7 @@ impl Puller {
             );
             tasks.spawn(async move {
                 let _permit = semaphore.acquire_owned().await;
-                fetch_one(&client, &store, &*reporter, &repo, &desc, &label).await
+                fetch_one(&client, &store, &*reporter, &repo, &job).await
             });
         }
         // The others stop at the first failure; their partial files stay for a resumed pull.
@@ -446,12 +486,28 @@ fn endpoint_may_differ(e: &RegistryError) -> bool {
     !matches!(e, RegistryError::Credentials(_))
 }
 
-/// Streams into a store ingest; `reset` restarts from zero when the registry ignores `Range`.
+/// One blob to download, and who else gets its bytes.
+struct BlobJob {
+    blob: BlobRef,
+    label: String,
+    tap: Option<LayerTapJob>,
+}
+
+/// A layer whose bytes a [`super::tap::LayerTap`] gets as well.
+struct LayerTapJob {
+    tap: SharedTap,
+    index: usize,
+    config: Arc<Vec<u8>>,
+}
+
+/// Streams into a store ingest (and a tap); `reset` restarts from zero when the registry
+/// ignores `Range`.
 struct IngestSink {
     store: Store,
     digest: Digest,
     size: u64,
     ingest: Option<Ingest>,
+    tap: Option<TapSender>,
 }
 
 impl BlobSink for IngestSink {
@@ -461,12 +517,18 @@ impl BlobSink for IngestSink {
 
     fn write_chunk(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         match &mut self.ingest {
-            Some(ingest) => std::io::Write::write_all(ingest, chunk),
-            None => Err(std::io::Error::other("ingest already closed")),
+            Some(ingest) => std::io::Write::write_all(ingest, chunk)?,
+            None => return Err(std::io::Error::other("ingest already closed")),
         }
+        if let Some(tap) = &mut self.tap {
+            tap.send(chunk);
+        }
+        Ok(())
     }
 
     fn reset(&mut self) -> std::io::Result<()> {
+        // The tap saw the bytes before the restart; dropping it tells its reader so.
+        self.tap = None;
         if let Some(old) = self.ingest.take() {
             old.abort();
         }
@@ -484,11 +546,11 @@ async fn fetch_one(
     store: &Store,
     reporter: &dyn Reporter,
     repo: &str,
-    desc: &BlobRef,
-    label: &str,
+    job: &BlobJob,
 ) -> Result<u64, PullError> {
+    let desc = &job.blob;
     let id = desc.digest.to_string();
-    let label = format!("{} {label}", &desc.digest.hex()[..12]);
+    let label = format!("{} {}", &desc.digest.hex()[..12], job.label);
     let started = Instant::now();
     // Where the blob lives, for pushes that can mount it instead of uploading it.
     let remember = || {
@@ -517,11 +579,18 @@ async fn fetch_one(
             offset,
             direction: Direction::Download,
         });
+        // Only a download from the first byte can be followed; a resumed one is read back
+        // from the store once complete.
+        let tap = match &job.tap {
+            Some(t) if offset == 0 => t.tap.0.layer_started(t.index, desc, &t.config),
+            _ => None,
+        };
         let mut sink = IngestSink {
             store: store.clone(),
             digest: desc.digest.clone(),
             size: desc.size,
             ingest: Some(ingest),
+            tap,
         };
         let progress = |n: u64| {
             reporter.report(Event::TransferProgress {
@@ -550,6 +619,9 @@ async fn fetch_one(
         };
         match ingest.commit() {
             Ok(info) => {
+                if let Some(tap) = sink.tap.take() {
+                    tap.finish();
+                }
                 remember();
                 reporter.report(Event::TransferDone {
                     id,

@@ -192,6 +192,60 @@ impl Drop for Unpacked {
     }
 }
 
+/// Starts extractions into a snapshotter's temporary directory ([`Snapshotter::extract_starter`]).
+#[derive(Debug, Clone)]
+pub struct ExtractStarter {
+    tmp_dir: PathBuf,
+}
+
+impl ExtractStarter {
+    /// Makes the temporary directory for the layer `diff_id` on top of `parent`.
+    pub fn begin(&self, parent: Option<&ChainId>, diff_id: &DiffId) -> Result<PendingExtract> {
+        let tmp = new_tmp_path(&self.tmp_dir);
+        fs::create_dir(&tmp).map_err(io_err("create directory", &tmp))?;
+        let unpacked = Unpacked {
+            tmp,
+            info: SnapshotInfo {
+                chain_id: ChainId::of(parent, diff_id),
+                diff_id: diff_id.clone(),
+                parent: parent.cloned(),
+                size: None,
+                unsynced_boot: None,
+            },
+        };
+        let fs_dir = unpacked.tmp.join("fs");
+        fs::create_dir(&fs_dir).map_err(io_err("create directory", &fs_dir))?;
+        Ok(PendingExtract(unpacked))
+    }
+}
+
+/// A layer extraction whose directory is made and whose bytes are still to come
+/// ([`Snapshotter::begin_extract`]).
+pub struct PendingExtract(Unpacked);
+
+impl PendingExtract {
+    /// The snapshot this extraction is for.
+    pub fn chain_id(&self) -> &ChainId {
+        &self.0.info.chain_id
+    }
+
+    /// Extracts the layer `reader` yields and checks its DiffID.
+    pub fn run(self, reader: impl Read + Send, compression: Compression) -> Result<Unpacked> {
+        let mut unpacked = self.0;
+        let fs_dir = unpacked.tmp.join("fs");
+        let stats = extract_layer(reader, compression, &fs_dir, &ExtractOptions::overlay())?;
+        if stats.diff_id != unpacked.info.diff_id {
+            return Err(SnapshotError::DiffIdMismatch {
+                chain_id: unpacked.info.chain_id.clone(),
+                expected: unpacked.info.diff_id.clone(),
+                actual: stats.diff_id,
+            });
+        }
+        unpacked.info.size = Some(stats.uncompressed_size);
+        Ok(unpacked)
+    }
+}
+
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Snapshotter {
@@ -400,29 +454,26 @@ impl Snapshotter {
         reader: impl Read + Send,
         compression: Compression,
     ) -> Result<Unpacked> {
-        let chain_id = ChainId::of(parent, diff_id);
-        let mut unpacked = Unpacked {
-            tmp: self.new_tmp()?,
-            info: SnapshotInfo {
-                chain_id: chain_id.clone(),
-                diff_id: diff_id.clone(),
-                parent: parent.cloned(),
-                size: None,
-                unsynced_boot: None,
-            },
-        };
-        let fs_dir = unpacked.tmp.join("fs");
-        fs::create_dir(&fs_dir).map_err(io_err("create directory", &fs_dir))?;
-        let stats = extract_layer(reader, compression, &fs_dir, &ExtractOptions::overlay())?;
-        if stats.diff_id != *diff_id {
-            return Err(SnapshotError::DiffIdMismatch {
-                chain_id,
-                expected: diff_id.clone(),
-                actual: stats.diff_id,
-            });
+        self.begin_extract(parent, diff_id)?
+            .run(reader, compression)
+    }
+
+    /// [`extract`](Snapshotter::extract) in two halves: the temporary directory now, the
+    /// layer's bytes later, on whatever thread reads them (a download's, for one).
+    pub fn begin_extract(
+        &self,
+        parent: Option<&ChainId>,
+        diff_id: &DiffId,
+    ) -> Result<PendingExtract> {
+        self.extract_starter().begin(parent, diff_id)
+    }
+
+    /// An owned [`begin_extract`](Snapshotter::begin_extract), for threads and callbacks that
+    /// cannot borrow the snapshotter.
+    pub fn extract_starter(&self) -> ExtractStarter {
+        ExtractStarter {
+            tmp_dir: self.tmp_dir(),
         }
-        unpacked.info.size = Some(stats.uncompressed_size);
-        Ok(unpacked)
     }
 
     /// Makes an extracted layer the snapshot it was extracted for; its parent must be installed.
@@ -821,13 +872,7 @@ impl Snapshotter {
     }
 
     fn new_tmp_path(&self) -> PathBuf {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        self.tmp_dir()
-            .join(format!("{}-{nanos}-{n}", std::process::id()))
+        new_tmp_path(&self.tmp_dir())
     }
 
     fn new_tmp(&self) -> Result<PathBuf> {
@@ -835,6 +880,17 @@ impl Snapshotter {
         fs::create_dir(&path).map_err(io_err("create directory", &path))?;
         Ok(path)
     }
+}
+
+/// A fresh name in `tmp_dir`: the pid makes it unique between processes (and lets a later
+/// process find it stale), the counter within this one.
+fn new_tmp_path(tmp_dir: &Path) -> PathBuf {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    tmp_dir.join(format!("{}-{nanos}-{n}", std::process::id()))
 }
 
 /// This boot's ID, `None` where the kernel does not give one.

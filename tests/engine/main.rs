@@ -6,6 +6,7 @@
 mod support;
 
 mod bake;
+mod base_pull;
 mod build;
 mod cache;
 mod chroot;

@@ -21,6 +21,8 @@ pub enum Action {
     CutAfter(usize),
     /// Pass the response with one body byte flipped (same length).
     Corrupt,
+    /// Pass the response with the body byte at this offset flipped.
+    FlipByte(usize),
     /// Forward the request head and only the first `n` bytes of its body to the registry,
     /// then close both connections without answering: an upload cut in the middle.
     CutRequestAfter(usize),
@@ -234,6 +236,7 @@ fn handle(mut client: TcpStream, upstream_port: u16, state: &Mutex<State>) -> st
             let i = body.len() / 2;
             body[i] ^= 0x01;
         }
+        Some(Action::FlipByte(i)) if i < body.len() => body[i] ^= 0x01,
         _ => {}
     }
     client.write_all(new_head.as_bytes())?;
