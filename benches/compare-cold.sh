@@ -17,7 +17,7 @@
 #   - BASES=kiln-pulls (the default, and the strictest for kiln): kiln gets an empty state
 #     root, docker keeps its bases unpacked (only `docker builder prune -af`). This is how the
 #     issue measured it.
-# A kiln build whose log says CACHED is not cold, and stops the script.
+# A build whose log says CACHED (either tool) is not cold, and stops the script.
 # The tools alternate (docker first in odd runs, kiln first in even ones), and before every
 # timed build the previous one's files are deleted, `sync` flushes the page cache and the
 # script sleeps $SETTLE seconds: ext4 without a journal skips recently freed inodes, so file
@@ -133,7 +133,11 @@ for t in "${targets[@]}"; do
           for b in "${base_images[@]}"; do $DOCKER rmi -f "$b" >/dev/null 2>&1 || true; done
         fi
         settle
-        timed "$WORK/docker.$t" $DOCKER build --network=host "${flags[@]}" -t "$tag" -f "$file" "$ctx"
+        timed "$WORK/docker.$t" $DOCKER build --progress=plain --network=host "${flags[@]}" -t "$tag" -f "$file" "$ctx"
+        if grep -q ' CACHED$' "$WORK/log"; then
+          echo "compare-cold: docker's build of $t used its cache; not a cold build:" >&2
+          grep ' CACHED$' "$WORK/log" >&2; exit 1
+        fi
       else
         if [ "$BASES" = kept ]; then
           "$KILN" rmi --root "$WORK/kiln-root" "$tag" >/dev/null 2>&1 || true
