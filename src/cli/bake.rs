@@ -6,27 +6,25 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use super::build::{
-    kill_own_containers, open_builder, push_registry, render_build_error, signal_children,
+    ignore_matcher, open_builder, push_registry, render_build_error, secrets_from,
+    stop_steps_on_ctrl_c,
 };
-use super::build_args::{parse_secret, SecretSource};
 use super::cache_opts::{parse_cache_spec, CacheLocation, CacheSpec};
 use super::output::OutputSpec;
 use super::pull::StoreOpts;
 use super::registry_opts::{runtime, RegistryOpts};
 use super::render::{reporter, ProgressMode};
 use crate::bake::{BuildUnit, LoadOptions};
-use crate::context::ignore::{load_ignore_patterns, PatternMatcher};
 use crate::diag::SourceFile;
 use crate::dockerfile::parse_dockerfile;
 use crate::exec::build::{BuildOutcome, BuildRequest};
 use crate::exec::commit::LayerSettings;
-use crate::exec::run_step::Secret;
 use crate::exec::BuildError;
 use crate::layer::Compression;
 use crate::oci::{Platform, Reference};
@@ -145,16 +143,7 @@ pub fn run(args: BakeArgs) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
     let builder = open_builder(store, &args.registry, base, args.runtime.as_deref())?;
     let rt = runtime()?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    let bundles = builder.state_root.join("bundles");
-    rt.spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            flag.store(true, Ordering::SeqCst);
-            kill_own_containers(&bundles);
-            signal_children(rustix::process::Signal::KILL);
-        }
-    });
+    let interrupted = stop_steps_on_ctrl_c(&rt, &builder.state_root);
     for job in &jobs {
         rt.block_on(super::cache_opts::import_caches(&builder, &job.cache_from));
     }
@@ -296,23 +285,8 @@ fn prepare(
     };
     let dockerfile = parse_dockerfile(&source)
         .map_err(|e| anyhow::anyhow!("{}: {}", what(), e.render(&source)))?;
-    let (patterns, _) = load_ignore_patterns(&context_dir, dockerfile_path.as_deref())?;
-    let ignore = if patterns.is_empty() {
-        None
-    } else {
-        Some(PatternMatcher::new(&patterns)?)
-    };
-    let mut secrets = BTreeMap::new();
-    for spec in &t.secret {
-        let (id, src) = parse_secret(spec).with_context(what)?;
-        secrets.insert(
-            id,
-            match src {
-                SecretSource::File(p) => Secret::File(p),
-                SecretSource::Env(v) => Secret::Env(v),
-            },
-        );
-    }
+    let ignore = ignore_matcher(&context_dir, dockerfile_path.as_deref())?;
+    let secrets = secrets_from(&t.secret).with_context(what)?;
     let platforms = match t.platforms.as_slice() {
         [] => vec![Platform::host()],
         many => super::build::parse_platforms(Some(&many.join(","))).with_context(what)?,

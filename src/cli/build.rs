@@ -1,30 +1,31 @@
-//! `kiln build` and `kiln run`.
+//! `kiln build`, and what `kiln run` and `kiln bake` share with it.
 
-use std::collections::BTreeSet;
-use std::io::Write as _;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use super::build_args::{parse_secret, BuildArgs, SecretSource};
-use super::pull::StoreOpts;
+use super::cache_opts::CacheSpec;
+use super::output::OutputSpec;
 use super::registry_opts::{runtime, RegistryOpts};
-use super::render::{reporter, ProgressMode};
+use super::render::reporter;
 use crate::cache::Cache;
 use crate::context::ignore::{load_ignore_patterns, PatternMatcher};
 use crate::diag::{Diagnostic, Severity, SourceFile};
 use crate::dockerfile::parse_dockerfile;
-use crate::exec::base::resolve_image;
-use crate::exec::build::{BuildRequest, Builder};
+use crate::exec::build::{BuildOutcome, BuildRequest, Builder};
 use crate::exec::commit::LayerSettings;
 use crate::exec::run_step::Secret;
 use crate::exec::BuildError;
 use crate::oci::{Compression, Platform};
 use crate::progress::Reporter;
 use crate::registry::pull::Puller;
-use crate::sandbox::{resolve_user_from, NetworkMode, RunSpec, Stream};
+use crate::registry::push::PushReport;
+use crate::sandbox::NetworkMode;
 use crate::snapshot::Snapshotter;
 use crate::store::Store;
 
@@ -153,26 +154,10 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let output = super::output::parse_outputs(&args.outputs, std::io::stdout().is_terminal())?;
     // `--push` is `-o type=registry` (or `type=image,push=true`) as in buildx.
     let push = args.push || output.push;
-    let mut _stdin_context = None;
-    let context_dir: PathBuf = if args.context == "-" {
-        let dir = context_from_stdin()?;
-        let p = dir.path().to_path_buf();
-        _stdin_context = Some(dir);
-        p
-    } else {
-        let p = PathBuf::from(&args.context);
-        if !p.is_dir() {
-            anyhow::bail!(
-                "unable to prepare context: path {:?} not found",
-                args.context
-            );
-        }
-        p
-    };
+    let context = BuildContext::open(&args.context)?;
     let dockerfile_path = match &args.file {
-        Some(f) if f.as_os_str() == "-" => f.clone(),
         Some(f) => f.clone(),
-        None => context_dir.join("Dockerfile"),
+        None => context.dir.join("Dockerfile"),
     };
     let source = super::read_dockerfile(&dockerfile_path)?;
     let dockerfile = match parse_dockerfile(&source) {
@@ -182,66 +167,29 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let df_for_ignore = (dockerfile_path.as_os_str() != "-").then_some(dockerfile_path.as_path());
-    let (patterns, _) = load_ignore_patterns(&context_dir, df_for_ignore)?;
-    let ignore = if patterns.is_empty() {
-        None
-    } else {
-        Some(PatternMatcher::new(&patterns)?)
-    };
-    let mut secrets = std::collections::BTreeMap::new();
-    for spec in &args.secrets {
-        let (id, src) = parse_secret(spec)?;
-        secrets.insert(
-            id,
-            match src {
-                SecretSource::File(p) => Secret::File(p),
-                SecretSource::Env(v) => Secret::Env(v),
-            },
-        );
-    }
+    let from_file = (dockerfile_path.as_os_str() != "-").then_some(dockerfile_path.as_path());
+    let ignore = ignore_matcher(&context.dir, from_file)?;
+    let secrets = secrets_from(&args.secrets)?;
     let platforms = parse_platforms(args.platform.as_deref())?;
     if platforms.len() > 1 {
         // Before anything is built, as for any bad -o.
         super::output::check_multi_platform(&output, platforms.len())?;
     }
-    // Without a choice, layers are compressed when pushed (see `exec::compress`).
-    let (compression, gzip_on_push) = match (args.compression.as_deref(), args.compression_level) {
-        (None, None) => (Compression::None, true),
-        (Some("zstd"), _) => (Compression::Zstd, false),
-        (Some("uncompressed"), _) => (Compression::None, false),
-        _ => (Compression::Gzip, false),
-    };
+    let (compression, gzip_on_push) = layer_compression(&args);
     let mode = args.progress_mode();
     let rep: Arc<dyn Reporter> = match mode {
         Some(m) => Arc::from(reporter(m)),
         None => Arc::from(super::render::quiet_reporter()),
     };
-    let mut names = Vec::new();
-    for t in &args.tags {
-        names.push(crate::oci::Reference::parse(t)?.to_string());
-    }
-    for n in &output.names {
-        if !names.contains(n) {
-            names.push(n.clone());
-        }
-    }
+    let names = image_names(&args.tags, &output)?;
     // Only the image output tags the store (as buildx): archives and trees carry the names.
     let tags = if output.tags_store() {
         names.clone()
     } else {
         Vec::new()
     };
-    let cache_from = args
-        .cache_from
-        .iter()
-        .map(|s| super::cache_opts::parse_cache_spec(s, false))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let cache_to = args
-        .cache_to
-        .iter()
-        .map(|s| super::cache_opts::parse_cache_spec(s, true))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_from = parse_cache_specs(&args.cache_from, false)?;
+    let cache_to = parse_cache_specs(&args.cache_to, true)?;
     let cache_to_dir = cache_to
         .iter()
         .any(|c| matches!(c.location, super::cache_opts::CacheLocation::Local(_)));
@@ -255,7 +203,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let multi = platforms.len() > 1;
     let template = BuildRequest {
         dockerfile,
-        context_dir,
+        context_dir: context.dir.clone(),
         named_contexts,
         ignore,
         build_args: args.build_arg_map(),
@@ -294,18 +242,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     };
     let requests = template.for_platforms(&platforms);
     let rt = runtime()?;
-    // Ctrl-C: the running step's runtime is killed (the sandbox then deletes its container), the
-    // step fails, and the normal error path unmounts and cleans up; the store stays valid.
-    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = interrupted.clone();
-    let bundles = builder.state_root.join("bundles");
-    rt.spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            kill_own_containers(&bundles);
-            signal_children(rustix::process::Signal::KILL);
-        }
-    });
+    let interrupted = stop_steps_on_ctrl_c(&rt, &builder.state_root);
     rt.block_on(super::cache_opts::import_caches(&builder, &cache_from));
     let built = if multi {
         builder.build_platforms(
@@ -325,7 +262,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     };
     let outcome = match built {
         Ok(o) => o,
-        Err(_) if interrupted.load(std::sync::atomic::Ordering::SeqCst) => {
+        Err(_) if interrupted.load(Ordering::SeqCst) => {
             eprintln!("error: {}", BuildError::Interrupted);
             return Ok(ExitCode::from(130));
         }
@@ -334,82 +271,16 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    for w in &outcome.warnings {
-        eprintln!("{w}");
-    }
-    let pushed = if push {
-        Some(rt.block_on(super::push::push_built(
-            &builder.puller,
-            &outcome.manifest_digest,
-            &names,
-            &outcome.remote_layers,
-            gzip_on_push,
-        ))?)
-    } else {
-        None
+    let delivery = Delivery {
+        output,
+        names,
+        push,
+        gzip_on_push,
+        cache_to,
+        multi_platform: multi,
     };
-    rt.block_on(super::cache_opts::export_caches(
-        &builder, &cache_to, &outcome,
-    ))?;
-    // Before any auto-prune: an image the store does not tag is only safe until then.
-    super::output::export_build(
-        &builder.store,
-        &outcome.manifest_digest,
-        &output,
-        names.clone(),
-    )?;
-    if let Some(budget) = &builder.puller.config.gc.keep_storage {
-        let keep = crate::exec::prune::parse_size(budget).with_context(|| {
-            format!("invalid [gc] keep-storage {budget:?} in the config: use e.g. 20GB")
-        })?;
-        let options = crate::exec::prune::PruneOptions {
-            keep_storage: Some(keep),
-            ..Default::default()
-        };
-        // Skipped (not waited for) while other builds run.
-        let report = super::images::prune_store(&builder.store, &options, false)?;
-        if report.records_removed + report.snapshots_removed > 0 && mode.is_some() {
-            eprintln!(
-                "auto-prune: freed {} of build cache to stay under keep-storage {budget}",
-                super::render::human_bytes(report.bytes_freed)
-            );
-        }
-    }
-    if let Some(path) = &args.iidfile {
-        std::fs::write(path, outcome.id.to_string())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &args.metadata_file {
-        // With --push, the digest the registry holds, as buildx records it: the store's
-        // manifest names uncompressed layers, the pushed one their gzip copies.
-        let digest = pushed
-            .as_ref()
-            .map(|p| p.digest.clone())
-            .unwrap_or_else(|| outcome.manifest_digest.clone());
-        let mut doc = serde_json::json!({
-            "containerimage.digest": digest.to_string(),
-            "image.name": names.join(","),
-        });
-        // An index has no config: buildx writes the config digest for one platform only.
-        if !multi {
-            doc["containerimage.config.digest"] = outcome.id.to_string().into();
-        }
-        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if mode.is_some() {
-        for t in &outcome.tags {
-            eprintln!("naming to {t} done");
-        }
-        if !outcome.remote_layers.is_empty() && output.tags_store() {
-            eprintln!(
-                "not tagged in the local store: {} layer(s) of the image were only pushed from \
-                 the registry cache, never downloaded (`kiln pull` fetches the image)",
-                outcome.remote_layers.len()
-            );
-        }
-    }
-    if output.writes_stdout() {
+    deliver(&rt, &builder, &args, &delivery, &outcome, mode.is_some())?;
+    if delivery.output.writes_stdout() {
         // stdout carries the archive: nothing else may go there.
         eprintln!("{}", outcome.id);
     } else {
@@ -418,137 +289,239 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// Remove the container's writable layer afterwards (always done; accepted for Docker compatibility)
-    #[arg(long)]
-    rm: bool,
-    /// Environment variable K=V (repeatable)
-    #[arg(short = 'e', long = "env")]
-    env: Vec<String>,
-    /// Network: host (default) or none
-    #[arg(long, value_parser = ["host", "none", "default"], default_value = "host")]
-    network: String,
-    /// Override the image's entrypoint
-    #[arg(long)]
-    entrypoint: Option<String>,
-    /// Run as this user
-    #[arg(short, long)]
-    user: Option<String>,
-    /// Working directory inside the container
-    #[arg(short = 'w', long)]
-    workdir: Option<String>,
-    /// OCI runtime (default: crun, else runc)
-    #[arg(long)]
-    runtime: Option<PathBuf>,
-    /// The platform to run (os/arch[/variant]) from a multi-platform image; another
-    /// architecture runs through qemu-user-static (binfmt_misc)
-    #[arg(long)]
-    platform: Option<String>,
-    /// Image reference from the store
-    image: String,
-    /// Command and arguments (replace the image's CMD)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
-    #[command(flatten)]
-    registry: RegistryOpts,
-    #[command(flatten)]
-    store: StoreOpts,
+/// Where a built image goes, besides the store.
+struct Delivery {
+    output: OutputSpec,
+    names: Vec<String>,
+    push: bool,
+    gzip_on_push: bool,
+    cache_to: Vec<CacheSpec>,
+    multi_platform: bool,
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let store = args.store.open()?;
-    let rep: Arc<dyn Reporter> = Arc::from(reporter(ProgressMode::Plain));
-    let builder = open_builder(store, &args.registry, rep, args.runtime.as_deref())?;
-    let platform = match &args.platform {
-        Some(p) => Platform::parse(p)
-            .with_context(|| format!("invalid --platform {p:?}"))?
-            .normalized(),
-        None => Platform::host(),
-    };
-    crate::sandbox::emulation::check_can_run(&platform)?;
-    let rt = runtime()?;
-    let (_, image) = rt
-        .block_on(resolve_image(
+/// Everything after a successful build: warnings, the push, cache exports, the `-o` outputs,
+/// the auto-prune, `--iidfile` and `--metadata-file`, and the closing lines.
+fn deliver(
+    rt: &tokio::runtime::Runtime,
+    builder: &Builder,
+    args: &BuildArgs,
+    delivery: &Delivery,
+    outcome: &BuildOutcome,
+    show: bool,
+) -> anyhow::Result<()> {
+    for w in &outcome.warnings {
+        eprintln!("{w}");
+    }
+    let pushed = if delivery.push {
+        Some(rt.block_on(super::push::push_built(
             &builder.puller,
-            &builder.snapshots,
-            &args.image,
-            &platform,
-            false,
-        ))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let cfg = image.config.config.clone().unwrap_or_default();
-    let entrypoint = match &args.entrypoint {
-        Some(e) if e.is_empty() => Vec::new(),
-        Some(e) => vec![e.clone()],
-        None => cfg.entrypoint.clone().unwrap_or_default(),
-    };
-    let cmd = if !args.command.is_empty() {
-        args.command.clone()
-    } else if args.entrypoint.is_some() {
-        Vec::new()
+            &outcome.manifest_digest,
+            &delivery.names,
+            &outcome.remote_layers,
+            delivery.gzip_on_push,
+        ))?)
     } else {
-        cfg.cmd.clone().unwrap_or_default()
+        None
     };
-    let mut argv = entrypoint;
-    argv.extend(cmd);
-    if argv.is_empty() {
-        anyhow::bail!("no command specified: the image has no ENTRYPOINT or CMD");
-    }
-    let mut env = cfg.env.clone().unwrap_or_default();
-    for e in &args.env {
-        let (k, _) = e.split_once('=').unwrap_or((e.as_str(), ""));
-        let value = if e.contains('=') {
-            e.clone()
-        } else {
-            format!("{k}={}", std::env::var(k).unwrap_or_default())
-        };
-        env.retain(|x| x.split_once('=').map(|(n, _)| n) != Some(k));
-        env.push(value);
-    }
-    let lowers = match image.top_chain() {
-        Some(c) => builder.snapshots.lower_dirs(c)?,
-        None => Vec::new(),
-    };
-    let user = args.user.clone().or(cfg.user.clone()).unwrap_or_default();
-    let user_spec = resolve_user_from(
-        &user,
-        crate::exec::run_step::read_from_lowers(&lowers, "/etc/passwd").as_deref(),
-        crate::exec::run_step::read_from_lowers(&lowers, "/etc/group").as_deref(),
+    rt.block_on(super::cache_opts::export_caches(
+        builder,
+        &delivery.cache_to,
+        outcome,
+    ))?;
+    // Before any auto-prune: an image the store does not tag is only safe until then.
+    super::output::export_build(
+        &builder.store,
+        &outcome.manifest_digest,
+        &delivery.output,
+        delivery.names.clone(),
     )?;
-    let key = format!("run-{}", std::process::id());
-    let rootfs = builder.snapshots.prepare(&key, image.top_chain())?;
-    let spec = RunSpec {
-        rootfs,
-        args: argv,
-        env,
-        cwd: args
-            .workdir
-            .clone()
-            .or(cfg.working_dir.clone())
-            .filter(|w| !w.is_empty())
-            .unwrap_or_else(|| "/".into()),
-        user: user_spec,
-        hostname: "kiln".into(),
-        network: if args.network == "none" {
-            NetworkMode::None
-        } else {
-            NetworkMode::Host
-        },
-        ..RunSpec::default()
+    auto_prune(builder, show)?;
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, outcome.id.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.metadata_file {
+        write_metadata_file(
+            path,
+            outcome,
+            pushed.as_ref(),
+            &delivery.names,
+            delivery.multi_platform,
+        )?;
+    }
+    if show {
+        report_names(outcome, delivery.output.tags_store());
+    }
+    Ok(())
+}
+
+/// The build context directory: the one named, or a tar read from stdin (`-`) and unpacked
+/// into a temporary directory that lives as long as this value.
+struct BuildContext {
+    dir: PathBuf,
+    _from_stdin: Option<tempfile::TempDir>,
+}
+
+impl BuildContext {
+    fn open(spec: &str) -> anyhow::Result<BuildContext> {
+        if spec == "-" {
+            let tmp = context_from_stdin()?;
+            return Ok(BuildContext {
+                dir: tmp.path().to_path_buf(),
+                _from_stdin: Some(tmp),
+            });
+        }
+        let dir = PathBuf::from(spec);
+        if !dir.is_dir() {
+            anyhow::bail!("unable to prepare context: path {spec:?} not found");
+        }
+        Ok(BuildContext {
+            dir,
+            _from_stdin: None,
+        })
+    }
+}
+
+/// The context's `.dockerignore` rules (`<Dockerfile>.dockerignore` first), if it has any.
+pub(super) fn ignore_matcher(
+    context_dir: &Path,
+    dockerfile: Option<&Path>,
+) -> anyhow::Result<Option<PatternMatcher>> {
+    let (patterns, _) = load_ignore_patterns(context_dir, dockerfile)?;
+    Ok(if patterns.is_empty() {
+        None
+    } else {
+        Some(PatternMatcher::new(&patterns)?)
+    })
+}
+
+/// `--secret id=…,src=…|env=…` options, by id.
+pub(super) fn secrets_from(specs: &[String]) -> anyhow::Result<BTreeMap<String, Secret>> {
+    let mut secrets = BTreeMap::new();
+    for spec in specs {
+        let (id, src) = parse_secret(spec)?;
+        secrets.insert(
+            id,
+            match src {
+                SecretSource::File(p) => Secret::File(p),
+                SecretSource::Env(v) => Secret::Env(v),
+            },
+        );
+    }
+    Ok(secrets)
+}
+
+/// The compression layers are written with, and whether a push gzips uncompressed ones:
+/// without a choice, layers stay uncompressed until they are pushed (see `exec::compress`).
+fn layer_compression(args: &BuildArgs) -> (Compression, bool) {
+    match (args.compression.as_deref(), args.compression_level) {
+        (None, None) => (Compression::None, true),
+        (Some("zstd"), _) => (Compression::Zstd, false),
+        (Some("uncompressed"), _) => (Compression::None, false),
+        _ => (Compression::Gzip, false),
+    }
+}
+
+/// The full names of `-t` tags and of the outputs' `name=`s, each once, in that order.
+fn image_names(tags: &[String], output: &OutputSpec) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for t in tags {
+        names.push(crate::oci::Reference::parse(t)?.to_string());
+    }
+    for n in &output.names {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    Ok(names)
+}
+
+fn parse_cache_specs(specs: &[String], export: bool) -> anyhow::Result<Vec<CacheSpec>> {
+    specs
+        .iter()
+        .map(|s| super::cache_opts::parse_cache_spec(s, export))
+        .collect()
+}
+
+/// On Ctrl-C, the running steps' runtimes are killed (the sandbox then deletes their
+/// containers), the steps fail, and the normal error path unmounts and cleans up, so the store
+/// stays valid. The flag says whether that happened.
+pub(super) fn stop_steps_on_ctrl_c(
+    rt: &tokio::runtime::Runtime,
+    state_root: &Path,
+) -> Arc<AtomicBool> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    let bundles = state_root.join("bundles");
+    rt.spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::SeqCst);
+            kill_own_containers(&bundles);
+            signal_children(rustix::process::Signal::KILL);
+        }
+    });
+    interrupted
+}
+
+/// Prunes the build cache down to the config's `[gc] keep-storage`, if it sets one; skipped
+/// (not waited for) while other builds run.
+fn auto_prune(builder: &Builder, show: bool) -> anyhow::Result<()> {
+    let Some(budget) = &builder.puller.config.gc.keep_storage else {
+        return Ok(());
     };
-    let mut out = |stream: Stream, bytes: &[u8]| {
-        let _ = match stream {
-            Stream::Stdout => std::io::stdout()
-                .write_all(bytes)
-                .and_then(|_| std::io::stdout().flush()),
-            Stream::Stderr => std::io::stderr().write_all(bytes),
-        };
+    let keep = crate::exec::prune::parse_size(budget).with_context(|| {
+        format!("invalid [gc] keep-storage {budget:?} in the config: use e.g. 20GB")
+    })?;
+    let options = crate::exec::prune::PruneOptions {
+        keep_storage: Some(keep),
+        ..Default::default()
     };
-    let status = builder.sandbox.run(&spec, &mut out);
-    let _ = builder.snapshots.remove_active(&key);
-    let status = status?;
-    Ok(ExitCode::from(u8::try_from(status.code()).unwrap_or(1)))
+    let report = super::images::prune_store(&builder.store, &options, false)?;
+    if report.records_removed + report.snapshots_removed > 0 && show {
+        eprintln!(
+            "auto-prune: freed {} of build cache to stay under keep-storage {budget}",
+            super::render::human_bytes(report.bytes_freed)
+        );
+    }
+    Ok(())
+}
+
+/// `--metadata-file`, as buildx writes it. With a push, the digest is the one the registry
+/// holds: the store's manifest names uncompressed layers, the pushed one their gzip copies.
+fn write_metadata_file(
+    path: &Path,
+    outcome: &BuildOutcome,
+    pushed: Option<&PushReport>,
+    names: &[String],
+    multi_platform: bool,
+) -> anyhow::Result<()> {
+    let digest = pushed
+        .map(|p| p.digest.clone())
+        .unwrap_or_else(|| outcome.manifest_digest.clone());
+    let mut doc = serde_json::json!({
+        "containerimage.digest": digest.to_string(),
+        "image.name": names.join(","),
+    });
+    // An index has no config: buildx writes the config digest for one platform only.
+    if !multi_platform {
+        doc["containerimage.config.digest"] = outcome.id.to_string().into();
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The closing lines of a build: the names given, and what the store did not get.
+fn report_names(outcome: &BuildOutcome, tags_store: bool) {
+    for t in &outcome.tags {
+        eprintln!("naming to {t} done");
+    }
+    if !outcome.remote_layers.is_empty() && tags_store {
+        eprintln!(
+            "not tagged in the local store: {} layer(s) of the image were only pushed from \
+             the registry cache, never downloaded (`kiln pull` fetches the image)",
+            outcome.remote_layers.len()
+        );
+    }
 }
 
 /// Sends `signal` to this process's child processes (the OCI runtime of a running step).

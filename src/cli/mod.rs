@@ -18,6 +18,7 @@ mod push;
 mod push_cache;
 mod registry_opts;
 pub mod render;
+mod run;
 mod save;
 
 use clap::{Parser, Subcommand};
@@ -47,7 +48,7 @@ enum Commands {
     /// Build every service of a compose file or every target of a docker-bake.hcl/.json, side by side
     Bake(Box<bake::BakeArgs>),
     /// Run a command in an image from the store
-    Run(build::RunArgs),
+    Run(run::RunArgs),
     /// Pull an image from a registry into the local store
     Pull(pull::PullArgs),
     /// Push an image from the local store to a registry
@@ -146,7 +147,7 @@ pub fn main() -> ExitCode {
         Commands::Check(args) => check::run(args),
         Commands::Build(args) => build::build(*args),
         Commands::Bake(args) => bake::run(*args),
-        Commands::Run(args) => build::run(args),
+        Commands::Run(args) => run::run(args),
         Commands::Pull(args) => pull::run(args),
         Commands::Push(args) => push::run(args),
         Commands::Manifest(args) => manifest::run(args),
