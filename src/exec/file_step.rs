@@ -532,7 +532,10 @@ impl<'a> CopyTarget<'a> {
         }
         let mut plain = Vec::new();
         for (i, src) in prepared.sources.iter().enumerate() {
-            let path = self.ctx.context_dir.join(src.trim_start_matches('/'));
+            // A symlink to an archive is followed inside the context, as for any source.
+            let real = crate::context::rootpath::resolve(self.ctx.context_dir, src)
+                .map_err(crate::context::copy::CopyError::from)?;
+            let path = self.ctx.context_dir.join(real);
             let unpacked = work.join(format!("archive-{i}"));
             if has_glob(src) || !path.is_file() || !unpack_archive(&path, &unpacked)? {
                 plain.push(src.clone());
