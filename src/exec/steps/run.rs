@@ -76,10 +76,7 @@ impl BuildSession<'_> {
                 insecure: security == Security::Insecure,
             },
         );
-        let line = run_created_by(
-            &command.args,
-            &stage.scope.run_arg_pairs(&stage.image_env()),
-        );
+        let line = run_created_by(&command.args, &stage.scope.run_arg_pairs());
         self.layer_step(stage, step, material, line, async |parent| {
             self.execute_run(&command, parent).await
         })
