@@ -1496,3 +1496,44 @@ fn a_bind_mount_from_a_relative_context_and_through_a_symlink() {
         "ctx\nd"
     );
 }
+
+#[test]
+fn steps_that_change_nothing_still_make_an_empty_layer() {
+    // BuildKit gives every RUN, COPY, ADD and WORKDIR (but `WORKDIR /`) a layer, the empty tar
+    // when nothing changed: `WORKDIR /srv` on a base that has /srv is a layer in its history.
+    const EMPTY_TAR: &str =
+        "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN mkdir /srv\nWORKDIR /srv\nCOPY empty/ /srv/\nWORKDIR /\n",
+    )]);
+    std::fs::create_dir_all(p.ctx().join("empty")).unwrap();
+    p.build("empty-steps:1");
+    let cfg = config(&p.root(), &p.reg, "empty-steps:1");
+    let history: Vec<(String, bool)> = cfg["config"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["created_by"].as_str().unwrap_or_default().to_string(),
+                h["empty_layer"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    let ours = &history[history.len() - 3..];
+    assert_eq!(
+        ours.iter().map(|(_, e)| *e).collect::<Vec<_>>(),
+        [false, false, true],
+        "{history:?}"
+    );
+    let diff_ids = cfg["config"]["rootfs"]["diff_ids"].as_array().unwrap();
+    let last: Vec<&str> = diff_ids[diff_ids.len() - 2..]
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert_eq!(last, [EMPTY_TAR; 2]);
+    // They are real layers: the image unpacks and runs.
+    assert_eq!(p.run(&["empty-steps:1", "sh", "-c", "pwd"]), "/");
+    p.unpack("empty-steps:1", "u");
+}

@@ -88,7 +88,7 @@ impl BuildSession<'_> {
         &self,
         command: &RunCommand<'_>,
         parent: Option<ChainId>,
-    ) -> Result<Option<LayerState>, BuildError> {
+    ) -> Result<LayerState, BuildError> {
         let b = self.builder;
         let lowers = match &parent {
             Some(p) => b.snapshots.lower_dirs(p)?,
