@@ -1,5 +1,4 @@
-//! The build cache: a step's cache key → what the step produced (its layer, or nothing when it
-//! changed no file). Records live in `<root>/cache-v1/<key hex>.json`, written atomically; a
+//! The build cache: a step's cache key → what the step produced (its layer). Records live in `<root>/cache-v1/<key hex>.json`, written atomically; a
 //! record is only trusted while its layer blob is still in the store.
 
 use std::fs;
@@ -27,7 +26,8 @@ pub enum CacheError {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheRecord {
-    /// `None`: the step ran and changed nothing.
+    /// `None`: written by an older kiln for a step that changed nothing (it made no layer);
+    /// read as a miss, since every layer step now makes one, empty or not, as BuildKit's.
     pub layer: Option<LayerBlob>,
     /// Imported with `--cache-from`: where the layer blob is fetched from when a build first
     /// needs it (until then it need not be in the store).

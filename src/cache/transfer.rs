@@ -1,6 +1,6 @@
 //! Moving cache records between machines. An exported cache is an OCI image manifest whose
 //! config (media type [`media::KILN_CACHE_CONFIG`]) lists the records (step key → index of a
-//! layer, or none for a step that changed nothing) and whose layers are the layer blobs those
+//! layer, or none in a record an older kiln wrote for a step that changed nothing) and whose layers are the layer blobs those
 //! records point at, unchanged. The same manifest goes to a registry (`--cache-to
 //! type=registry`) or into an OCI image layout directory (`type=local`), so registries and CI
 //! cache actions store it like any image, and blobs shared with images are stored once.

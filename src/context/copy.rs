@@ -1,8 +1,8 @@
 //! COPY/ADD file operations with BuildKit's semantics: sources (globs, directories copied by
-//! their contents, `.dockerignore` and `--exclude` applied, symlinks copied as symlinks and never
-//! followed out of the source root) into a destination inside a root filesystem, every path
-//! there resolved in a [`SafeRoot`] (`openat2(RESOLVE_IN_ROOT)`) so no symlink in the image can
-//! lead outside.
+//! their contents, `.dockerignore` and `--exclude` applied; a source path's symlinks followed
+//! inside the source root, those under a copied directory copied as symlinks) into a
+//! destination inside a root filesystem, every path there resolved in a [`SafeRoot`]
+//! (`openat2(RESOLVE_IN_ROOT)`) so no symlink in the image can lead outside.
 
 use std::fs;
 use std::io::{self, Write};
@@ -30,6 +30,8 @@ pub enum CopyError {
     Io(#[from] crate::oci::IoError),
     #[error("cannot copy a directory onto the non-directory {0}")]
     NotADirectory(String),
+    #[error(transparent)]
+    Resolve(#[from] super::rootpath::RootPathError),
 }
 
 fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> CopyError {
@@ -269,11 +271,13 @@ pub struct CopyStats {
     pub bytes: u64,
 }
 
-/// One selected source: its path relative to the source root, and the part kept under the
-/// destination with `--parents`.
+/// One selected source: its path relative to the source root as named (its base name is what
+/// lands in a destination directory), where it really is once symlinks are followed inside the
+/// source root (what is read), and the part kept under the destination with `--parents`.
 #[derive(Debug, Clone)]
 struct Selected {
     rel: String,
+    real: String,
     keep: String,
 }
 
@@ -330,12 +334,22 @@ fn is_dir(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
-/// Expands the sources against the source root.
+/// Expands the sources against the source root. As BuildKit's copy (`FollowSymlinks`), the
+/// path before the first wildcard and each match are resolved inside the root; directories a
+/// wildcard walks through are not followed.
 fn select(req: &CopyRequest<'_>) -> Result<Vec<Selected>, CopyError> {
     let mut out = Vec::new();
     if req.sources.is_empty() {
         return Err(CopyError::NoSources);
     }
+    let resolve = |rel: &str| super::rootpath::resolve(req.source_root, rel);
+    // What `rel` (found at `real`) is, if it is in the context: a path .dockerignore leaves out,
+    // by name or where it leads, is not there.
+    let present = |rel: &str, real: &str| -> Option<fs::Metadata> {
+        let m = fs::symlink_metadata(req.source_root.join(real)).ok()?;
+        let out = ignored(req.ignore, rel, m.is_dir()) || ignored(req.ignore, real, m.is_dir());
+        (!out).then_some(m)
+    };
     for src in &req.sources {
         // `--parents` keeps what follows a `/./` pivot (or the whole path).
         let (pivot, src_path) = match src.find("/./") {
@@ -358,27 +372,37 @@ fn select(req: &CopyRequest<'_>) -> Result<Vec<Selected>, CopyError> {
             }
         };
         if !has_glob(&rel) {
-            let p = req.source_root.join(&rel);
-            let found = fs::symlink_metadata(&p);
-            if found
-                .as_ref()
-                .map_or(true, |m| ignored(req.ignore, &rel, m.is_dir()))
-            {
-                return Err(CopyError::NotFound(src.clone()));
+            let real = resolve(&rel)?;
+            if present(&rel, &real).is_none() {
+                // A symlink that leads nowhere is named by where it leads, as BuildKit does.
+                let missing = if real == rel {
+                    src.clone()
+                } else {
+                    format!("/{real}")
+                };
+                return Err(CopyError::NotFound(missing));
             }
             out.push(Selected {
                 keep: keep_of(&rel),
                 rel,
+                real,
             });
             continue;
         }
         let parts: Vec<&str> = rel.split('/').collect();
-        let mut matches = vec![String::new()];
-        for part in &parts {
+        let first_glob = parts.iter().position(|p| has_glob(p)).unwrap_or(0);
+        let prefix = parts[..first_glob].join("/");
+        // (as named, where it really is)
+        let mut matches = vec![(prefix.clone(), resolve(&prefix)?)];
+        for part in &parts[first_glob..] {
             let mut next = Vec::new();
-            for base in &matches {
-                let dir = req.source_root.join(base);
-                if has_glob(part) {
+            for (base, real) in &matches {
+                let dir = req.source_root.join(real);
+                // Only real directories are walked into, never a symlink to one.
+                if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                    continue;
+                }
+                let names: Vec<String> = if has_glob(part) {
                     let re = component_regex(part)?;
                     let Ok(entries) = fs::read_dir(&dir) else {
                         continue;
@@ -389,34 +413,32 @@ fn select(req: &CopyRequest<'_>) -> Result<Vec<Selected>, CopyError> {
                         .filter(|n| re.is_match(n))
                         .collect();
                     names.sort();
-                    for n in names {
-                        next.push(if base.is_empty() {
-                            n
-                        } else {
-                            format!("{base}/{n}")
-                        });
-                    }
+                    names
+                } else if fs::symlink_metadata(dir.join(part)).is_ok() {
+                    vec![part.to_string()]
                 } else {
-                    let candidate = if base.is_empty() {
-                        part.to_string()
-                    } else {
-                        format!("{base}/{part}")
-                    };
-                    if fs::symlink_metadata(req.source_root.join(&candidate)).is_ok() {
-                        next.push(candidate);
-                    }
+                    Vec::new()
+                };
+                for n in names {
+                    next.push((join_rel(base, &n), join_rel(real, &n)));
                 }
             }
             matches = next;
         }
         let before = out.len();
-        for m in matches {
-            if !ignored(req.ignore, &m, is_dir(&req.source_root.join(&m))) {
-                out.push(Selected {
-                    keep: keep_of(&m),
-                    rel: m,
-                });
+        for (m, real) in matches {
+            let real = resolve(&real)?;
+            if ignored(req.ignore, &m, is_dir(&req.source_root.join(&real))) {
+                continue;
             }
+            if present(&m, &real).is_none() {
+                return Err(CopyError::NotFound(format!("/{real}")));
+            }
+            out.push(Selected {
+                keep: keep_of(&m),
+                rel: m,
+                real,
+            });
         }
         if out.len() == before {
             return Err(CopyError::NotFound(src.clone()));
@@ -491,8 +513,9 @@ struct DestRoot {
     last_dir: std::sync::Mutex<Option<(String, std::sync::Arc<ResolvedDir>)>>,
     /// The root's path with symlinks resolved, to name an open directory inside it.
     real_root: Option<PathBuf>,
-    /// Where each multiply-linked source file (device, inode) was first written: the next
-    /// names of it become hard links to that file, as BuildKit's copy keeps them.
+    /// Where each multiply-linked source file (device, inode) was first written by the
+    /// source being copied: the next names of it become hard links to that file, as BuildKit's
+    /// copy keeps them. Each source starts afresh (BuildKit copies each on its own).
     links: std::sync::Mutex<std::collections::HashMap<(u64, u64), String>>,
 }
 
@@ -552,6 +575,10 @@ impl DestRoot {
                 None
             }
         }
+    }
+
+    fn forget_links(&self) {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn forget_dirs(&self) {
@@ -674,7 +701,8 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
     };
     let mut stats = CopyStats::default();
     for sel in &selected {
-        let src_path = req.source_root.join(&sel.rel);
+        root.forget_links();
+        let src_path = req.source_root.join(&sel.real);
         let meta = fs::symlink_metadata(&src_path).map_err(io_err("stat", &src_path))?;
         let base_name = sel.rel.rsplit('/').next().unwrap_or(&sel.rel).to_string();
         let target = if req.parents {
@@ -697,9 +725,9 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
             // Writing into a directory moves its mtime; like BuildKit, copied directories
             // get their source times back once their contents are in.
             let mut dirs = Vec::new();
-            walk_source(req, excludes.as_ref(), &sel.rel, &mut |child, path, m| {
+            walk_source(req, excludes.as_ref(), &sel.real, &mut |child, path, m| {
                 let rel = join_rel(&target, child);
-                let key = source_key(&sel.rel, child);
+                let key = source_key(&sel.real, child);
                 let source = Source {
                     key: &key,
                     path,
@@ -721,7 +749,7 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
             let (parent, _) = split_parent(&target);
             root.mkdir_all(parent, created_owner)?;
             let source = Source {
-                key: &sel.rel,
+                key: &sel.real,
                 path: &src_path,
                 meta: &meta,
             };
@@ -936,15 +964,19 @@ pub fn hash_sources(
     } else {
         Some(PatternMatcher::new(&req.excludes).map_err(|e| CopyError::BadPattern(e.to_string()))?)
     };
+    // (context hash cache key: the path read), and the name it is copied under.
     let mut found: Vec<(String, PathBuf, fs::Metadata)> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     for sel in &selected {
-        let path = req.source_root.join(&sel.rel);
+        let path = req.source_root.join(&sel.real);
         let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
         let is_dir = meta.is_dir();
-        found.push((sel.rel.clone(), path, meta));
+        found.push((sel.real.clone(), path, meta));
+        names.push(sel.rel.clone());
         if is_dir {
-            walk_source(req, excludes.as_ref(), &sel.rel, &mut |child, p, m| {
-                found.push((source_key(&sel.rel, child), p.to_path_buf(), m.clone()));
+            walk_source(req, excludes.as_ref(), &sel.real, &mut |child, p, m| {
+                found.push((source_key(&sel.real, child), p.to_path_buf(), m.clone()));
+                names.push(source_key(&sel.rel, child));
                 Ok(())
             })?;
         }
@@ -952,7 +984,7 @@ pub fn hash_sources(
     let contents = content_digests(&found, cache)?;
     let mut text = String::new();
     let mut entries = Vec::with_capacity(found.len());
-    for ((rel, _, m), content) in found.iter().zip(contents) {
+    for (((_, _, m), content), rel) in found.iter().zip(contents).zip(&names) {
         let kind = if m.is_dir() {
             'd'
         } else if m.file_type().is_symlink() {
@@ -1090,9 +1122,20 @@ mod tests {
             copy_into_root(&req(&ctx, &root, &["missing"], "/x/")),
             Err(CopyError::NotFound(_))
         ));
-        copy_into_root(&req(&ctx, &root, &["link"], "/l")).unwrap();
+        // A source symlink is followed inside the context: to a file there, or to nothing.
+        std::os::unix::fs::symlink("src/main.py", ctx.join("to-main")).unwrap();
+        copy_into_root(&req(&ctx, &root, &["to-main"], "/l")).unwrap();
+        assert!(fs::symlink_metadata(root.join("l")).unwrap().is_file());
+        assert_eq!(fs::read_to_string(root.join("l")).unwrap(), "print()");
+        assert!(matches!(
+            copy_into_root(&req(&ctx, &root, &["link"], "/l2")),
+            Err(CopyError::NotFound(p)) if p == "/etc/passwd"
+        ));
+        // Under a copied directory it stays a symlink.
+        std::os::unix::fs::symlink("/etc/passwd", ctx.join("src/sub/link")).unwrap();
+        copy_into_root(&req(&ctx, &root, &["src"], "/code2")).unwrap();
         assert_eq!(
-            fs::read_link(root.join("l")).unwrap(),
+            fs::read_link(root.join("code2/sub/link")).unwrap(),
             Path::new("/etc/passwd")
         );
         // `..` cannot leave the context.
@@ -1225,10 +1268,17 @@ mod tests {
         );
         fs::write(ctx.join("src/sub/new.py"), "n").unwrap();
         assert_ne!(digest(&["src"]).digest, moded.digest);
-        let link = digest(&["link"]);
-        fs::remove_file(ctx.join("link")).unwrap();
-        std::os::unix::fs::symlink("/etc/group", ctx.join("link")).unwrap();
-        assert_ne!(digest(&["link"]).digest, link.digest);
+        std::os::unix::fs::symlink("/etc/passwd", ctx.join("src/link")).unwrap();
+        let link = digest(&["src"]);
+        fs::remove_file(ctx.join("src/link")).unwrap();
+        std::os::unix::fs::symlink("/etc/group", ctx.join("src/link")).unwrap();
+        assert_ne!(digest(&["src"]).digest, link.digest);
+        // A followed source symlink stands for its target's content, under its own name.
+        std::os::unix::fs::symlink("a.txt", ctx.join("to-a")).unwrap();
+        let followed = digest(&["to-a"]);
+        assert_eq!(followed.entries[0].0, "to-a");
+        fs::write(ctx.join("a.txt"), "a2").unwrap();
+        assert_ne!(digest(&["to-a"]).digest, followed.digest);
     }
 
     #[test]

@@ -3,4 +3,5 @@ pub mod copy;
 mod gosyntax;
 pub mod hashcache;
 pub mod ignore;
+pub mod rootpath;
 pub mod walk;

@@ -28,30 +28,51 @@ pub fn go_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if is_go_print(c) => out.push(c),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if (c as u32) < 0x10000 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => {
-                let _ = write!(out, "\\U{:08x}", c as u32);
-            }
-        }
+        push_escaped(&mut out, c, '"');
     }
     out.push('"');
     out
+}
+
+/// `fmt.Sprintf("%q", n)` of an integer (`strconv.QuoteRune`): `'\x03'`, `'A'`; a value that
+/// is no code point prints as U+FFFD, as Go's does.
+pub fn go_quote_rune(n: i64) -> String {
+    let c = u32::try_from(n)
+        .ok()
+        .and_then(char::from_u32)
+        .unwrap_or('\u{fffd}');
+    let mut out = String::from("'");
+    push_escaped(&mut out, c, '\'');
+    out.push('\'');
+    out
+}
+
+/// One character of a Go-quoted literal delimited by `quote`.
+fn push_escaped(out: &mut String, c: char, quote: char) {
+    match c {
+        c if c == quote => {
+            out.push('\\');
+            out.push(c);
+        }
+        '\\' => out.push_str("\\\\"),
+        '\u{7}' => out.push_str("\\a"),
+        '\u{8}' => out.push_str("\\b"),
+        '\u{c}' => out.push_str("\\f"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        '\u{b}' => out.push_str("\\v"),
+        c if is_go_print(c) => out.push(c),
+        c if (c as u32) < 0x20 || c == '\u{7f}' => {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        }
+        c if (c as u32) < 0x10000 => {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        }
+        c => {
+            let _ = write!(out, "\\U{:08x}", c as u32);
+        }
+    }
 }
 
 /// `fmt.Sprintf("%q", []string{...})`: `["a" "b"]`.
@@ -78,5 +99,13 @@ mod tests {
             go_quote_slice(&["--a=1".into(), "--b".into()]),
             r#"["--a=1" "--b"]"#
         );
+        // `%q` of an int, as a HEALTHCHECK's retries print in Moby 20.10's history.
+        assert_eq!(go_quote_rune(0), r"'\x00'");
+        assert_eq!(go_quote_rune(3), r"'\x03'");
+        assert_eq!(go_quote_rune(9), r"'\t'");
+        assert_eq!(go_quote_rune(39), r"'\''");
+        assert_eq!(go_quote_rune(34), "'\"'");
+        assert_eq!(go_quote_rune(65), "'A'");
+        assert_eq!(go_quote_rune(-1), "'\u{fffd}'");
     }
 }

@@ -11,7 +11,7 @@ pub mod shell;
 
 pub use ast::{Ast, Directive, Heredoc, Node, ParseWarning};
 pub use error::ParseError;
-pub use gostr::{go_quote, go_quote_slice};
+pub use gostr::{go_quote, go_quote_rune, go_quote_slice};
 pub mod instructions;
 pub mod lint;
 

@@ -33,41 +33,38 @@ pub struct LayerSink<'a> {
     pub timer: PhaseTimer<'a>,
 }
 
-/// Commits the active snapshot `key` as a layer on top of `parent`; `None` (and the active
-/// snapshot removed) when the step changed nothing.
+/// Commits the active snapshot `key` as a layer on top of `parent`. A step that changed
+/// nothing still makes one (an empty tar), as BuildKit's RUN, COPY, ADD and WORKDIR do.
 pub fn commit_active(
     sink: &LayerSink<'_>,
     key: &str,
     parent: Option<&ChainId>,
-) -> Result<Option<LayerState>, BuildError> {
+) -> Result<LayerState, BuildError> {
     let snapshots = sink.snapshots;
     snapshots.settle(key, crate::snapshot::MountPoints::default())?;
     let upper = snapshots.upper_dir(key)?;
-    let written = sink.timer.time("layer (diff, compress, store)", || {
+    let layer = sink.timer.time("layer (diff, compress, store)", || {
         write_layer(sink.store, &upper, sink.settings)
     })?;
-    let Some(layer) = written else {
-        snapshots.remove_active(key)?;
-        return Ok(None);
-    };
     let info = sink
         .timer
         .time("snapshot commit", || snapshots.commit(key, &layer.1))?;
     let chain = info.chain_id;
     debug_assert_eq!(Some(chain.clone()), Some(ChainId::of(parent, &layer.1)));
-    Ok(Some(LayerState {
+    Ok(LayerState {
         layer: layer.0,
         diff_id: layer.1,
         chain,
-    }))
+    })
 }
 
-/// Writes the diff of `upper` as a compressed blob into the store.
+/// Writes the diff of `upper` as a compressed blob into the store (an empty diff is the empty
+/// tar, diffID `sha256:5f70bf18…`).
 pub fn write_layer(
     store: &Store,
     upper: &Path,
     settings: &LayerSettings,
-) -> Result<Option<(BlobRef, crate::oci::DiffId)>, BuildError> {
+) -> Result<(BlobRef, crate::oci::DiffId), BuildError> {
     let ingest = store.ingest(None, None)?;
     let chunk_index = std::sync::Arc::new(ChunkIndex::new(
         store.root().join(GZIP_CHUNKS_DIR),
@@ -75,7 +72,7 @@ pub fn write_layer(
     ));
     let mut writer = LayerWriter::new(ingest, settings.compression, settings.level)?
         .with_chunk_index(chunk_index.clone());
-    let stats = write_overlay_diff(
+    write_overlay_diff(
         upper,
         &mut writer,
         &DiffOptions {
@@ -83,22 +80,18 @@ pub fn write_layer(
         },
     )?;
     let (info, ingest) = writer.finish()?;
-    if stats.entries == 0 {
-        ingest.abort();
-        return Ok(None);
-    }
     let blob = ingest.commit()?;
     chunk_index.record(
         &blob.digest,
         settings.level.unwrap_or(6).min(9),
         &info.gzip_chunks,
     );
-    Ok(Some((
+    Ok((
         BlobRef {
             media_type: info.media_type.to_string(),
             digest: blob.digest,
             size: blob.size,
         },
         info.diff_id,
-    )))
+    ))
 }

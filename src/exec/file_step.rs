@@ -364,10 +364,10 @@ fn resolve_chown(root: &Path, chown: &str) -> Result<(u32, u32), BuildError> {
 }
 
 /// Runs a prepared COPY/ADD on top of `parent`.
-/// What a COPY made: its layer (none when it changed nothing) and, for a context copy that can
+/// What a COPY made: its layer and, for a context copy that can
 /// seed the next build of the step, what each regular file in it holds.
 pub struct CopyDone {
-    pub layer: Option<LayerState>,
+    pub layer: LayerState,
     pub contents: Option<BTreeMap<String, crate::oci::Digest>>,
 }
 
@@ -532,7 +532,10 @@ impl<'a> CopyTarget<'a> {
         }
         let mut plain = Vec::new();
         for (i, src) in prepared.sources.iter().enumerate() {
-            let path = self.ctx.context_dir.join(src.trim_start_matches('/'));
+            // A symlink to an archive is followed inside the context, as for any source.
+            let real = crate::context::rootpath::resolve(self.ctx.context_dir, src)
+                .map_err(crate::context::copy::CopyError::from)?;
+            let path = self.ctx.context_dir.join(real);
             let unpacked = work.join(format!("archive-{i}"));
             if has_glob(src) || !path.is_file() || !unpack_archive(&path, &unpacked)? {
                 plain.push(src.clone());
@@ -583,7 +586,7 @@ pub fn workdir_step(
     dir: &str,
     user: &str,
     scratch_dir: &Path,
-) -> Result<Option<LayerState>, BuildError> {
+) -> Result<LayerState, BuildError> {
     let snapshots = sink.snapshots;
     let key = unique_dir(Path::new(""), "workdir")
         .to_string_lossy()

@@ -17,17 +17,16 @@ use super::stage::{StageState, StepInfo};
 
 impl BuildSession<'_> {
     /// Runs one layer step through the cache. `make` gets the parent snapshot (already
-    /// materialized) and returns the layer it made, or `None` when nothing changed. Returns
-    /// whether the step was cached.
+    /// materialized) and returns the layer it made (every layer step makes one, if only an
+    /// empty one, as BuildKit's). Returns whether the step was cached.
     pub async fn layer_step(
         &self,
         stage: &mut StageState,
         step: &StepInfo,
         material: StepMaterial,
         created_by: String,
-        make: impl AsyncFnOnce(Option<ChainId>) -> Result<Option<LayerState>, BuildError>,
+        make: impl AsyncFnOnce(Option<ChainId>) -> Result<LayerState, BuildError>,
     ) -> Result<bool, BuildError> {
-        let layers_before = stage.image.layers.len();
         // SOURCE_DATE_EPOCH clamps the times in every layer written: a layer made without it
         // (or with another) is not this step's.
         let material = match self.settings.source_date_epoch {
@@ -43,11 +42,10 @@ impl BuildSession<'_> {
             let parent = stage.image.top_chain().cloned();
             self.materialize(parent.as_ref()).await?;
             let layer = make(parent).await?;
-            self.record(&key, layer.as_ref())?;
-            stage.image.layers.extend(layer);
+            self.record(&key, &layer)?;
+            stage.image.layers.push(layer);
         }
-        let made_layer = stage.image.layers.len() > layers_before;
-        stage.push_history(&self.created, created_by, !made_layer);
+        stage.push_history(&self.created, created_by, false);
         stage.key = key;
         Ok(cached)
     }
@@ -109,41 +107,44 @@ impl BuildSession<'_> {
         }
     }
 
-    /// On a cache hit, puts the cached layer (if any) on the image; `true` when hit. The
-    /// layer's snapshot is made later, and only if a step that runs needs it.
+    /// On a cache hit, puts the cached layer on the image; `true` when hit. The layer's
+    /// snapshot is made later, and only if a step that runs needs it.
     async fn try_cache(&self, key: &Digest, image: &mut ImageState) -> Result<bool, BuildError> {
         let b = self.builder;
         let Some(record) = b.cache.get(key) else {
             return Ok(false);
         };
-        if let Some(layer) = record.layer {
-            if let Some(t) = &record.created {
-                self.note_layer_time(&layer.blob.digest, t);
-            }
-            let parent = image.top_chain().cloned();
-            let chain = ChainId::of(parent.as_ref(), &layer.diff_id);
-            if !b.snapshots.exists(&chain) {
-                if !b.store.has_blob(&layer.blob.digest) && record.source.is_none() {
-                    // A local record whose blob was pruned: the step must run again.
-                    return Ok(false);
-                }
-                self.note_lazy(
-                    chain.clone(),
-                    LazyLayer {
-                        parent,
-                        layer: layer.clone(),
-                        source: record.source.clone(),
-                    },
-                );
-            }
-            image.layers.push(layer_state(layer, chain));
+        // A record without a layer is an older kiln's "changed nothing": the step runs again
+        // and makes the (empty) layer BuildKit has there.
+        let Some(layer) = record.layer else {
+            return Ok(false);
+        };
+        if let Some(t) = &record.created {
+            self.note_layer_time(&layer.blob.digest, t);
         }
+        let parent = image.top_chain().cloned();
+        let chain = ChainId::of(parent.as_ref(), &layer.diff_id);
+        if !b.snapshots.exists(&chain) {
+            if !b.store.has_blob(&layer.blob.digest) && record.source.is_none() {
+                // A local record whose blob was pruned: the step must run again.
+                return Ok(false);
+            }
+            self.note_lazy(
+                chain.clone(),
+                LazyLayer {
+                    parent,
+                    layer: layer.clone(),
+                    source: record.source.clone(),
+                },
+            );
+        }
+        image.layers.push(layer_state(layer, chain));
         Ok(true)
     }
 
-    fn record(&self, key: &Digest, layer: Option<&LayerState>) -> Result<(), BuildError> {
+    fn record(&self, key: &Digest, layer: &LayerState) -> Result<(), BuildError> {
         let record = CacheRecord {
-            layer: layer.map(cached_layer),
+            layer: Some(cached_layer(layer)),
             source: None,
             created: Some(build_time(None)),
         };

@@ -339,8 +339,14 @@ impl PreparedMounts {
                 .ok_or_else(|| BuildError::FromNotReady(from.clone()))?,
             None => ctx.context_dir.to_path_buf(),
         };
-        let source = safe_join(&root, m.source.as_deref().unwrap_or("/"));
-        if !source.exists() {
+        // Absolute for the runtime (the context may be given relative to the working
+        // directory), and symlinks on the way resolved inside the root, as BuildKit does: a
+        // mount never leads to a host path outside it.
+        let root = std::path::absolute(&root).map_err(BuildError::io("resolve", &root))?;
+        let real = crate::context::rootpath::resolve(&root, m.source.as_deref().unwrap_or("/"))
+            .map_err(crate::context::copy::CopyError::from)?;
+        let source = root.join(real);
+        if std::fs::symlink_metadata(&source).is_err() {
             return Err(BuildError::MountSourceMissing(
                 m.source.clone().unwrap_or_else(|| "/".into()),
             ));
@@ -376,29 +382,6 @@ impl PreparedMounts {
         });
         Ok(())
     }
-}
-
-/// `root` joined with a cleaned `rel` that cannot climb out of it (symlinks are not resolved
-/// here; the bind source is only read through the sandbox's mount).
-fn safe_join(root: &Path, rel: &str) -> PathBuf {
-    let mut out = root.to_path_buf();
-    let mut depth = 0usize;
-    for part in rel.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if depth > 0 {
-                    out.pop();
-                    depth -= 1;
-                }
-            }
-            p => {
-                out.push(p);
-                depth += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Runs `spec` on a fresh writable snapshot over `parent`; returns the active key, the exit

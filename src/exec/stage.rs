@@ -53,10 +53,6 @@ impl StageState {
             .unwrap_or_default()
     }
 
-    pub fn image_env(&self) -> Vec<String> {
-        image_env(&self.image)
-    }
-
     pub fn push_history(&mut self, created: &str, line: String, empty: bool) {
         self.image
             .config

@@ -32,6 +32,9 @@ pub struct StageScope {
     vars: Vec<(String, String)>,
     /// ARGs declared in this stage (or inherited from the parent stage), with values.
     args: Vec<(String, Option<String>)>,
+    /// The names this stage's own ARG instructions declared, in order, repeats included: what
+    /// BuildKit lists before a RUN in its history.
+    declared: Vec<String>,
     globals: Vec<(String, Option<String>)>,
     auto: Vec<(String, String)>,
     build_args: BTreeMap<String, String>,
@@ -61,6 +64,7 @@ impl StageScope {
             escape: plan.escape,
             vars,
             args: inherited_args.to_vec(),
+            declared: Vec::new(),
             globals: plan.global_args.clone(),
             auto: plan.auto_args.clone(),
             build_args: plan.build_args.clone(),
@@ -126,6 +130,7 @@ impl StageScope {
                     }
                     self.args.retain(|(k, _)| k != &a.key);
                     self.args.push((a.key.clone(), value));
+                    self.declared.push(a.key.clone());
                 }
             }
             _ => {}
@@ -146,16 +151,19 @@ impl StageScope {
         env
     }
 
-    /// ARGs with values that are not overridden by an ENV of the same name (BuildKit prefixes
-    /// RUN's history with them: `|2 A=1 B=2 /bin/sh -c …`).
-    pub fn run_arg_pairs(&self, image_env: &[String]) -> Vec<(String, String)> {
-        self.args
+    /// The `K=V` pairs BuildKit (Moby 20.10) prefixes RUN's history with (`|2 A=1 B= …`): every
+    /// ARG this stage declared, in order and repeats included (not its parent stage's), each with
+    /// its current value in the environment (an ENV of the same name wins) or empty.
+    pub fn run_arg_pairs(&self) -> Vec<(String, String)> {
+        self.declared
             .iter()
-            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
-            .filter(|(k, _)| {
-                !image_env
+            .map(|k| {
+                let v = self
+                    .vars
                     .iter()
-                    .any(|e| e.split_once('=').map(|(n, _)| n) == Some(k))
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone());
+                (k.clone(), v.unwrap_or_default())
             })
             .collect()
     }
@@ -253,6 +261,35 @@ mod tests {
             panic!()
         };
         assert_eq!(env[0].value, "");
+    }
+
+    #[test]
+    fn run_history_lists_every_arg_of_the_stage_as_moby_20_10_does() {
+        // What `docker build` (Moby 20.10) wrote: `RUN |5 A=2 U= G=glob A=2 PATH=… …` for the
+        // first stage, `RUN |1 B=3 …` for the stage built on it.
+        let text =
+            "ARG G=glob\nFROM scratch AS base\nARG A=1\nARG U\nARG G\nENV A=2\nARG A\nARG PATH\n\
+                    FROM base\nARG B=3\n";
+        let (df, plan) = plan_of(text, &[], None);
+        let plan = plan.unwrap();
+        let mut base = StageScope::new(&plan, &["PATH=/bin".to_string()], &[]);
+        for i in &df.stages[0].instructions {
+            let e = base.expand(i).unwrap();
+            base.apply(&e).unwrap();
+        }
+        let pairs = |s: &StageScope| -> Vec<String> {
+            s.run_arg_pairs()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect()
+        };
+        assert_eq!(pairs(&base), ["A=2", "U=", "G=glob", "A=2", "PATH=/bin"]);
+        let mut child = StageScope::new(&plan, &["PATH=/bin".to_string()], base.args());
+        for i in &df.stages[1].instructions {
+            let e = child.expand(i).unwrap();
+            child.apply(&e).unwrap();
+        }
+        assert_eq!(pairs(&child), ["B=3"]);
     }
 
     #[test]

@@ -1390,3 +1390,150 @@ fn stages_on_the_same_base_pull_it_once() {
         "a\nb"
     );
 }
+
+#[test]
+fn copy_follows_a_source_symlink_inside_its_root() {
+    // As BuildKit (FollowSymlinks): a COPY source that is, or goes through, a symlink copies
+    // what it leads to, resolved inside the context or the --from stage (an absolute target
+    // starts at that root, never at the host's). Symlinks under a copied directory stay links.
+    let p = Scratch::new(&[
+        ("project/a.txt", "a\n"),
+        ("project/sub/b.txt", "b\n"),
+        (
+            "Dockerfile",
+            "FROM busybox AS s\n\
+             RUN mkdir /data && echo d > /data/f && ln -s /data /data-link && ln -s /data/f /abs-f\n\
+             FROM scratch\n\
+             COPY current /cur/\n\
+             COPY link.txt /l.txt\n\
+             COPY abs current/sub/b.txt /abs/\n\
+             COPY --from=s /abs-f /from-abs.txt\n\
+             COPY --from=s /data-link/f /from-through.txt\n",
+        ),
+    ]);
+    let ctx = p.ctx();
+    std::os::unix::fs::symlink("project", ctx.join("current")).unwrap();
+    std::os::unix::fs::symlink("project/a.txt", ctx.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink("/project/a.txt", ctx.join("abs")).unwrap();
+    std::os::unix::fs::symlink("sub/b.txt", ctx.join("project/b-link")).unwrap();
+    p.build("follow:1");
+    let rootfs = p.unpack("follow:1", "u");
+    let file = |f: &str| {
+        let m = std::fs::symlink_metadata(rootfs.join(f)).unwrap();
+        assert!(m.is_file(), "/{f} is not a regular file: {m:?}");
+        std::fs::read_to_string(rootfs.join(f)).unwrap()
+    };
+    assert_eq!(file("cur/a.txt"), "a\n");
+    assert_eq!(file("cur/sub/b.txt"), "b\n");
+    assert_eq!(
+        std::fs::read_link(rootfs.join("cur/b-link")).unwrap(),
+        Path::new("sub/b.txt")
+    );
+    assert_eq!(file("l.txt"), "a\n");
+    assert_eq!(file("abs/abs"), "a\n");
+    assert_eq!(file("abs/b.txt"), "b\n");
+    assert_eq!(file("from-abs.txt"), "d\n");
+    assert_eq!(file("from-through.txt"), "d\n");
+
+    // A symlink out of the context leads to nothing in it (not to the host's file).
+    let p = Scratch::new(&[("Dockerfile", "FROM scratch\nCOPY out /x\n")]);
+    std::os::unix::fs::symlink("/etc/passwd", p.ctx().join("out")).unwrap();
+    let out = build_with(&p, "out:1", &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"/etc/passwd\" not found"), "{err}");
+}
+
+#[test]
+fn hard_links_are_kept_within_one_source_only() {
+    // BuildKit copies each source (and each wildcard match) on its own: two names of one file
+    // given as two sources, or matched by a glob, become two files.
+    let p = Scratch::new(&[
+        ("ha", "x"),
+        ("Dockerfile", "FROM scratch\nCOPY ha hb /d/\nCOPY h* /g/\n"),
+    ]);
+    std::fs::hard_link(p.ctx().join("ha"), p.ctx().join("hb")).unwrap();
+    p.build("links2:1");
+    let rootfs = p.unpack("links2:1", "u");
+    use std::os::unix::fs::MetadataExt as _;
+    for f in ["d/ha", "d/hb", "g/ha", "g/hb"] {
+        assert_eq!(
+            std::fs::metadata(rootfs.join(f)).unwrap().nlink(),
+            1,
+            "/{f}"
+        );
+    }
+}
+
+#[test]
+fn a_bind_mount_from_a_relative_context_and_through_a_symlink() {
+    // `kiln build ctx` (a relative context) with RUN --mount=type=bind from the context: the
+    // runtime needs an absolute source. A bind source through an absolute symlink of a stage
+    // resolves inside that stage, as BuildKit's does.
+    let p = Scratch::new(&[
+        ("in.txt", "ctx\n"),
+        (
+            "Dockerfile",
+            "FROM busybox AS s\nRUN mkdir /data && echo d > /data/f && ln -s /data/f /abs-f\n\
+             FROM busybox\n\
+             RUN --mount=type=bind,source=in.txt,target=/m/in cat /m/in > /from-ctx\n\
+             RUN --mount=type=bind,from=s,source=/abs-f,target=/m/f cat /m/f > /from-stage\n",
+        ),
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(p.work.path())
+        .args(["build", "--root"])
+        .arg(p.root())
+        .args(["--registry-mirror", p.reg.addr.as_str()])
+        .args(["--progress=plain", "-t", "relbind:1", "ctx"])
+        .env("DOCKER_CONFIG", p.root().join("no-docker-config"))
+        .env_remove("KILN_CONFIG")
+        .output()
+        .unwrap();
+    ok(&out);
+    assert_eq!(
+        p.run(&["relbind:1", "cat", "/from-ctx", "/from-stage"]),
+        "ctx\nd"
+    );
+}
+
+#[test]
+fn steps_that_change_nothing_still_make_an_empty_layer() {
+    // BuildKit gives every RUN, COPY, ADD and WORKDIR (but `WORKDIR /`) a layer, the empty tar
+    // when nothing changed: `WORKDIR /srv` on a base that has /srv is a layer in its history.
+    const EMPTY_TAR: &str =
+        "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN mkdir /srv\nWORKDIR /srv\nCOPY empty/ /srv/\nWORKDIR /\n",
+    )]);
+    std::fs::create_dir_all(p.ctx().join("empty")).unwrap();
+    p.build("empty-steps:1");
+    let cfg = config(&p.root(), &p.reg, "empty-steps:1");
+    let history: Vec<(String, bool)> = cfg["config"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["created_by"].as_str().unwrap_or_default().to_string(),
+                h["empty_layer"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    let ours = &history[history.len() - 3..];
+    assert_eq!(
+        ours.iter().map(|(_, e)| *e).collect::<Vec<_>>(),
+        [false, false, true],
+        "{history:?}"
+    );
+    let diff_ids = cfg["config"]["rootfs"]["diff_ids"].as_array().unwrap();
+    let last: Vec<&str> = diff_ids[diff_ids.len() - 2..]
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert_eq!(last, [EMPTY_TAR; 2]);
+    // They are real layers: the image unpacks and runs.
+    assert_eq!(p.run(&["empty-steps:1", "sh", "-c", "pwd"]), "/");
+    p.unpack("empty-steps:1", "u");
+}

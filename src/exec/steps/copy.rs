@@ -84,16 +84,14 @@ impl BuildSession<'_> {
                     self.materialize(from.as_ref()).await?;
                 }
                 let done = execute_copy(&fctx, &prepared, &workdir, parent.as_ref(), &hashes)?;
-                if let Some(l) = &done.layer {
-                    let files = done.contents.unwrap_or_default();
-                    Donor::remember(
-                        &b.state_root,
-                        &step.location,
-                        &l.chain,
-                        parent.as_ref(),
-                        files,
-                    );
-                }
+                let files = done.contents.unwrap_or_default();
+                Donor::remember(
+                    &b.state_root,
+                    &step.location,
+                    &done.layer.chain,
+                    parent.as_ref(),
+                    files,
+                );
                 Ok(done.layer)
             })
             .await;

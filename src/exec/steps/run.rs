@@ -76,10 +76,7 @@ impl BuildSession<'_> {
                 insecure: security == Security::Insecure,
             },
         );
-        let line = run_created_by(
-            &command.args,
-            &stage.scope.run_arg_pairs(&stage.image_env()),
-        );
+        let line = run_created_by(&command.args, &stage.scope.run_arg_pairs());
         self.layer_step(stage, step, material, line, async |parent| {
             self.execute_run(&command, parent).await
         })
@@ -91,7 +88,7 @@ impl BuildSession<'_> {
         &self,
         command: &RunCommand<'_>,
         parent: Option<ChainId>,
-    ) -> Result<Option<LayerState>, BuildError> {
+    ) -> Result<LayerState, BuildError> {
         let b = self.builder;
         let lowers = match &parent {
             Some(p) => b.snapshots.lower_dirs(p)?,
