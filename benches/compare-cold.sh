@@ -11,9 +11,10 @@
 #     runner with a warm image store does. docker: `docker builder prune -af`; kiln: the base
 #     was pulled (and unpacked) by an untimed build, then `kiln rmi` + `kiln prune -a` drop the
 #     result and every cache record and snapshot that no tagged image uses.
-#   - BASES=none (symmetric): neither tool has the base images. docker: its base images are
-#     removed too (`docker rmi`), so it pulls and unpacks them on the clock; kiln: an EMPTY state
-#     root for every timed build.
+#   - BASES=none (symmetric): neither tool has the base images. docker: every anchor base image
+#     is removed by ID (`docker rmi -f`, all its names), so it pulls and unpacks them on the
+#     clock; kiln: an EMPTY state root for every timed build. Other local images built FROM a
+#     base keep its layers, so docker needs no other images for this mode to mean anything.
 #   - BASES=kiln-pulls (the default, and the strictest for kiln): kiln gets an empty state
 #     root, docker keeps its bases unpacked (only `docker builder prune -af`). This is how the
 #     issue measured it.
@@ -38,6 +39,7 @@ DOCKER=${DOCKER:-/usr/bin/docker}
 REG=127.0.0.1:5000
 SETTLE=${SETTLE:-5}
 BASES=${BASES:-kiln-pulls}
+ANCHOR_BASES=(busybox:latest debian:bookworm-slim python:3.11-slim)
 case $BASES in kept | none | kiln-pulls) ;; *) echo "compare-cold: BASES is kept, none or kiln-pulls" >&2; exit 2 ;; esac
 RUNS=3
 if [ "${1:-}" = -n ]; then RUNS=$2; shift 2; fi
@@ -137,7 +139,17 @@ for t in "${targets[@]}"; do
         $DOCKER rmi -f "$tag" >/dev/null 2>&1 || true
         $DOCKER builder prune -af >/dev/null 2>&1 || true
         if [ "$BASES" = none ]; then
-          for b in "${base_images[@]}"; do $DOCKER rmi -f "$b" >/dev/null 2>&1 || true; done
+          # By image ID, so other names of the same image (the anchors' 127.0.0.1:5000/... tags)
+          # go too, and with every anchor base, since python:3.11-slim is built on
+          # debian:bookworm-slim's layer: nothing of a base is left for docker to reuse.
+          ids=$(for b in "${base_images[@]}" "${ANCHOR_BASES[@]}"; do
+            $DOCKER image inspect -f '{{.Id}}' "$b" 2>/dev/null || true; done | sort -u)
+          # Two passes: a parent image (debian under the anchors' python) goes once its child
+          # has. Layers that any other local image is built on stay: run this mode on a docker
+          # that holds only the anchors (`docker image prune -af` first).
+          for _ in 1 2; do
+            for id in $ids; do $DOCKER rmi -f "$id" >/dev/null 2>&1 || true; done
+          done
         fi
         settle
         timed "$WORK/docker.$t" $DOCKER build --progress=plain --network=host "${flags[@]}" -t "$tag" -f "$file" "$ctx"
