@@ -6,7 +6,7 @@ use std::io::Read as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::support::busybox::{ok, registry_with_busybox, run, Registry};
+use crate::support::busybox::{kiln_command, ok, registry_with_busybox, run, Registry};
 use crate::support::proxy::{Action, FaultProxy};
 
 /// `kiln build` with per-phase timings, the base named by `from`.
@@ -18,16 +18,21 @@ fn build(root: &Path, from: &str, tag: &str) -> Output {
         format!("FROM {from}\nRUN wc -c < /bin/busybox > /size\n"),
     )
     .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["build", "--progress=plain", "--root"])
-        .arg(root)
-        .args(["-t", tag])
-        .arg(&ctx)
-        .env("KILN_TIMINGS", "1")
-        .env("DOCKER_CONFIG", root.join("no-docker-config"))
-        .env_remove("KILN_CONFIG")
-        .output()
-        .expect("run kiln")
+    // The base is named in full, so the mirror is never asked.
+    kiln_command(
+        root,
+        "127.0.0.1:1",
+        &[
+            "build",
+            "--progress=plain",
+            "-t",
+            tag,
+            ctx.to_str().unwrap(),
+        ],
+    )
+    .env("KILN_TIMINGS", "1")
+    .output()
+    .expect("run kiln")
 }
 
 /// The digest of busybox's only layer, as the registry serves it.
@@ -98,12 +103,11 @@ fn a_base_is_unpacked_while_it_downloads_even_when_the_download_is_cut_and_resum
     );
     // What the RUN saw is the base's file, byte for byte.
     let host_size = fs::metadata("/bin/busybox").unwrap().len();
-    let size = ok(&Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["run", "--root"])
-        .arg(root.path())
-        .args(["streamed:1", "cat", "/size"])
-        .output()
-        .unwrap());
+    let size = ok(
+        &kiln_command(root.path(), "", &["run", "streamed:1", "cat", "/size"])
+            .output()
+            .unwrap(),
+    );
     assert_eq!(size, host_size.to_string());
     assert!(
         leftovers(root.path()).is_empty(),

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::support::busybox::{
-    kiln, ok, registry_with_multiarch_busybox, require_tool_on_path, step_outcomes, Registry,
+    kiln, kiln_command, ok, registry_with_multiarch_busybox, require_tool_on_path, step_outcomes,
+    Registry,
 };
 
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -537,16 +538,7 @@ fn a_second_multi_platform_build_finds_each_platforms_base_without_the_registry(
     // Each platform's pull moved the busybox tag; the registry is gone now.
     let mirror = reg.addr.clone();
     drop(reg);
-    let again = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("build")
-        .arg("--root")
-        .arg(&root)
-        .args(["--registry-mirror", &mirror])
-        .args(&args[1..])
-        .env("DOCKER_CONFIG", root.join("no-docker-config"))
-        .env_remove("KILN_CONFIG")
-        .output()
-        .unwrap();
+    let again = kiln_command(&root, &mirror, &args).output().unwrap();
     assert_eq!(ok(&again), ok(&first), "the same index");
     let (cached, ran) = cached_and_run(&again);
     assert!(

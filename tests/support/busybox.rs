@@ -258,21 +258,24 @@ pub fn fixtures() -> PathBuf {
 }
 
 pub fn kiln(root: &Path, reg: &Registry, args: &[&str]) -> Output {
-    // Options go before the arguments: `kiln run IMAGE CMD...` takes everything after IMAGE.
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg(args[0])
-        .arg("--root")
-        .arg(root)
-        .args(if args.first() == Some(&"build") {
-            vec!["--registry-mirror", reg.addr.as_str()]
-        } else {
-            vec![]
-        })
-        .args(&args[1..])
-        .env("DOCKER_CONFIG", root.join("no-docker-config"))
-        .env_remove("KILN_CONFIG")
+    kiln_command(root, &reg.addr, args)
         .output()
         .expect("run kiln")
+}
+
+/// `kiln ARGS` on the state root `root`, a `build` with `mirror` as its Docker Hub mirror, and
+/// no Docker or kiln config from the machine; callers add environment and run it.
+pub fn kiln_command(root: &Path, mirror: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    // Options go before the arguments: `kiln run IMAGE CMD...` takes everything after IMAGE.
+    cmd.arg(args[0]).arg("--root").arg(root);
+    if args[0] == "build" {
+        cmd.args(["--registry-mirror", mirror]);
+    }
+    cmd.args(&args[1..])
+        .env("DOCKER_CONFIG", root.join("no-docker-config"))
+        .env_remove("KILN_CONFIG");
+    cmd
 }
 
 pub fn ok(out: &Output) -> String {
