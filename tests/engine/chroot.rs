@@ -3,26 +3,40 @@
 //! `SOURCE_DATE_EPOCH=0`), whiteouts, opaque directories and `COPY --from` included.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::support::busybox::{fixtures, ok, registry_with_busybox, require_root, Registry};
+use crate::support::busybox::{
+    fixtures, kiln_command, ok, registry_with_busybox, require_root, Registry,
+};
 
 fn kiln_with(root: &Path, reg: &Registry, isolation: &str, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    cmd.arg(args[0])
-        .arg("--root")
-        .arg(root)
-        .arg(format!("--isolation={isolation}"));
+    let isolation = format!("--isolation={isolation}");
+    let mut full = vec![args[0], isolation.as_str()];
     if args[0] == "build" {
-        cmd.args(["--registry-mirror", reg.addr.as_str(), "--progress=plain"]);
+        full.push("--progress=plain");
     }
-    cmd.args(&args[1..])
+    full.extend(&args[1..]);
+    kiln_command(root, &reg.addr, &full)
         .env("SOURCE_DATE_EPOCH", "0")
-        .env("DOCKER_CONFIG", root.join("no-docker-config"))
-        .env_remove("KILN_CONFIG")
         .env_remove("KILN_ISOLATION")
         .output()
         .expect("run kiln")
+}
+
+/// Builds `dockerfile` (no other context files) under chroot isolation in a fresh state root;
+/// the output and its stderr.
+fn chroot_build(reg: &Registry, dockerfile: &str) -> (Output, String) {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let out = kiln_with(
+        state.path(),
+        reg,
+        "chroot",
+        &["build", ctx.path().to_str().unwrap()],
+    );
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, log)
 }
 
 /// A context with the busybox fixture's files and `dockerfile`.
@@ -155,20 +169,7 @@ fn run_mounts_under_chroot_give_the_oci_isolations_image() {
 fn chroot_isolation_refuses_network_none_naming_the_fix() {
     require_root();
     let reg = registry_with_busybox();
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        "FROM busybox:latest\nRUN --network=none true\n",
-    )
-    .unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let out = kiln_with(
-        state.path(),
-        &reg,
-        "chroot",
-        &["build", ctx.path().to_str().unwrap()],
-    );
-    let log = String::from_utf8_lossy(&out.stderr);
+    let (out, log) = chroot_build(&reg, "FROM busybox:latest\nRUN --network=none true\n");
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(
         log.contains(
@@ -186,10 +187,9 @@ fn a_symlink_the_run_puts_on_a_mounts_path_is_not_followed_on_the_host() {
     // /home/app/.cache/x must not remove the host's x.
     let host = tempfile::tempdir().unwrap();
     std::fs::write(host.path().join("x"), "host file").unwrap();
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        format!(
+    let (out, log) = chroot_build(
+        &reg,
+        &format!(
             "FROM busybox:latest\n\
              RUN mkdir -p /home/app/.cache && chown -R 1000:1000 /home/app\n\
              USER 1000:1000\n\
@@ -197,16 +197,7 @@ fn a_symlink_the_run_puts_on_a_mounts_path_is_not_followed_on_the_host() {
              mv /home/app/.cache /home/app/.c && ln -s {} /home/app/.cache\n",
             host.path().display()
         ),
-    )
-    .unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let out = kiln_with(
-        state.path(),
-        &reg,
-        "chroot",
-        &["build", ctx.path().to_str().unwrap()],
     );
-    let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         std::fs::read_to_string(host.path().join("x"))
             .ok()
