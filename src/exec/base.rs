@@ -97,8 +97,13 @@ pub async fn resolve_image(
             store.image_at(&tag, pulled.manifest, platform)?
         }
     };
+    // The pull has returned, so every tap is closed and these threads end without waiting on
+    // the download.
+    let streamed = streaming.handles();
     let diff_ids = &image.config.rootfs.diff_ids;
     if diff_ids.len() != image.manifest.layers.len() {
+        // Not left to end after the process: each removes its temporary directory.
+        drop(join_extractions(streamed));
         return Err(BuildError::LayerCountMismatch {
             image: tag,
             layers: image.manifest.layers.len(),
@@ -122,7 +127,6 @@ pub async fn resolve_image(
     }
     // The pull has verified and stored every blob, so what was extracted from their taps is
     // those blobs' content (and each extraction checked its DiffID).
-    let streamed = streaming.handles();
     let start = std::time::Instant::now();
     let unpacked = unpack_layers(store, snapshots, &layers, streamed)?;
     puller.reporter.report(crate::progress::Event::Timing {
@@ -160,6 +164,8 @@ pub async fn resolve_image(
 /// afterwards, which reports the error if there is one.
 struct UnpackWhileDownloading {
     starter: ExtractStarter,
+    /// The pulled image's DiffIDs, from the config the pull fetched first.
+    diff_ids: std::sync::OnceLock<Option<Vec<DiffId>>>,
     threads: Mutex<Vec<JoinHandle<Option<Unpacked>>>>,
 }
 
@@ -167,13 +173,12 @@ impl UnpackWhileDownloading {
     fn new(starter: ExtractStarter) -> UnpackWhileDownloading {
         UnpackWhileDownloading {
             starter,
+            diff_ids: std::sync::OnceLock::new(),
             threads: Mutex::new(Vec::new()),
         }
     }
 
-    /// The extraction threads started so far. Once the pull has returned, each has its
-    /// whole layer or has been told it will not get it, so joining them does not wait on the
-    /// download.
+    /// The extraction threads started so far.
     fn handles(&self) -> Vec<JoinHandle<Option<Unpacked>>> {
         std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -195,9 +200,17 @@ impl LayerTap for UnpackWhileDownloading {
     ) -> Option<TapSender> {
         // An unknown media type is sniffed from the stored blob's first bytes instead.
         let compression = Compression::from_media_type(&layer.media_type)?;
-        let config: ImageConfig = serde_json::from_slice(config).ok()?;
-        let chains = chain_ids(config.rootfs.diff_ids.get(..=index)?);
-        let diff_id = config.rootfs.diff_ids.get(index)?;
+        // One image per tap: its config is parsed once, for the first layer.
+        let diff_ids = self
+            .diff_ids
+            .get_or_init(|| {
+                serde_json::from_slice::<ImageConfig>(config)
+                    .ok()
+                    .map(|c| c.rootfs.diff_ids)
+            })
+            .as_ref()?;
+        let chains = chain_ids(diff_ids.get(..=index)?);
+        let diff_id = diff_ids.get(index)?;
         let parent = index.checked_sub(1).and_then(|p| chains.get(p));
         let pending = self.starter.begin(parent, diff_id).ok()?;
         let (sender, reader) = tap::channel();
