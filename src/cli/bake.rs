@@ -255,6 +255,7 @@ fn finish(
         &outcome.manifest_digest,
         &job.output,
         job.names.clone(),
+        true,
     )?;
     if show {
         for t in &outcome.tags {

@@ -334,6 +334,7 @@ fn deliver(
         &outcome.manifest_digest,
         &delivery.output,
         delivery.names.clone(),
+        delivery.gzip_on_push,
     )?;
     auto_prune(builder, show)?;
     if let Some(path) = &args.iidfile {

@@ -266,13 +266,27 @@ pub fn write_to_dest(
 }
 
 /// Exports the built image (manifest `manifest`) as `spec` says; `names` are the full
-/// references it carries (`-t` and `name=`).
+/// references it carries (`-t` and `name=`). With `gzip_uncompressed` (the build left
+/// compression to the image's way out), an OCI archive gets gzip layers, as BuildKit's OCI
+/// exporter writes them and as a push sends them; a docker archive keeps them as they are,
+/// since `docker load` only unpacks them.
 pub fn export_build(
     store: &Store,
     manifest: &crate::oci::Digest,
     spec: &OutputSpec,
     names: Vec<String>,
+    gzip_uncompressed: bool,
 ) -> anyhow::Result<()> {
+    // The gzip copies are untagged blobs until the archive is written: prune waits for it.
+    let mut _lock = None;
+    let gzipped;
+    let manifest = if spec.kind == OutputKind::Oci && gzip_uncompressed {
+        _lock = Some(crate::exec::prune::BuildsLock::shared(store.root())?);
+        gzipped = crate::exec::compress::gzip_for_push(store, manifest)?;
+        &gzipped
+    } else {
+        manifest
+    };
     if let Some(index) = IndexSource::from_store(store, manifest, names.clone())? {
         return export_index(store, &index, spec);
     }

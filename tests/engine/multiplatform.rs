@@ -358,8 +358,8 @@ fn cache_records_are_per_platform_and_an_oci_archive_holds_every_platform() {
             .collect::<Vec<_>>(),
         ["linux/amd64", "linux/arm64"]
     );
-    // skopeo takes every platform from it (it gzips the uncompressed layers on the way, so
-    // its copy has other digests: compare platforms, not bytes).
+    // skopeo takes every platform from it (compare platforms, not bytes: skopeo may write
+    // the manifests again).
     let copied = work.path().join("from-archive");
     crate::support::busybox::run(
         Command::new("skopeo")
