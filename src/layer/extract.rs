@@ -134,6 +134,7 @@ pub fn extract_layer(
         stats: Counts::default(),
         last_dir: None,
         removed: std::cell::Cell::new(false),
+        copy_buf: Vec::new(),
     };
     // Inflating and hashing run on threads of their own, ahead of the file creation here.
     let (written, diff_id) = std::thread::scope(|scope| {
@@ -232,7 +233,13 @@ struct Extractor<'a> {
     last_dir: Option<(Vec<u8>, OwnedFd)>,
     /// Set by `remove_all`: something was removed during this entry.
     removed: std::cell::Cell<bool>,
+    /// The buffer file contents go through (see `copy_content`).
+    copy_buf: Vec<u8>,
 }
+
+/// File contents are written in blocks of up to this size: one `write` for most files of a
+/// layer, where `io::copy`'s 8 KiB buffer made one per 8 KiB (42,000 writes for python:3.11-slim).
+const COPY_BLOCK: usize = 1 << 20;
 
 /// `a/./b/../../../c/` → `["c"]`; a leading `/` is dropped and `..` stops at the root.
 fn clean(raw: &[u8]) -> Vec<&[u8]> {
@@ -310,6 +317,43 @@ impl<'a> Extractor<'a> {
             name: String::from_utf8_lossy(name).into_owned(),
             reason: reason.into(),
         }
+    }
+
+    /// Writes the `size` bytes of content `entry` holds into `file`, a block at a time.
+    fn copy_content(
+        &mut self,
+        entry: &mut impl Read,
+        file: &mut File,
+        rel: &[u8],
+        size: u64,
+    ) -> Result<(), LayerError> {
+        let mut buf = std::mem::take(&mut self.copy_buf);
+        let block = usize::try_from(size)
+            .unwrap_or(usize::MAX)
+            .clamp(1, COPY_BLOCK);
+        if buf.len() < block {
+            buf.resize(block, 0);
+        }
+        let result = (|| loop {
+            let mut filled = 0;
+            while filled < block {
+                match entry.read(&mut buf[filled..block]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(self.read_err(e)),
+                }
+            }
+            if filled == 0 {
+                return Ok(());
+            }
+            io::Write::write_all(file, &buf[..filled]).map_err(|e| self.io("write", rel, e))?;
+            if filled < block {
+                return Ok(());
+            }
+        })();
+        self.copy_buf = buf;
+        result
     }
 
     fn read_err(&self, source: io::Error) -> LayerError {
@@ -511,7 +555,8 @@ impl<'a> Extractor<'a> {
                 }
                 .map_err(|e| self.io("create file", rel, e))?;
                 let mut file = File::from(fd);
-                io::copy(entry, &mut file).map_err(|e| self.read_err(e))?;
+                let size = entry.size();
+                self.copy_content(entry, &mut file, rel, size)?;
                 self.set_meta_fd(file.as_fd(), meta, rel, true)?;
             }
             EntryType::Directory => {

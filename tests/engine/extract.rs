@@ -295,7 +295,14 @@ fn sample_tar() -> Vec<u8> {
         .file("etc/hostname", b"kiln\n")
         .symlink("etc/alias", "hostname")
         .file("big", &vec![42u8; 300_000])
+        .file("empty", b"")
+        .file("larger-than-a-copy-block", &varied(2_621_447))
         .finish()
+}
+
+/// Bytes that differ from block to block, so a block written twice or out of place shows.
+fn varied(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 4093) as u8).collect()
 }
 
 #[test]
@@ -320,13 +327,18 @@ fn compression_and_diff_id() {
         .unwrap();
         assert_eq!(stats.diff_id, DiffId(Digest::of(&tar)), "{compression:?}");
         assert_eq!(stats.uncompressed_size, tar.len() as u64);
-        assert_eq!(stats.entries, 4);
+        assert_eq!(stats.entries, 6);
         assert_eq!(
             fs::read(s.target().join("etc/hostname")).unwrap(),
             b"kiln\n"
         );
         assert_eq!(fs::read(s.target().join("etc/alias")).unwrap(), b"kiln\n");
         assert_eq!(fs::read(s.target().join("big")).unwrap().len(), 300_000);
+        assert_eq!(fs::read(s.target().join("empty")).unwrap(), b"");
+        assert!(
+            fs::read(s.target().join("larger-than-a-copy-block")).unwrap() == varied(2_621_447),
+            "{compression:?}: a file of several copy blocks"
+        );
     }
     // Trailing bytes after the end-of-archive blocks count too (the DiffID is of the stream).
     let mut padded = tar.clone();
