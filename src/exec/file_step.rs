@@ -12,6 +12,7 @@ use crate::sandbox::{resolve_user_from, Root};
 use crate::snapshot::{ChainId, Snapshotter};
 use crate::store::Store;
 
+use super::add_archive::unpack_archive;
 use super::base::LayerState;
 use super::commit::{commit_active, LayerSettings, LayerSink};
 use super::error::BuildError;
@@ -623,102 +624,6 @@ pub fn workdir_step(
 
 fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
-}
-
-/// Extracts `path` into `into` when it is a tar archive (plain, gzip, zstd, bzip2, xz);
-/// `false` when it is not an archive (ADD then copies it as a file).
-fn unpack_archive(path: &Path, into: &Path) -> Result<bool, BuildError> {
-    use std::io::Read as _;
-    let mut head = [0u8; 512];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(BuildError::io("read", path))?;
-    let head = &head[..n];
-    let external = |tool: &str| -> Result<bool, BuildError> {
-        std::fs::create_dir_all(into).map_err(BuildError::io("create", into))?;
-        let mut child = std::process::Command::new(tool)
-            .arg("-dc")
-            .arg(path)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|source| BuildError::Decompressor {
-                tool: tool.to_string(),
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| BuildError::DecompressorFailed {
-                tool: tool.to_string(),
-                path: path.to_path_buf(),
-            })?;
-        let result = crate::layer::extract_layer(
-            stdout,
-            crate::oci::Compression::None,
-            into,
-            &crate::layer::ExtractOptions::apply(),
-        );
-        let status = child
-            .wait()
-            .map_err(BuildError::io("wait for decompressor of", path))?;
-        result?;
-        if !status.success() {
-            return Err(BuildError::DecompressorFailed {
-                tool: tool.to_string(),
-                path: path.to_path_buf(),
-            });
-        }
-        Ok(true)
-    };
-    let compression = if head.starts_with(&[0x1f, 0x8b]) {
-        crate::oci::Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        crate::oci::Compression::Zstd
-    } else if head.starts_with(b"BZh") {
-        return external("bzip2");
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        return external("xz");
-    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
-        crate::oci::Compression::None
-    } else {
-        return Ok(false);
-    };
-    if compression != crate::oci::Compression::None {
-        // Only a compressed *tar* is unpacked; a lone .gz file is copied as is.
-        let mut dec: Box<dyn std::io::Read> = match compression {
-            crate::oci::Compression::Gzip => Box::new(flate2::read::GzDecoder::new(
-                std::fs::File::open(path).map_err(BuildError::io("open", path))?,
-            )),
-            _ => Box::new(
-                zstd::stream::read::Decoder::new(
-                    std::fs::File::open(path).map_err(BuildError::io("open", path))?,
-                )
-                .map_err(BuildError::io("read", path))?,
-            ),
-        };
-        let mut inner = [0u8; 512];
-        let mut got = 0;
-        while got < inner.len() {
-            match dec.read(&mut inner[got..]) {
-                Ok(0) => break,
-                Ok(k) => got += k,
-                Err(_) => return Ok(false),
-            }
-        }
-        if got < 262 || &inner[257..262] != b"ustar" {
-            return Ok(false);
-        }
-    }
-    std::fs::create_dir_all(into).map_err(BuildError::io("create", into))?;
-    let file = std::fs::File::open(path).map_err(BuildError::io("open", path))?;
-    crate::layer::extract_layer(
-        std::io::BufReader::new(file),
-        compression,
-        into,
-        &crate::layer::ExtractOptions::apply(),
-    )?;
-    Ok(true)
 }
 
 /// Removes everything inside `dir`, keeping `dir`.

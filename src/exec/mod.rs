@@ -1,5 +1,6 @@
 //! The scheduler: walks the build graph, checks the cache, pulls, runs, commits layers.
 
+mod add_archive;
 pub mod base;
 pub mod error;
 pub mod metadata;

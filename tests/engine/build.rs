@@ -1537,3 +1537,43 @@ fn steps_that_change_nothing_still_make_an_empty_layer() {
     assert_eq!(p.run(&["empty-steps:1", "sh", "-c", "pwd"]), "/");
     p.unpack("empty-steps:1", "u");
 }
+
+#[test]
+fn add_copies_a_compressed_file_that_is_no_tar_and_unpacks_a_v7_tar() {
+    // BuildKit unpacks what starts with a valid tar header after decompression (a v7 tar has
+    // no `ustar` magic) and copies anything else as it is: an xz- or bzip2-compressed text too.
+    let p = Scratch::new(&[
+        ("notes.txt", "release notes\n"),
+        (
+            "Dockerfile",
+            "FROM scratch\nADD notes.txt.xz notes.txt.bz2 /notes/\nADD old.tar /v7/\n",
+        ),
+    ]);
+    let ctx = p.ctx();
+    run(Command::new("xz").arg("-k").arg(ctx.join("notes.txt")));
+    run(Command::new("bzip2").arg("-k").arg(ctx.join("notes.txt")));
+    let mut v7 = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_old();
+    header.set_path("pkg/one.txt").unwrap();
+    header.set_size(4);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    v7.append(&header, &b"one\n"[..]).unwrap();
+    std::fs::write(ctx.join("old.tar"), v7.into_inner().unwrap()).unwrap();
+    p.build("add-kinds:1");
+    let rootfs = p.unpack("add-kinds:1", "u");
+    for name in ["notes.txt.xz", "notes.txt.bz2"] {
+        assert_eq!(
+            std::fs::read(rootfs.join("notes").join(name)).unwrap(),
+            std::fs::read(ctx.join(name)).unwrap(),
+            "/notes/{name} is not the file itself"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("v7/pkg/one.txt")).unwrap(),
+        "one\n"
+    );
+}
