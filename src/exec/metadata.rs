@@ -59,6 +59,30 @@ pub fn ensure_default_path(config: &mut ImageConfig) {
     }
 }
 
+/// Drops what BuildKit's config JSON leaves out (`omitempty`): empty strings, lists and maps,
+/// so `CMD []` or `ENTRYPOINT []` is no `Cmd`/`Entrypoint` at all, as `docker inspect` shows it
+/// (`null`), and so is a base's `"Labels": {}`.
+pub fn omit_empty(config: &mut ImageConfig) {
+    let Some(c) = config.config.as_mut() else {
+        return;
+    };
+    fn none_if<T>(field: &mut Option<T>, empty: impl Fn(&T) -> bool) {
+        if field.as_ref().is_some_and(empty) {
+            *field = None;
+        }
+    }
+    none_if(&mut c.user, String::is_empty);
+    none_if(&mut c.working_dir, String::is_empty);
+    none_if(&mut c.stop_signal, String::is_empty);
+    none_if(&mut c.env, Vec::is_empty);
+    none_if(&mut c.entrypoint, Vec::is_empty);
+    none_if(&mut c.cmd, Vec::is_empty);
+    none_if(&mut c.shell, Vec::is_empty);
+    none_if(&mut c.exposed_ports, BTreeMap::is_empty);
+    none_if(&mut c.volumes, BTreeMap::is_empty);
+    none_if(&mut c.labels, BTreeMap::is_empty);
+}
+
 /// The command a shell- or exec-form CMD/ENTRYPOINT/RUN stands for.
 pub fn command_args(line: &CommandLine, shell: &[String]) -> Vec<String> {
     if line.shell_form {

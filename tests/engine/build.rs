@@ -1577,3 +1577,23 @@ fn add_copies_a_compressed_file_that_is_no_tar_and_unpacks_a_v7_tar() {
         "one\n"
     );
 }
+
+#[test]
+fn empty_cmd_and_entrypoint_are_left_out_of_the_config() {
+    // BuildKit writes the config with Go's omitempty: `CMD []` and `ENTRYPOINT []` leave no
+    // Cmd/Entrypoint at all (docker inspect: null), not empty lists.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox AS base\nENTRYPOINT [\"sh\"]\nCMD [\"-c\", \"true\"]\nFROM base\nENTRYPOINT []\nCMD []\n",
+    )]);
+    p.build("empty-cmd:1");
+    let cfg = config(&p.root(), &p.reg, "empty-cmd:1");
+    let container = &cfg["config"]["config"];
+    assert!(container.is_object(), "no container config: {cfg}");
+    for key in ["Cmd", "Entrypoint"] {
+        assert!(
+            container.get(key).is_none(),
+            "{key} is in the config: {container}"
+        );
+    }
+}
