@@ -580,7 +580,8 @@ impl<'a> CopyTarget<'a> {
     }
 }
 
-/// WORKDIR: creates the directory (and missing parents) owned by the current user.
+/// WORKDIR: creates the directory (and missing parents) owned by the current user, resolved as
+/// `--chown` is.
 pub fn workdir_step(
     sink: &LayerSink<'_>,
     parent: Option<&ChainId>,
@@ -596,21 +597,12 @@ pub fn workdir_step(
     let work = unique_dir(scratch_dir, "workdir");
     let result = (|| -> Result<(), BuildError> {
         let guard = MountGuard::mount(&mounts, &work)?;
+        // BuildKit makes it `llb.Mkdir(WithUser(user))`: the user is resolved as for COPY
+        // --chown (a lone uid is also the gid, not the passwd entry's group), and an unknown
+        // user silently gives 0:0.
+        let (uid, gid) = resolve_chown(guard.path(), user).unwrap_or((0, 0));
         let root = Root::open(guard.path())?;
-        let read = |p: &str| {
-            root.read(p, 10 << 20)
-                .ok()
-                .flatten()
-                .map(|b| String::from_utf8_lossy(&b).to_string())
-        };
-        // BuildKit: an unknown user silently gives 0:0 here.
-        let spec = resolve_user_from(
-            user,
-            read("/etc/passwd").as_deref(),
-            read("/etc/group").as_deref(),
-        )
-        .unwrap_or_default();
-        root.mkdir_all(dir, spec.uid, spec.gid)?;
+        root.mkdir_all(dir, uid, gid)?;
         drop(root);
         guard.unmount()
     })();

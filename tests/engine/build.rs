@@ -1597,3 +1597,24 @@ fn empty_cmd_and_entrypoint_are_left_out_of_the_config() {
         );
     }
 }
+
+#[test]
+fn workdir_for_a_numeric_user_gets_the_uid_as_its_gid() {
+    // WORKDIR's directory is BuildKit's Mkdir WithUser: a lone uid is also the gid (as for
+    // COPY --chown), not the group its passwd entry names; a name takes the entry's group.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo 'svc:x:1500:1400::/home/svc:/bin/sh' >> /etc/passwd\nUSER 1500\nWORKDIR /numeric/sub\nUSER svc\nWORKDIR /named\n",
+    )]);
+    p.build("workdir-owner:1");
+    let rootfs = p.unpack("workdir-owner:1", "u");
+    use std::os::unix::fs::MetadataExt as _;
+    for (dir, owner) in [
+        ("numeric", (1500, 1500)),
+        ("numeric/sub", (1500, 1500)),
+        ("named", (1500, 1400)),
+    ] {
+        let m = std::fs::metadata(rootfs.join(dir)).unwrap();
+        assert_eq!((m.uid(), m.gid()), owner, "/{dir}");
+    }
+}
