@@ -151,6 +151,23 @@ fn sanitize_id(id: &str) -> String {
         .collect()
 }
 
+/// The directory of a cache mount. BuildKit keys a cache by its id and, when `uid`, `gid` or
+/// `mode` is given, by the directory it starts from (a mkdir with those, defaults 0, 0, 0755):
+/// `id=x,uid=1000` and `id=x` are two caches, `id=x,uid=0` and `id=x,mode=0755` one.
+fn cache_dir_name(id: &str, m: &Mount) -> String {
+    let name = sanitize_id(id);
+    if m.uid.is_none() && m.gid.is_none() && m.mode.is_none() {
+        return name;
+    }
+    // `+` never appears in a sanitized id.
+    format!(
+        "{name}+uid{}-gid{}-mode{:o}",
+        m.uid.unwrap_or(0),
+        m.gid.unwrap_or(0),
+        m.mode.unwrap_or(0o755)
+    )
+}
+
 /// What RUN's `--mount`s become: sandbox mounts, extra env (secrets as env), the mounts kiln
 /// made for them (kept mounted until the step ends) and the cache locks held meanwhile.
 #[derive(Default)]
@@ -216,7 +233,7 @@ impl PreparedMounts {
         private_dir: &Path,
     ) -> Result<(), BuildError> {
         let id = m.id.clone().unwrap_or_else(|| target.clone());
-        let dir = ctx.cache_mounts_dir.join(sanitize_id(&id));
+        let dir = ctx.cache_mounts_dir.join(cache_dir_name(&id, m));
         if !dir.exists() {
             std::fs::create_dir_all(&dir).map_err(BuildError::io("create cache mount", &dir))?;
             use std::os::unix::fs::PermissionsExt as _;
@@ -226,7 +243,7 @@ impl PreparedMounts {
             std::os::unix::fs::chown(&dir, Some(m.uid.unwrap_or(0)), Some(m.gid.unwrap_or(0)))
                 .map_err(BuildError::io("chown cache mount", &dir))?;
         }
-        let lock_path = dir.with_extension("lock");
+        let lock_path = dir.with_file_name(format!("{}.lock", cache_dir_name(&id, m)));
         // Chroot isolation moves the directory into the root: one RUN at a time may have it.
         let sharing = match m.sharing {
             Some(Sharing::Private) => Some(Sharing::Private),

@@ -1618,3 +1618,26 @@ fn workdir_for_a_numeric_user_gets_the_uid_as_its_gid() {
         assert_eq!((m.uid(), m.gid()), owner, "/{dir}");
     }
 }
+
+#[test]
+fn cache_mounts_with_uid_gid_or_mode_are_other_caches_than_the_bare_id() {
+    // BuildKit keys a cache by id plus, when uid/gid/mode is given, the mkdir it starts from
+    // (defaults 0, 0, 0755): `id=c,uid=1000` and `id=c` do not share files.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=cache,id=c,target=/c,uid=1000 touch /c/stamp\n\
+         RUN --mount=type=cache,id=c,target=/c ls /c > /bare.txt\n\
+         RUN --mount=type=cache,id=c,target=/c,uid=1000,mode=0755 ls /c > /same.txt\n\
+         RUN --mount=type=cache,id=c,target=/c,gid=0 ls /c > /other.txt && touch /c/zero\n\
+         RUN --mount=type=cache,id=c,target=/c,uid=0,mode=755 ls /c > /defaults.txt\n",
+    )]);
+    p.build("cache-ids:1");
+    let rootfs = p.unpack("cache-ids:1", "u");
+    let read = |f: &str| std::fs::read_to_string(rootfs.join(f)).unwrap();
+    assert_eq!(read("bare.txt"), "", "the bare id saw the uid=1000 cache");
+    assert_eq!(read("same.txt"), "stamp\n");
+    assert_eq!(read("other.txt"), "");
+    // gid=0 and uid=0,mode=755 are the same mkdir (0:0, 0755): one cache.
+    assert_eq!(read("defaults.txt"), "zero\n");
+}
