@@ -232,7 +232,11 @@ impl PreparedMounts {
         target: String,
         private_dir: &Path,
     ) -> Result<(), BuildError> {
-        let id = m.id.clone().unwrap_or_else(|| target.clone());
+        // BuildKit's default id is the target as written, cleaned: `target=cache` in two
+        // WORKDIRs is one cache, as are `cache` and `./cache/`.
+        let id = m.id.clone().unwrap_or_else(|| {
+            crate::context::go_path_clean(m.target.as_deref().unwrap_or(&target))
+        });
         let dir = ctx.cache_mounts_dir.join(cache_dir_name(&id, m));
         if !dir.exists() {
             std::fs::create_dir_all(&dir).map_err(BuildError::io("create cache mount", &dir))?;

@@ -1641,3 +1641,23 @@ fn cache_mounts_with_uid_gid_or_mode_are_other_caches_than_the_bare_id() {
     // gid=0 and uid=0,mode=755 are the same mkdir (0:0, 0755): one cache.
     assert_eq!(read("defaults.txt"), "zero\n");
 }
+
+#[test]
+fn a_relative_cache_target_is_one_cache_whatever_the_workdir() {
+    // BuildKit's default cache id is path.Clean of the target as written: `target=cache`
+    // under /a and `target=./cache/` under /b share one cache.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         WORKDIR /a\n\
+         RUN --mount=type=cache,target=cache touch cache/from-a\n\
+         WORKDIR /b\n\
+         RUN --mount=type=cache,target=./cache/ ls cache > /seen.txt\n",
+    )]);
+    p.build("cache-relative:1");
+    let rootfs = p.unpack("cache-relative:1", "u");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("seen.txt")).unwrap(),
+        "from-a\n"
+    );
+}
