@@ -201,14 +201,13 @@ fn healthcheck(h: &Healthcheck) -> ConfigHealthcheck {
 }
 
 /// WORKDIR: a relative path joins the current one (`path.Join`, cleaned); an absolute path is
-/// cleaned.
+/// kept as written (`/app/` stays `/app/` in the config and history), as BuildKit's
+/// `NormalizeWorkdir` does on Linux. The directory made for it is [`clean_abs`] of it.
 pub fn normalize_workdir(current: &str, path: &str) -> String {
-    let joined = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("/{current}/{path}")
-    };
-    clean_abs(&joined)
+    if path.starts_with('/') {
+        return path.to_string();
+    }
+    clean_abs(&format!("/{current}/{path}"))
 }
 
 /// Go's `path.Clean` for an absolute path.
@@ -351,6 +350,20 @@ mod tests {
         assert_eq!(h.interval, Some(5_000_000_000));
         assert_eq!(h.timeout, None);
         assert_eq!(c.author.as_deref(), Some("me"));
+    }
+
+    #[test]
+    fn an_absolute_workdir_is_kept_as_written_a_relative_one_joined_and_cleaned() {
+        for (lines, want) in [
+            ("WORKDIR /app/", "/app/"),
+            ("WORKDIR /a/../b", "/a/../b"),
+            ("WORKDIR /a/../b\nWORKDIR c/", "/b/c"),
+            ("WORKDIR /srv/\nWORKDIR ./x/./y/", "/srv/x/y"),
+        ] {
+            let c = config_after(&format!("FROM scratch\n{lines}\n"));
+            let wd = c.config.and_then(|c| c.working_dir);
+            assert_eq!(wd.as_deref(), Some(want), "{lines}");
+        }
     }
 
     #[test]

@@ -187,11 +187,13 @@ pub fn prepare_mounts(
 ) -> Result<PreparedMounts, BuildError> {
     let mut out = PreparedMounts::default();
     for (i, m) in run.mounts.iter().enumerate() {
+        // `filepath.Join("/", dir, target)` for a relative one, as BuildKit: the WORKDIR may be
+        // written `/a/../b`.
         let target = m.target.clone().map(|t| {
             if t.starts_with('/') {
                 t
             } else {
-                format!("{}/{}", workdir.trim_end_matches('/'), t)
+                super::metadata::clean_abs(&format!("{}/{}", workdir.trim_end_matches('/'), t))
             }
         });
         let scratch = |name: &str| step_dir.join(format!("{name}-{i}"));

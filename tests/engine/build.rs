@@ -1661,3 +1661,38 @@ fn a_relative_cache_target_is_one_cache_whatever_the_workdir() {
         "from-a\n"
     );
 }
+
+#[test]
+fn an_absolute_workdir_is_kept_as_written_and_its_clean_path_is_made() {
+    // BuildKit keeps an absolute WORKDIR as written in the config and history (`/srv/app/`,
+    // `/x/../y`) and makes the directory at the cleaned path: /y, no /x (a RUN there would
+    // make /x: the runtime creates its cwd as written, in docker too).
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\nWORKDIR /srv/app/\nRUN pwd > /first.txt\nWORKDIR /x/../y\n",
+    )]);
+    p.build("workdir-raw:1");
+    let cfg = config(&p.root(), &p.reg, "workdir-raw:1");
+    assert_eq!(cfg["config"]["config"]["WorkingDir"], "/x/../y", "{cfg}");
+    let history: Vec<String> = cfg["config"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        history.iter().any(|h| h == "WORKDIR /srv/app/"),
+        "{history:?}"
+    );
+    assert!(
+        history.iter().any(|h| h == "WORKDIR /x/../y"),
+        "{history:?}"
+    );
+    let rootfs = p.unpack("workdir-raw:1", "u");
+    assert!(rootfs.join("y").is_dir());
+    assert!(!rootfs.join("x").exists(), "/x was made for /x/../y");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("first.txt")).unwrap(),
+        "/srv/app\n"
+    );
+}
