@@ -334,6 +334,13 @@ fn is_dir(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
+/// What the sources name, each as `(path as named, where it really is)` below the source root:
+/// wildcards expanded, symlinks followed inside the root, `.dockerignore` applied; the error a
+/// copy of them would give when one names nothing.
+pub fn expand_sources(req: &CopyRequest<'_>) -> Result<Vec<(String, String)>, CopyError> {
+    Ok(select(req)?.into_iter().map(|s| (s.rel, s.real)).collect())
+}
+
 /// Expands the sources against the source root. As BuildKit's copy (`FollowSymlinks`), the
 /// path before the first wildcard and each match are resolved inside the root; directories a
 /// wildcard walks through are not followed.

@@ -426,9 +426,16 @@ pub fn execute_copy(
                 None => None,
             },
         };
-        let sources = target.unpack_archives(&work)?;
+        let (sources, dir_dest) = target.unpack_archives(&work)?;
         if !sources.is_empty() {
+            let request = target.request(&source_root, sources);
             copy_into_root(&CopyRequest {
+                // A wildcard narrowed to its matches still copies into a directory.
+                dest: if dir_dest && !request.dest.ends_with('/') {
+                    format!("{}/", request.dest)
+                } else {
+                    request.dest.clone()
+                },
                 ignore: if prepared.from.is_none() {
                     ctx.ignore
                 } else {
@@ -439,7 +446,7 @@ pub fn execute_copy(
                 preserve_owner: prepared.from.is_some(),
                 seeded: seeding.as_ref().map(|s| &s.seeded),
                 contents: contents.as_ref(),
-                ..target.request(&source_root, sources)
+                ..request
             })?;
         }
         for url in &ctx.url_files {
@@ -524,39 +531,57 @@ impl<'a> CopyTarget<'a> {
         }
     }
 
-    /// ADD unpacks local tar archives (plain, gzip, bzip2, xz, zstd) into the destination;
-    /// returns the sources left to copy as they are.
-    fn unpack_archives(&self, work: &Path) -> Result<Vec<String>, BuildError> {
+    /// ADD unpacks local tar archives (plain, gzip, bzip2, xz, zstd) into the destination,
+    /// each match of a wildcard too, as BuildKit does; returns the sources left to copy as they
+    /// are, and whether the destination must then be taken as a directory (a wildcard source
+    /// was narrowed to the matches that are no archive).
+    fn unpack_archives(&self, work: &Path) -> Result<(Vec<String>, bool), BuildError> {
         let prepared = self.prepared;
         if !prepared.is_add {
-            return Ok(prepared.sources.clone());
+            return Ok((prepared.sources.clone(), false));
         }
         let mut plain = Vec::new();
-        for (i, src) in prepared.sources.iter().enumerate() {
-            // A symlink to an archive is followed inside the context, as for any source.
-            let real = crate::context::rootpath::resolve(self.ctx.context_dir, src)
-                .map_err(crate::context::copy::CopyError::from)?;
-            let path = self.ctx.context_dir.join(real);
-            let unpacked = work.join(format!("archive-{i}"));
-            if has_glob(src) || !path.is_file() || !unpack_archive(&path, &unpacked)? {
-                plain.push(src.clone());
-                continue;
-            }
-            let dest = if prepared.dest.ends_with('/') {
-                prepared.dest.clone()
-            } else {
-                format!("{}/", prepared.dest)
-            };
-            copy_into_root(&CopyRequest {
-                dest,
-                // BuildKit applies --chown to an unpacked archive's entries but not --chmod:
-                // they keep the archive's modes.
-                chmod: None,
-                preserve_owner: self.chown.is_none(),
-                ..self.request(&unpacked, vec!["/".into()])
+        let mut narrowed = false;
+        let mut archives = 0;
+        for src in &prepared.sources {
+            let matches = crate::context::copy::expand_sources(&CopyRequest {
+                ignore: self.ctx.ignore,
+                ..self.request(self.ctx.context_dir, vec![src.clone()])
             })?;
+            let mut left = Vec::new();
+            let mut any = false;
+            for (named, real) in matches {
+                let path = self.ctx.context_dir.join(&real);
+                let unpacked = work.join(format!("archive-{archives}"));
+                archives += 1;
+                if !path.is_file() || !unpack_archive(&path, &unpacked)? {
+                    left.push(named);
+                    continue;
+                }
+                let dest = if prepared.dest.ends_with('/') {
+                    prepared.dest.clone()
+                } else {
+                    format!("{}/", prepared.dest)
+                };
+                copy_into_root(&CopyRequest {
+                    dest,
+                    // BuildKit applies --chown to an unpacked archive's entries but not
+                    // --chmod: they keep the archive's modes.
+                    chmod: None,
+                    preserve_owner: self.chown.is_none(),
+                    ..self.request(&unpacked, vec!["/".into()])
+                })?;
+                any = true;
+            }
+            if any && has_glob(src) {
+                // The matches that are no archive, by name.
+                narrowed = true;
+                plain.extend(left);
+            } else if !left.is_empty() {
+                plain.push(src.clone());
+            }
         }
-        Ok(plain)
+        Ok((plain, narrowed))
     }
 
     /// `COPY <<EOF`: each heredoc written as a 0644 file, then copied like a context file.

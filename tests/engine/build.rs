@@ -1696,3 +1696,36 @@ fn an_absolute_workdir_is_kept_as_written_and_its_clean_path_is_made() {
         "/srv/app\n"
     );
 }
+
+#[test]
+fn add_unpacks_every_archive_a_wildcard_matches() {
+    // BuildKit tries to unpack each match of an ADD wildcard; the matches that are no archive
+    // are copied as they are.
+    let p = Scratch::new(&[
+        ("payload/pkg/one.txt", "one\n"),
+        ("notes.txt", "release notes\n"),
+        ("Dockerfile", "FROM scratch\nADD *.tar *.xz /globbed/\n"),
+    ]);
+    let ctx = p.ctx();
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(ctx.join("app.tar"))
+        .arg("-C")
+        .arg(ctx.join("payload"))
+        .arg("pkg"));
+    run(Command::new("xz").arg(ctx.join("notes.txt")));
+    p.build("add-glob:1");
+    let rootfs = p.unpack("add-glob:1", "u");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("globbed/pkg/one.txt")).unwrap(),
+        "one\n"
+    );
+    assert!(
+        !rootfs.join("globbed/app.tar").exists(),
+        "app.tar was not unpacked"
+    );
+    assert_eq!(
+        std::fs::read(rootfs.join("globbed/notes.txt.xz")).unwrap(),
+        std::fs::read(ctx.join("notes.txt.xz")).unwrap()
+    );
+}
