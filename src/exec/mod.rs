@@ -2,6 +2,7 @@
 
 mod add_archive;
 pub mod base;
+mod cache_mount;
 pub mod error;
 pub mod metadata;
 pub mod mounts;

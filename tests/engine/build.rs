@@ -1729,3 +1729,24 @@ fn add_unpacks_every_archive_a_wildcard_matches() {
         std::fs::read(ctx.join("notes.txt.xz")).unwrap()
     );
 }
+
+#[test]
+fn a_cache_mount_from_a_stage_starts_with_its_source_and_is_its_own_cache() {
+    // BuildKit starts a `from=` cache mount from the stage's `source` and keys it by that
+    // stage's content: the bare id is another cache.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox AS seed\n\
+         RUN mkdir -p /seed/sub && echo seeded > /seed/sub/file\n\
+         FROM busybox\n\
+         RUN --mount=type=cache,id=s,from=seed,source=/seed,target=/c find /c | sort > /first.txt && touch /c/added\n\
+         RUN --mount=type=cache,id=s,from=seed,source=/seed,target=/c find /c | sort > /second.txt\n\
+         RUN --mount=type=cache,id=s,target=/c find /c > /bare.txt\n",
+    )]);
+    p.build("cache-from:1");
+    let rootfs = p.unpack("cache-from:1", "u");
+    let read = |f: &str| std::fs::read_to_string(rootfs.join(f)).unwrap();
+    assert_eq!(read("first.txt"), "/c\n/c/sub\n/c/sub/file\n");
+    assert_eq!(read("second.txt"), "/c\n/c/added\n/c/sub\n/c/sub/file\n");
+    assert_eq!(read("bare.txt"), "/c\n");
+}
