@@ -334,6 +334,13 @@ fn is_dir(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
+/// What the sources name, each as `(path as named, where it really is)` below the source root:
+/// wildcards expanded, symlinks followed inside the root, `.dockerignore` applied; the error a
+/// copy of them would give when one names nothing.
+pub fn expand_sources(req: &CopyRequest<'_>) -> Result<Vec<(String, String)>, CopyError> {
+    Ok(select(req)?.into_iter().map(|s| (s.rel, s.real)).collect())
+}
+
 /// Expands the sources against the source root. As BuildKit's copy (`FollowSymlinks`), the
 /// path before the first wildcard and each match are resolved inside the root; directories a
 /// wildcard walks through are not followed.
@@ -712,7 +719,12 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
         } else if dest_is_dir {
             join_rel(&dest_rel, &base_name)
         } else {
-            dest_rel.clone()
+            // BuildKit resolves the destination itself through symlinks (`fs.RootPath`):
+            // `COPY f /usr/bin/awk` replaces the file the awk link leads to, not the link, and a
+            // dangling link's target is created.
+            root.root
+                .resolve_last(&dest_rel)
+                .map_err(errno("resolve", &dest_rel))?
         };
         let created_owner = req.chown.unwrap_or((0, 0));
         if meta.is_dir() {
@@ -1141,6 +1153,33 @@ mod tests {
         // `..` cannot leave the context.
         copy_into_root(&req(&ctx, &root, &["../../a.txt"], "/up")).unwrap();
         assert_eq!(fs::read_to_string(root.join("up")).unwrap(), "a");
+    }
+
+    #[test]
+    fn a_file_destination_that_is_a_symlink_is_followed_inside_the_root() {
+        // As BuildKit (fs.RootPath on the destination): the file the link chain leads to is
+        // replaced, the links stay; a dangling link's target is created; a link out of the
+        // root lands inside it.
+        let (d, ctx, root) = setup();
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::create_dir_all(root.join("etc/alternatives")).unwrap();
+        fs::write(root.join("usr/bin/mawk"), "binary").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/mawk", root.join("etc/alternatives/awk")).unwrap();
+        std::os::unix::fs::symlink("/etc/alternatives/awk", root.join("usr/bin/awk")).unwrap();
+        std::os::unix::fs::symlink("/nowhere/file", root.join("dangling")).unwrap();
+        let outside = d.path().join("outside.txt");
+        std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+        for dest in ["/usr/bin/awk", "/dangling", "/out"] {
+            copy_into_root(&req(&ctx, &root, &["a.txt"], dest)).unwrap();
+        }
+        assert_eq!(fs::read_to_string(root.join("usr/bin/mawk")).unwrap(), "a");
+        assert!(fs::symlink_metadata(root.join("usr/bin/awk"))
+            .unwrap()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(root.join("nowhere/file")).unwrap(), "a");
+        assert!(!outside.exists(), "wrote through a symlink out of the root");
+        let inside = root.join(outside.strip_prefix("/").unwrap());
+        assert_eq!(fs::read_to_string(inside).unwrap(), "a");
     }
 
     #[test]

@@ -5,3 +5,6 @@ pub mod hashcache;
 pub mod ignore;
 pub mod rootpath;
 pub mod walk;
+
+/// Go's `path.Clean`, for the builder's other paths that BuildKit cleans the Go way.
+pub(crate) use gosyntax::clean as go_path_clean;

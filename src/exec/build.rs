@@ -440,6 +440,7 @@ impl BuildSession<'_> {
                 labels.insert(k.clone(), v.clone());
             }
         }
+        super::metadata::omit_empty(&mut config);
         config.created = Some(self.created.clone());
         if self.settings.source_date_epoch.is_none() {
             self.settle_history_times(&mut config, &target.image.layers);

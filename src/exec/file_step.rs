@@ -12,6 +12,7 @@ use crate::sandbox::{resolve_user_from, Root};
 use crate::snapshot::{ChainId, Snapshotter};
 use crate::store::Store;
 
+use super::add_archive::unpack_archive;
 use super::base::LayerState;
 use super::commit::{commit_active, LayerSettings, LayerSink};
 use super::error::BuildError;
@@ -425,9 +426,16 @@ pub fn execute_copy(
                 None => None,
             },
         };
-        let sources = target.unpack_archives(&work)?;
+        let (sources, dir_dest) = target.unpack_archives(&work)?;
         if !sources.is_empty() {
+            let request = target.request(&source_root, sources);
             copy_into_root(&CopyRequest {
+                // A wildcard narrowed to its matches still copies into a directory.
+                dest: if dir_dest && !request.dest.ends_with('/') {
+                    format!("{}/", request.dest)
+                } else {
+                    request.dest.clone()
+                },
                 ignore: if prepared.from.is_none() {
                     ctx.ignore
                 } else {
@@ -438,7 +446,7 @@ pub fn execute_copy(
                 preserve_owner: prepared.from.is_some(),
                 seeded: seeding.as_ref().map(|s| &s.seeded),
                 contents: contents.as_ref(),
-                ..target.request(&source_root, sources)
+                ..request
             })?;
         }
         for url in &ctx.url_files {
@@ -523,39 +531,57 @@ impl<'a> CopyTarget<'a> {
         }
     }
 
-    /// ADD unpacks local tar archives (plain, gzip, bzip2, xz, zstd) into the destination;
-    /// returns the sources left to copy as they are.
-    fn unpack_archives(&self, work: &Path) -> Result<Vec<String>, BuildError> {
+    /// ADD unpacks local tar archives (plain, gzip, bzip2, xz, zstd) into the destination,
+    /// each match of a wildcard too, as BuildKit does; returns the sources left to copy as they
+    /// are, and whether the destination must then be taken as a directory (a wildcard source
+    /// was narrowed to the matches that are no archive).
+    fn unpack_archives(&self, work: &Path) -> Result<(Vec<String>, bool), BuildError> {
         let prepared = self.prepared;
         if !prepared.is_add {
-            return Ok(prepared.sources.clone());
+            return Ok((prepared.sources.clone(), false));
         }
         let mut plain = Vec::new();
-        for (i, src) in prepared.sources.iter().enumerate() {
-            // A symlink to an archive is followed inside the context, as for any source.
-            let real = crate::context::rootpath::resolve(self.ctx.context_dir, src)
-                .map_err(crate::context::copy::CopyError::from)?;
-            let path = self.ctx.context_dir.join(real);
-            let unpacked = work.join(format!("archive-{i}"));
-            if has_glob(src) || !path.is_file() || !unpack_archive(&path, &unpacked)? {
-                plain.push(src.clone());
-                continue;
-            }
-            let dest = if prepared.dest.ends_with('/') {
-                prepared.dest.clone()
-            } else {
-                format!("{}/", prepared.dest)
-            };
-            copy_into_root(&CopyRequest {
-                dest,
-                // BuildKit applies --chown to an unpacked archive's entries but not --chmod:
-                // they keep the archive's modes.
-                chmod: None,
-                preserve_owner: self.chown.is_none(),
-                ..self.request(&unpacked, vec!["/".into()])
+        let mut narrowed = false;
+        let mut archives = 0;
+        for src in &prepared.sources {
+            let matches = crate::context::copy::expand_sources(&CopyRequest {
+                ignore: self.ctx.ignore,
+                ..self.request(self.ctx.context_dir, vec![src.clone()])
             })?;
+            let mut left = Vec::new();
+            let mut any = false;
+            for (named, real) in matches {
+                let path = self.ctx.context_dir.join(&real);
+                let unpacked = work.join(format!("archive-{archives}"));
+                archives += 1;
+                if !path.is_file() || !unpack_archive(&path, &unpacked)? {
+                    left.push(named);
+                    continue;
+                }
+                let dest = if prepared.dest.ends_with('/') {
+                    prepared.dest.clone()
+                } else {
+                    format!("{}/", prepared.dest)
+                };
+                copy_into_root(&CopyRequest {
+                    dest,
+                    // BuildKit applies --chown to an unpacked archive's entries but not
+                    // --chmod: they keep the archive's modes.
+                    chmod: None,
+                    preserve_owner: self.chown.is_none(),
+                    ..self.request(&unpacked, vec!["/".into()])
+                })?;
+                any = true;
+            }
+            if any && has_glob(src) {
+                // The matches that are no archive, by name.
+                narrowed = true;
+                plain.extend(left);
+            } else if !left.is_empty() {
+                plain.push(src.clone());
+            }
         }
-        Ok(plain)
+        Ok((plain, narrowed))
     }
 
     /// `COPY <<EOF`: each heredoc written as a 0644 file, then copied like a context file.
@@ -579,7 +605,8 @@ impl<'a> CopyTarget<'a> {
     }
 }
 
-/// WORKDIR: creates the directory (and missing parents) owned by the current user.
+/// WORKDIR: creates the directory (and missing parents) owned by the current user, resolved as
+/// `--chown` is.
 pub fn workdir_step(
     sink: &LayerSink<'_>,
     parent: Option<&ChainId>,
@@ -595,21 +622,12 @@ pub fn workdir_step(
     let work = unique_dir(scratch_dir, "workdir");
     let result = (|| -> Result<(), BuildError> {
         let guard = MountGuard::mount(&mounts, &work)?;
+        // BuildKit makes it `llb.Mkdir(WithUser(user))`: the user is resolved as for COPY
+        // --chown (a lone uid is also the gid, not the passwd entry's group), and an unknown
+        // user silently gives 0:0.
+        let (uid, gid) = resolve_chown(guard.path(), user).unwrap_or((0, 0));
         let root = Root::open(guard.path())?;
-        let read = |p: &str| {
-            root.read(p, 10 << 20)
-                .ok()
-                .flatten()
-                .map(|b| String::from_utf8_lossy(&b).to_string())
-        };
-        // BuildKit: an unknown user silently gives 0:0 here.
-        let spec = resolve_user_from(
-            user,
-            read("/etc/passwd").as_deref(),
-            read("/etc/group").as_deref(),
-        )
-        .unwrap_or_default();
-        root.mkdir_all(dir, spec.uid, spec.gid)?;
+        root.mkdir_all(dir, uid, gid)?;
         drop(root);
         guard.unmount()
     })();
@@ -623,102 +641,6 @@ pub fn workdir_step(
 
 fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
-}
-
-/// Extracts `path` into `into` when it is a tar archive (plain, gzip, zstd, bzip2, xz);
-/// `false` when it is not an archive (ADD then copies it as a file).
-fn unpack_archive(path: &Path, into: &Path) -> Result<bool, BuildError> {
-    use std::io::Read as _;
-    let mut head = [0u8; 512];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(BuildError::io("read", path))?;
-    let head = &head[..n];
-    let external = |tool: &str| -> Result<bool, BuildError> {
-        std::fs::create_dir_all(into).map_err(BuildError::io("create", into))?;
-        let mut child = std::process::Command::new(tool)
-            .arg("-dc")
-            .arg(path)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|source| BuildError::Decompressor {
-                tool: tool.to_string(),
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| BuildError::DecompressorFailed {
-                tool: tool.to_string(),
-                path: path.to_path_buf(),
-            })?;
-        let result = crate::layer::extract_layer(
-            stdout,
-            crate::oci::Compression::None,
-            into,
-            &crate::layer::ExtractOptions::apply(),
-        );
-        let status = child
-            .wait()
-            .map_err(BuildError::io("wait for decompressor of", path))?;
-        result?;
-        if !status.success() {
-            return Err(BuildError::DecompressorFailed {
-                tool: tool.to_string(),
-                path: path.to_path_buf(),
-            });
-        }
-        Ok(true)
-    };
-    let compression = if head.starts_with(&[0x1f, 0x8b]) {
-        crate::oci::Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        crate::oci::Compression::Zstd
-    } else if head.starts_with(b"BZh") {
-        return external("bzip2");
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        return external("xz");
-    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
-        crate::oci::Compression::None
-    } else {
-        return Ok(false);
-    };
-    if compression != crate::oci::Compression::None {
-        // Only a compressed *tar* is unpacked; a lone .gz file is copied as is.
-        let mut dec: Box<dyn std::io::Read> = match compression {
-            crate::oci::Compression::Gzip => Box::new(flate2::read::GzDecoder::new(
-                std::fs::File::open(path).map_err(BuildError::io("open", path))?,
-            )),
-            _ => Box::new(
-                zstd::stream::read::Decoder::new(
-                    std::fs::File::open(path).map_err(BuildError::io("open", path))?,
-                )
-                .map_err(BuildError::io("read", path))?,
-            ),
-        };
-        let mut inner = [0u8; 512];
-        let mut got = 0;
-        while got < inner.len() {
-            match dec.read(&mut inner[got..]) {
-                Ok(0) => break,
-                Ok(k) => got += k,
-                Err(_) => return Ok(false),
-            }
-        }
-        if got < 262 || &inner[257..262] != b"ustar" {
-            return Ok(false);
-        }
-    }
-    std::fs::create_dir_all(into).map_err(BuildError::io("create", into))?;
-    let file = std::fs::File::open(path).map_err(BuildError::io("open", path))?;
-    crate::layer::extract_layer(
-        std::io::BufReader::new(file),
-        compression,
-        into,
-        &crate::layer::ExtractOptions::apply(),
-    )?;
-    Ok(true)
 }
 
 /// Removes everything inside `dir`, keeping `dir`.

@@ -59,6 +59,30 @@ pub fn ensure_default_path(config: &mut ImageConfig) {
     }
 }
 
+/// Drops what BuildKit's config JSON leaves out (`omitempty`): empty strings, lists and maps,
+/// so `CMD []` or `ENTRYPOINT []` is no `Cmd`/`Entrypoint` at all, as `docker inspect` shows it
+/// (`null`), and so is a base's `"Labels": {}`.
+pub fn omit_empty(config: &mut ImageConfig) {
+    let Some(c) = config.config.as_mut() else {
+        return;
+    };
+    fn none_if<T>(field: &mut Option<T>, empty: impl Fn(&T) -> bool) {
+        if field.as_ref().is_some_and(empty) {
+            *field = None;
+        }
+    }
+    none_if(&mut c.user, String::is_empty);
+    none_if(&mut c.working_dir, String::is_empty);
+    none_if(&mut c.stop_signal, String::is_empty);
+    none_if(&mut c.env, Vec::is_empty);
+    none_if(&mut c.entrypoint, Vec::is_empty);
+    none_if(&mut c.cmd, Vec::is_empty);
+    none_if(&mut c.shell, Vec::is_empty);
+    none_if(&mut c.exposed_ports, BTreeMap::is_empty);
+    none_if(&mut c.volumes, BTreeMap::is_empty);
+    none_if(&mut c.labels, BTreeMap::is_empty);
+}
+
 /// The command a shell- or exec-form CMD/ENTRYPOINT/RUN stands for.
 pub fn command_args(line: &CommandLine, shell: &[String]) -> Vec<String> {
     if line.shell_form {
@@ -177,14 +201,13 @@ fn healthcheck(h: &Healthcheck) -> ConfigHealthcheck {
 }
 
 /// WORKDIR: a relative path joins the current one (`path.Join`, cleaned); an absolute path is
-/// cleaned.
+/// kept as written (`/app/` stays `/app/` in the config and history), as BuildKit's
+/// `NormalizeWorkdir` does on Linux. The directory made for it is [`clean_abs`] of it.
 pub fn normalize_workdir(current: &str, path: &str) -> String {
-    let joined = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("/{current}/{path}")
-    };
-    clean_abs(&joined)
+    if path.starts_with('/') {
+        return path.to_string();
+    }
+    clean_abs(&format!("/{current}/{path}"))
 }
 
 /// Go's `path.Clean` for an absolute path.
@@ -327,6 +350,20 @@ mod tests {
         assert_eq!(h.interval, Some(5_000_000_000));
         assert_eq!(h.timeout, None);
         assert_eq!(c.author.as_deref(), Some("me"));
+    }
+
+    #[test]
+    fn an_absolute_workdir_is_kept_as_written_a_relative_one_joined_and_cleaned() {
+        for (lines, want) in [
+            ("WORKDIR /app/", "/app/"),
+            ("WORKDIR /a/../b", "/a/../b"),
+            ("WORKDIR /a/../b\nWORKDIR c/", "/b/c"),
+            ("WORKDIR /srv/\nWORKDIR ./x/./y/", "/srv/x/y"),
+        ] {
+            let c = config_after(&format!("FROM scratch\n{lines}\n"));
+            let wd = c.config.and_then(|c| c.working_dir);
+            assert_eq!(wd.as_deref(), Some(want), "{lines}");
+        }
     }
 
     #[test]

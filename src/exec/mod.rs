@@ -1,6 +1,8 @@
 //! The scheduler: walks the build graph, checks the cache, pulls, runs, commits layers.
 
+mod add_archive;
 pub mod base;
+mod cache_mount;
 pub mod error;
 pub mod metadata;
 pub mod mounts;

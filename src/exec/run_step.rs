@@ -9,6 +9,7 @@ use crate::dockerfile::instructions::{CommandLine, Run};
 use crate::sandbox::{ExtraMount, ExtraMountKind, NetworkMode, RunSpec, Sandbox, Stream};
 use crate::snapshot::{ChainId, Snapshotter};
 
+use super::cache_mount::{cache_dir_name, cache_seed, seed_cache};
 use super::error::BuildError;
 
 /// Where a secret's value comes from.
@@ -76,6 +77,8 @@ pub struct RunContext<'a> {
     pub default_network: NetworkMode,
     /// Roots of earlier stages/images by name, for `--mount=from=`.
     pub from_roots: &'a BTreeMap<String, PathBuf>,
+    /// What identifies each of those roots' content (a chain ID), for cache mounts from them.
+    pub from_ids: &'a BTreeMap<String, String>,
 }
 
 /// Files and directories the runtime creates as mount points and that must not end up in the
@@ -139,18 +142,6 @@ pub fn clean_stubs(upper: &Path, lowers: &[PathBuf], mounts: &[ExtraMount]) {
     }
 }
 
-fn sanitize_id(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// What RUN's `--mount`s become: sandbox mounts, extra env (secrets as env), the mounts kiln
 /// made for them (kept mounted until the step ends) and the cache locks held meanwhile.
 #[derive(Default)]
@@ -170,11 +161,13 @@ pub fn prepare_mounts(
 ) -> Result<PreparedMounts, BuildError> {
     let mut out = PreparedMounts::default();
     for (i, m) in run.mounts.iter().enumerate() {
+        // `filepath.Join("/", dir, target)` for a relative one, as BuildKit: the WORKDIR may be
+        // written `/a/../b`.
         let target = m.target.clone().map(|t| {
             if t.starts_with('/') {
                 t
             } else {
-                format!("{}/{}", workdir.trim_end_matches('/'), t)
+                super::metadata::clean_abs(&format!("{}/{}", workdir.trim_end_matches('/'), t))
             }
         });
         let scratch = |name: &str| step_dir.join(format!("{name}-{i}"));
@@ -215,9 +208,23 @@ impl PreparedMounts {
         target: String,
         private_dir: &Path,
     ) -> Result<(), BuildError> {
-        let id = m.id.clone().unwrap_or_else(|| target.clone());
-        let dir = ctx.cache_mounts_dir.join(sanitize_id(&id));
-        if !dir.exists() {
+        // BuildKit's default id is the target as written, cleaned: `target=cache` in two
+        // WORKDIRs is one cache, as are `cache` and `./cache/`.
+        let id = m.id.clone().unwrap_or_else(|| {
+            crate::context::go_path_clean(m.target.as_deref().unwrap_or(&target))
+        });
+        let from = match &m.from {
+            Some(name) => Some(cache_seed(ctx, m, name)?),
+            None => None,
+        };
+        let name = match &from {
+            Some(seed) => format!("{}+from-{}", cache_dir_name(&id, m), seed.id),
+            None => cache_dir_name(&id, m),
+        };
+        let dir = ctx.cache_mounts_dir.join(&name);
+        if let Some(seed) = from.as_ref().filter(|_| !dir.exists()) {
+            seed_cache(seed, &dir, ctx.scratch_dir)?;
+        } else if !dir.exists() {
             std::fs::create_dir_all(&dir).map_err(BuildError::io("create cache mount", &dir))?;
             use std::os::unix::fs::PermissionsExt as _;
             let mode = m.mode.unwrap_or(0o755);
@@ -226,7 +233,7 @@ impl PreparedMounts {
             std::os::unix::fs::chown(&dir, Some(m.uid.unwrap_or(0)), Some(m.gid.unwrap_or(0)))
                 .map_err(BuildError::io("chown cache mount", &dir))?;
         }
-        let lock_path = dir.with_extension("lock");
+        let lock_path = dir.with_file_name(format!("{name}.lock"));
         // Chroot isolation moves the directory into the root: one RUN at a time may have it.
         let sharing = match m.sharing {
             Some(Sharing::Private) => Some(Sharing::Private),

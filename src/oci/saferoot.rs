@@ -223,6 +223,33 @@ impl SafeRoot {
         Ok(dir)
     }
 
+    /// `rel` with its last component followed while it is a symlink (to anything, or to
+    /// nothing), as a clean path below the root: where a file written "at" `rel` lands for
+    /// BuildKit's copy, which resolves its destination with `fs.RootPath`. `rel` itself
+    /// (cleaned) when that is no symlink; `ELOOP` after [`MAX_DANGLING`] links.
+    pub fn resolve_last(&self, rel: &str) -> rustix::io::Result<String> {
+        let mut at = clean(rel.as_bytes());
+        for _ in 0..=MAX_DANGLING {
+            if at.is_empty() {
+                return Ok(String::new());
+            }
+            // A missing parent holds no symlink: `at` is where the file goes (its parents are
+            // made then). A relative link is joined to the path as written, as for
+            // `mkdir_all_following`.
+            let (dir, name) = match self.open_parent(OsStr::from_bytes(&at)) {
+                Ok(found) => found,
+                Err(Errno::NOENT) => return Ok(String::from_utf8_lossy(&at).into_owned()),
+                Err(e) => return Err(e),
+            };
+            let name = name.as_bytes().to_vec();
+            match self.dangling_target(&dir, &name, &at) {
+                Some(target) => at = target,
+                None => return Ok(String::from_utf8_lossy(&at).into_owned()),
+            }
+        }
+        Err(Errno::LOOP)
+    }
+
     /// Where the dangling symlink `name` in `dir` (at `prefix`) points, as a path below the
     /// root; `None` if `name` is no symlink.
     fn dangling_target(&self, dir: &OwnedFd, name: &[u8], prefix: &[u8]) -> Option<Vec<u8>> {
@@ -306,6 +333,24 @@ mod tests {
         assert_eq!(name, "passwd");
         let st = rfs::statat(&dir, name, rfs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
         assert_eq!(st.st_size, 6);
+    }
+
+    #[test]
+    fn resolve_last_follows_a_final_symlink_chain_inside_the_root() {
+        let (_t, r) = fixture();
+        fs::create_dir_all(r.path().join("usr/bin")).unwrap();
+        fs::write(r.path().join("usr/bin/mawk"), "m").unwrap();
+        symlink("/usr/bin/mawk", r.path().join("etc/awk")).unwrap();
+        symlink("../../etc/awk", r.path().join("usr/bin/awk")).unwrap();
+        symlink("/nowhere/file", r.path().join("dangling")).unwrap();
+        symlink("../../../../x", r.path().join("etc/up")).unwrap();
+        assert_eq!(r.resolve_last("usr/bin/awk").unwrap(), "usr/bin/mawk");
+        assert_eq!(r.resolve_last("/dangling").unwrap(), "nowhere/file");
+        assert_eq!(r.resolve_last("etc/up").unwrap(), "x");
+        assert_eq!(r.resolve_last("etc/passwd").unwrap(), "etc/passwd");
+        assert_eq!(r.resolve_last("new/file").unwrap(), "new/file");
+        symlink("loop", r.path().join("loop")).unwrap();
+        assert_eq!(r.resolve_last("loop").unwrap_err(), Errno::LOOP);
     }
 
     #[test]

@@ -1537,3 +1537,216 @@ fn steps_that_change_nothing_still_make_an_empty_layer() {
     assert_eq!(p.run(&["empty-steps:1", "sh", "-c", "pwd"]), "/");
     p.unpack("empty-steps:1", "u");
 }
+
+#[test]
+fn add_copies_a_compressed_file_that_is_no_tar_and_unpacks_a_v7_tar() {
+    // BuildKit unpacks what starts with a valid tar header after decompression (a v7 tar has
+    // no `ustar` magic) and copies anything else as it is: an xz- or bzip2-compressed text too.
+    let p = Scratch::new(&[
+        ("notes.txt", "release notes\n"),
+        (
+            "Dockerfile",
+            "FROM scratch\nADD notes.txt.xz notes.txt.bz2 /notes/\nADD old.tar /v7/\n",
+        ),
+    ]);
+    let ctx = p.ctx();
+    run(Command::new("xz").arg("-k").arg(ctx.join("notes.txt")));
+    run(Command::new("bzip2").arg("-k").arg(ctx.join("notes.txt")));
+    let mut v7 = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_old();
+    header.set_path("pkg/one.txt").unwrap();
+    header.set_size(4);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    v7.append(&header, &b"one\n"[..]).unwrap();
+    std::fs::write(ctx.join("old.tar"), v7.into_inner().unwrap()).unwrap();
+    p.build("add-kinds:1");
+    let rootfs = p.unpack("add-kinds:1", "u");
+    for name in ["notes.txt.xz", "notes.txt.bz2"] {
+        assert_eq!(
+            std::fs::read(rootfs.join("notes").join(name)).unwrap(),
+            std::fs::read(ctx.join(name)).unwrap(),
+            "/notes/{name} is not the file itself"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("v7/pkg/one.txt")).unwrap(),
+        "one\n"
+    );
+}
+
+#[test]
+fn empty_cmd_and_entrypoint_are_left_out_of_the_config() {
+    // BuildKit writes the config with Go's omitempty: `CMD []` and `ENTRYPOINT []` leave no
+    // Cmd/Entrypoint at all (docker inspect: null), not empty lists.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox AS base\nENTRYPOINT [\"sh\"]\nCMD [\"-c\", \"true\"]\nFROM base\nENTRYPOINT []\nCMD []\n",
+    )]);
+    p.build("empty-cmd:1");
+    let cfg = config(&p.root(), &p.reg, "empty-cmd:1");
+    let container = &cfg["config"]["config"];
+    assert!(container.is_object(), "no container config: {cfg}");
+    for key in ["Cmd", "Entrypoint"] {
+        assert!(
+            container.get(key).is_none(),
+            "{key} is in the config: {container}"
+        );
+    }
+}
+
+#[test]
+fn workdir_for_a_numeric_user_gets_the_uid_as_its_gid() {
+    // WORKDIR's directory is BuildKit's Mkdir WithUser: a lone uid is also the gid (as for
+    // COPY --chown), not the group its passwd entry names; a name takes the entry's group.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo 'svc:x:1500:1400::/home/svc:/bin/sh' >> /etc/passwd\nUSER 1500\nWORKDIR /numeric/sub\nUSER svc\nWORKDIR /named\n",
+    )]);
+    p.build("workdir-owner:1");
+    let rootfs = p.unpack("workdir-owner:1", "u");
+    use std::os::unix::fs::MetadataExt as _;
+    for (dir, owner) in [
+        ("numeric", (1500, 1500)),
+        ("numeric/sub", (1500, 1500)),
+        ("named", (1500, 1400)),
+    ] {
+        let m = std::fs::metadata(rootfs.join(dir)).unwrap();
+        assert_eq!((m.uid(), m.gid()), owner, "/{dir}");
+    }
+}
+
+#[test]
+fn cache_mounts_with_uid_gid_or_mode_are_other_caches_than_the_bare_id() {
+    // BuildKit keys a cache by id plus, when uid/gid/mode is given, the mkdir it starts from
+    // (defaults 0, 0, 0755): `id=c,uid=1000` and `id=c` do not share files.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=cache,id=c,target=/c,uid=1000 touch /c/stamp\n\
+         RUN --mount=type=cache,id=c,target=/c ls /c > /bare.txt\n\
+         RUN --mount=type=cache,id=c,target=/c,uid=1000,mode=0755 ls /c > /same.txt\n\
+         RUN --mount=type=cache,id=c,target=/c,gid=0 ls /c > /other.txt && touch /c/zero\n\
+         RUN --mount=type=cache,id=c,target=/c,uid=0,mode=755 ls /c > /defaults.txt\n",
+    )]);
+    p.build("cache-ids:1");
+    let rootfs = p.unpack("cache-ids:1", "u");
+    let read = |f: &str| std::fs::read_to_string(rootfs.join(f)).unwrap();
+    assert_eq!(read("bare.txt"), "", "the bare id saw the uid=1000 cache");
+    assert_eq!(read("same.txt"), "stamp\n");
+    assert_eq!(read("other.txt"), "");
+    // gid=0 and uid=0,mode=755 are the same mkdir (0:0, 0755): one cache.
+    assert_eq!(read("defaults.txt"), "zero\n");
+}
+
+#[test]
+fn a_relative_cache_target_is_one_cache_whatever_the_workdir() {
+    // BuildKit's default cache id is path.Clean of the target as written: `target=cache`
+    // under /a and `target=./cache/` under /b share one cache.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         WORKDIR /a\n\
+         RUN --mount=type=cache,target=cache touch cache/from-a\n\
+         WORKDIR /b\n\
+         RUN --mount=type=cache,target=./cache/ ls cache > /seen.txt\n",
+    )]);
+    p.build("cache-relative:1");
+    let rootfs = p.unpack("cache-relative:1", "u");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("seen.txt")).unwrap(),
+        "from-a\n"
+    );
+}
+
+#[test]
+fn an_absolute_workdir_is_kept_as_written_and_its_clean_path_is_made() {
+    // BuildKit keeps an absolute WORKDIR as written in the config and history (`/srv/app/`,
+    // `/x/../y`) and makes the directory at the cleaned path: /y, no /x (a RUN there would
+    // make /x: the runtime creates its cwd as written, in docker too).
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\nWORKDIR /srv/app/\nRUN pwd > /first.txt\nWORKDIR /x/../y\n",
+    )]);
+    p.build("workdir-raw:1");
+    let cfg = config(&p.root(), &p.reg, "workdir-raw:1");
+    assert_eq!(cfg["config"]["config"]["WorkingDir"], "/x/../y", "{cfg}");
+    let history: Vec<String> = cfg["config"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        history.iter().any(|h| h == "WORKDIR /srv/app/"),
+        "{history:?}"
+    );
+    assert!(
+        history.iter().any(|h| h == "WORKDIR /x/../y"),
+        "{history:?}"
+    );
+    let rootfs = p.unpack("workdir-raw:1", "u");
+    assert!(rootfs.join("y").is_dir());
+    assert!(!rootfs.join("x").exists(), "/x was made for /x/../y");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("first.txt")).unwrap(),
+        "/srv/app\n"
+    );
+}
+
+#[test]
+fn add_unpacks_every_archive_a_wildcard_matches() {
+    // BuildKit tries to unpack each match of an ADD wildcard; the matches that are no archive
+    // are copied as they are.
+    let p = Scratch::new(&[
+        ("payload/pkg/one.txt", "one\n"),
+        ("notes.txt", "release notes\n"),
+        ("Dockerfile", "FROM scratch\nADD *.tar *.xz /globbed/\n"),
+    ]);
+    let ctx = p.ctx();
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(ctx.join("app.tar"))
+        .arg("-C")
+        .arg(ctx.join("payload"))
+        .arg("pkg"));
+    run(Command::new("xz").arg(ctx.join("notes.txt")));
+    p.build("add-glob:1");
+    let rootfs = p.unpack("add-glob:1", "u");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("globbed/pkg/one.txt")).unwrap(),
+        "one\n"
+    );
+    assert!(
+        !rootfs.join("globbed/app.tar").exists(),
+        "app.tar was not unpacked"
+    );
+    assert_eq!(
+        std::fs::read(rootfs.join("globbed/notes.txt.xz")).unwrap(),
+        std::fs::read(ctx.join("notes.txt.xz")).unwrap()
+    );
+}
+
+#[test]
+fn a_cache_mount_from_a_stage_starts_with_its_source_and_is_its_own_cache() {
+    // BuildKit starts a `from=` cache mount from the stage's `source` and keys it by that
+    // stage's content: the bare id is another cache.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox AS seed\n\
+         RUN mkdir -p /seed/sub && echo seeded > /seed/sub/file\n\
+         FROM busybox\n\
+         RUN --mount=type=cache,id=s,from=seed,source=/seed,target=/c find /c | sort > /first.txt && touch /c/added\n\
+         RUN --mount=type=cache,id=s,from=seed,source=/seed,target=/c find /c | sort > /second.txt\n\
+         RUN --mount=type=cache,id=s,target=/c find /c > /bare.txt\n",
+    )]);
+    p.build("cache-from:1");
+    let rootfs = p.unpack("cache-from:1", "u");
+    let read = |f: &str| std::fs::read_to_string(rootfs.join(f)).unwrap();
+    assert_eq!(read("first.txt"), "/c\n/c/sub\n/c/sub/file\n");
+    assert_eq!(read("second.txt"), "/c\n/c/added\n/c/sub\n/c/sub/file\n");
+    assert_eq!(read("bare.txt"), "/c\n");
+}

@@ -101,7 +101,7 @@ impl BuildSession<'_> {
         )?;
         let step_dir = self.scratch_dir.join(unique("run"));
         std::fs::create_dir_all(&step_dir).map_err(BuildError::io("create", &step_dir))?;
-        let (from_roots, from_guards) = self.mount_from_roots(command, &step_dir).await?;
+        let (from_roots, from_ids, from_guards) = self.mount_from_roots(command, &step_dir).await?;
         let ctx = RunContext {
             sandbox: &b.sandbox,
             snapshots: &b.snapshots,
@@ -111,6 +111,7 @@ impl BuildSession<'_> {
             secrets: &self.req.secrets,
             default_network: self.req.network,
             from_roots: &from_roots,
+            from_ids: &from_ids,
         };
         let prepared = prepare_mounts(command.run, &ctx, &command.workdir, &step_dir)?;
         let spec = RunSpec {
@@ -153,15 +154,16 @@ impl BuildSession<'_> {
     }
 
     /// `--mount=from=<stage|image>`: each root, mounted read-only under `step_dir` for this
-    /// step (an empty directory for a root without layers). Waits for a stage that is not
-    /// built yet.
+    /// step (an empty directory for a root without layers), and what identifies its content
+    /// (its chain ID; a named context's path). Waits for a stage that is not built yet.
     async fn mount_from_roots(
         &self,
         command: &RunCommand<'_>,
         step_dir: &std::path::Path,
-    ) -> Result<(BTreeMap<String, PathBuf>, Vec<MountGuard>), BuildError> {
+    ) -> Result<FromRoots, BuildError> {
         let b = self.builder;
         let mut roots = BTreeMap::new();
+        let mut ids = BTreeMap::new();
         let mut guards = Vec::new();
         for (i, m) in command.run.mounts.iter().enumerate() {
             let Some(from) = &m.from else { continue };
@@ -177,6 +179,7 @@ impl BuildSession<'_> {
                     .cloned(),
                 // A named context's directory is bound as it is.
                 FromRef::Dir(dir) => {
+                    ids.insert(from.clone(), format!("dir:{}", dir.display()));
                     roots.insert(from.clone(), dir);
                     continue;
                 }
@@ -188,6 +191,12 @@ impl BuildSession<'_> {
                     .cloned(),
             };
             self.materialize(chain.as_ref()).await?;
+            ids.insert(
+                from.clone(),
+                chain
+                    .as_ref()
+                    .map_or("empty".to_string(), |c| c.to_string()),
+            );
             let target = step_dir.join(format!("from-{i}"));
             match chain {
                 Some(c) => {
@@ -201,9 +210,17 @@ impl BuildSession<'_> {
                 }
             }
         }
-        Ok((roots, guards))
+        Ok((roots, ids, guards))
     }
 }
+
+/// The roots `--mount=from=` reads, by name; what identifies each one's content; the mounts
+/// held for them.
+type FromRoots = (
+    BTreeMap<String, PathBuf>,
+    BTreeMap<String, String>,
+    Vec<MountGuard>,
+);
 
 /// How the RUN is confined: `--security=insecure` only with the `security.insecure`
 /// entitlement (`kiln build --allow security.insecure`), as BuildKit has it.

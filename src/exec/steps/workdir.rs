@@ -31,7 +31,9 @@ impl BuildSession<'_> {
             .layer_step(stage, step, material, line, async |parent| {
                 let prefix = format!("#{}", step.id);
                 let sink = self.layer_sink(&prefix);
-                workdir_step(&sink, parent.as_ref(), &dir, &user, &self.scratch_dir)
+                // The directory is made at the cleaned path (`/a/../b` makes only `/b`).
+                let clean = metadata::clean_abs(&dir);
+                workdir_step(&sink, parent.as_ref(), &clean, &user, &self.scratch_dir)
             })
             .await?;
         Ok(Some(cached))
