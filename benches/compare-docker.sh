@@ -50,7 +50,7 @@ for app in "${apps[@]}"; do
   d=$(echo "$t1 - $t0" | bc); k=$(echo "$t2 - $t1" | bc); r=$(echo "scale=2; $k / $d" | bc)
 
   # Configs: the fields a user sees.
-  fields='{User: (.User // ""), ExposedPorts, Env, Entrypoint, Cmd, Volumes, WorkingDir, Labels, StopSignal, Healthcheck, Shell, OnBuild}'
+  fields='{User: (.User // ""), ExposedPorts, Env, Entrypoint, Cmd, Volumes, WorkingDir: (.WorkingDir // ""), Labels, StopSignal, Healthcheck, Shell, OnBuild}'
   $DOCKER image inspect "$tag" | jq -S ".[0].Config | $fields" > "$ROOT/docker-config.json"
   $KILN inspect --root "$ROOT/kiln" "$tag" | jq -S ".config.config | $fields" > "$ROOT/kiln-config.json"
   diffs=""
