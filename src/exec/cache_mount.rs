@@ -9,8 +9,14 @@ use crate::dockerfile::instructions::Mount;
 use super::error::BuildError;
 use super::run_step::RunContext;
 
+/// A cache id as one directory name under `cache-mounts/`. An id made only of safe characters
+/// is its own name. Any other id (`/root/.cache/pip`, `..`) keeps its safe characters for
+/// reading, plus a hash of the whole id. So ids that differ only in replaced characters (`a/b`,
+/// `a_b`) stay two caches, and no id names `.`, `..` or anything outside `cache-mounts/`:
+/// `id=..` once mounted the whole state root into the step.
 fn sanitize_id(id: &str) -> String {
-    id.chars()
+    let safe: String = id
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
                 c
@@ -18,7 +24,12 @@ fn sanitize_id(id: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    if safe == id && !id.is_empty() && id != "." && id != ".." {
+        return safe;
+    }
+    let hash = crate::oci::Digest::of(id.as_bytes());
+    format!("{safe}+{}", &hash.hex()[..16])
 }
 
 /// The directory of a cache mount. BuildKit keys a cache by its id and, when `uid`, `gid` or
@@ -29,7 +40,7 @@ pub(super) fn cache_dir_name(id: &str, m: &Mount) -> String {
     if m.uid.is_none() && m.gid.is_none() && m.mode.is_none() {
         return name;
     }
-    // `+` never appears in a sanitized id.
+    // A hashed name's `+` is followed by hex digits, never by `uid`.
     format!(
         "{name}+uid{}-gid{}-mode{:o}",
         m.uid.unwrap_or(0),
@@ -114,5 +125,28 @@ pub(super) fn seed_cache(seed: &CacheSeed, dir: &Path, scratch: &Path) -> Result
             Ok(())
         }
         Err(e) => Err(BuildError::io("create cache mount", dir)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize_id;
+
+    #[test]
+    fn cache_ids_are_one_directory_name_each() {
+        assert_eq!(sanitize_id("pip-cache_1.0"), "pip-cache_1.0");
+        for id in ["", ".", "..", "../..", "/", "a/../../b"] {
+            let name = sanitize_id(id);
+            assert!(
+                !name.contains('/') && name != "." && name != ".." && !name.is_empty(),
+                "{id:?} gives {name:?}"
+            );
+        }
+        assert_ne!(sanitize_id("a/b"), sanitize_id("a_b"));
+        assert_ne!(sanitize_id("a/b"), sanitize_id("a:b"));
+        assert_eq!(
+            sanitize_id("/root/.cache/pip"),
+            sanitize_id("/root/.cache/pip")
+        );
     }
 }

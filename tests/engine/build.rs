@@ -1643,6 +1643,25 @@ fn cache_mounts_with_uid_gid_or_mode_are_other_caches_than_the_bare_id() {
 }
 
 #[test]
+fn a_cache_id_never_names_a_directory_outside_the_caches() {
+    // `id=..` named `cache-mounts/..`, the state root, which the step then had read-write.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=cache,id=..,target=/x ls -a /x > /up.txt\n\
+         RUN --mount=type=cache,id=.,target=/x ls -a /x > /here.txt\n\
+         RUN --mount=type=cache,id=a/b,target=/x touch /x/slash\n\
+         RUN --mount=type=cache,id=a_b,target=/x ls -a /x > /underscore.txt\n",
+    )]);
+    p.build("cache-escape:1");
+    let rootfs = p.unpack("cache-escape:1", "u");
+    let read = |f: &str| std::fs::read_to_string(rootfs.join(f)).unwrap();
+    for f in ["up.txt", "here.txt", "underscore.txt"] {
+        assert_eq!(read(f), ".\n..\n", "{f}: a new, empty cache");
+    }
+}
+
+#[test]
 fn a_relative_cache_target_is_one_cache_whatever_the_workdir() {
     // BuildKit's default cache id is path.Clean of the target as written: `target=cache`
     // under /a and `target=./cache/` under /b share one cache.
