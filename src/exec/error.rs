@@ -26,7 +26,7 @@ pub enum BuildError {
     Metadata(#[from] super::metadata::MetadataError),
     #[error(transparent)]
     Sandbox(#[from] Box<crate::sandbox::SandboxError>),
-    #[error("preparing the manifest for the push: {0}")]
+    #[error("preparing the manifest with gzip layers (for a push or an OCI archive): {0}")]
     PushManifest(String),
     #[error("expected one mount for a snapshot, got {0}")]
     SnapshotMounts(usize),
