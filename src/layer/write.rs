@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read as _, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::oci::{Compression, DiffId, HashAhead};
 
@@ -239,10 +239,17 @@ fn header_for(meta: &fs::Metadata, opts: &DiffOptions) -> tar::Header {
     h
 }
 
+/// A directory's entry name: its path with a trailing slash.
+fn dir_name(rel: &Path) -> PathBuf {
+    let mut name = rel.as_os_str().to_os_string();
+    name.push("/");
+    PathBuf::from(name)
+}
+
 fn append<W: Write>(
     b: &mut tar::Builder<W>,
     h: &mut tar::Header,
-    name: &str,
+    name: &Path,
     data: impl io::Read,
     at: &Path,
 ) -> Result<(), LayerError> {
@@ -250,12 +257,33 @@ fn append<W: Write>(
         .map_err(io_err("write tar entry for", at))
 }
 
+/// Writes `rel` as a hard link when its inode was written under another name before;
+/// otherwise remembers `rel` as the inode's first name and says no.
+fn linked_before<W: Write>(
+    links: &mut HashMap<(u64, u64), PathBuf>,
+    b: &mut tar::Builder<W>,
+    meta: &fs::Metadata,
+    rel: &Path,
+    h: &mut tar::Header,
+    path: &Path,
+) -> Result<bool, LayerError> {
+    let key = (meta.dev(), meta.ino());
+    let Some(first) = links.get(&key) else {
+        links.insert(key, rel.to_path_buf());
+        return Ok(false);
+    };
+    h.set_entry_type(tar::EntryType::Link);
+    b.append_link(h, rel, first)
+        .map_err(io_err("write tar entry for", path))?;
+    Ok(true)
+}
+
 struct DiffWalk<'a, W: Write> {
     upper: &'a Path,
     tar: &'a mut tar::Builder<W>,
     stats: DiffStats,
     /// First path of each multiply-linked inode, for hardlink entries.
-    links: HashMap<(u64, u64), String>,
+    links: HashMap<(u64, u64), PathBuf>,
     opts: &'a DiffOptions,
     file_buf: Vec<u8>,
 }
@@ -280,19 +308,20 @@ impl<W: Write> DiffWalk<'_, W> {
         .map_err(|e| io_err("open", dir)(e.into()))?;
         for (name, entry) in entries {
             let path = dir.join(&name);
+            // A path, not a string: a name made in a RUN may be any bytes (`touch $'\xff'`),
+            // and the tar keeps them as they are, as BuildKit's does.
             let rel = path
                 .strip_prefix(upper)
-                .map(|p| p.to_string_lossy().to_string())
-                .unwrap_or_default();
+                .unwrap_or(Path::new(""))
+                .to_path_buf();
             let meta = entry.metadata().map_err(io_err("stat", &path))?;
             self.stats.entries += 1;
             let ft = meta.file_type();
             let b = &mut *self.tar;
             if is_whiteout(&meta) {
-                let wh = match rel.rsplit_once('/') {
-                    Some((parent, base)) => format!("{parent}/.wh.{base}"),
-                    None => format!(".wh.{rel}"),
-                };
+                let mut base = std::ffi::OsString::from(".wh.");
+                base.push(&name);
+                let wh = rel.with_file_name(base);
                 let mut h = header_for(&meta, opts);
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(0o644);
@@ -302,35 +331,25 @@ impl<W: Write> DiffWalk<'_, W> {
             let mut h = header_for(&meta, opts);
             if ft.is_dir() {
                 h.set_entry_type(tar::EntryType::Directory);
-                append(b, &mut h, &format!("{rel}/"), io::empty(), &path)?;
+                append(b, &mut h, &dir_name(&rel), io::empty(), &path)?;
                 if xattr(&path, crate::layer::overlay::opaque_xattr()).as_deref() == Some(b"y") {
                     let mut o = header_for(&meta, opts);
                     o.set_entry_type(tar::EntryType::Regular);
                     o.set_mode(0o644);
-                    append(
-                        b,
-                        &mut o,
-                        &format!("{rel}/.wh..wh..opq"),
-                        io::empty(),
-                        &path,
-                    )?;
+                    append(b, &mut o, &rel.join(".wh..wh..opq"), io::empty(), &path)?;
                 }
                 self.walk(&path)?;
+            } else if meta.nlink() > 1
+                && linked_before(&mut self.links, b, &meta, &rel, &mut h, &path)?
+            {
+                // A later name of an inode already written (a file, or a symlink, fifo or device
+                // given a second name with `ln`): a hard link entry, as BuildKit writes.
             } else if ft.is_symlink() {
                 let target = fs::read_link(&path).map_err(io_err("read link", &path))?;
                 h.set_entry_type(tar::EntryType::Symlink);
                 b.append_link(&mut h, &rel, &target)
                     .map_err(io_err("write tar entry for", &path))?;
             } else if ft.is_file() {
-                if meta.nlink() > 1 {
-                    if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
-                        h.set_entry_type(tar::EntryType::Link);
-                        b.append_link(&mut h, &rel, first)
-                            .map_err(io_err("write tar entry for", &path))?;
-                        continue;
-                    }
-                    self.links.insert((meta.dev(), meta.ino()), rel.clone());
-                }
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(meta.len());
                 let f = rustix::fs::openat(
@@ -467,5 +486,87 @@ mod tests {
             w.finish().unwrap().0
         };
         assert_eq!(run(), run());
+    }
+}
+
+#[cfg(test)]
+mod name_and_link_tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    fn entries(upper: &Path) -> Vec<(Vec<u8>, tar::EntryType, Option<Vec<u8>>)> {
+        let mut tar = Vec::new();
+        write_overlay_diff(upper, &mut tar, &DiffOptions::default()).unwrap();
+        let mut a = tar::Archive::new(&tar[..]);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let link = e.link_name_bytes().map(|l| l.into_owned());
+                (e.path_bytes().into_owned(), e.header().entry_type(), link)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_kept_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = std::ffi::OsStr::from_bytes(b"dir\xfe");
+        fs::create_dir(dir.path().join(odd)).unwrap();
+        fs::write(
+            dir.path()
+                .join(odd)
+                .join(std::ffi::OsStr::from_bytes(b"bad\xffname")),
+            "x",
+        )
+        .unwrap();
+        let names: Vec<_> = entries(dir.path()).into_iter().map(|e| e.0).collect();
+        assert_eq!(
+            names,
+            vec![b"dir\xfe/".to_vec(), b"dir\xfe/bad\xffname".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_second_name_of_a_symlink_or_fifo_is_a_hard_link() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/h1", dir.path().join("a-sym")).unwrap();
+        // link(2) on a symlink links the symlink itself, as `ln` in a RUN does.
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            dir.path().join("a-sym"),
+            rustix::fs::CWD,
+            dir.path().join("b-sym"),
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("c-fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        fs::hard_link(dir.path().join("c-fifo"), dir.path().join("d-fifo")).unwrap();
+        let got = entries(dir.path());
+        assert_eq!(got[0].1, tar::EntryType::Symlink);
+        assert_eq!(
+            got[1],
+            (
+                b"b-sym".to_vec(),
+                tar::EntryType::Link,
+                Some(b"a-sym".to_vec())
+            )
+        );
+        assert_eq!(got[2].1, tar::EntryType::Fifo);
+        assert_eq!(
+            got[3],
+            (
+                b"d-fifo".to_vec(),
+                tar::EntryType::Link,
+                Some(b"c-fifo".to_vec())
+            )
+        );
     }
 }
