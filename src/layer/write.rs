@@ -239,6 +239,39 @@ fn header_for(meta: &fs::Metadata, opts: &DiffOptions) -> tar::Header {
     h
 }
 
+/// The one extended attribute BuildKit's layers keep (`setcap` in a RUN): a PAX header with
+/// `SCHILY.xattr.security.capability` goes before the entry. Other xattrs (`user.*`) are left
+/// out, as BuildKit leaves them out.
+fn append_capability<W: Write>(b: &mut tar::Builder<W>, path: &Path) -> Result<(), LayerError> {
+    const NAME: &str = "security.capability";
+    let Some(value) = xattr(path, NAME) else {
+        return Ok(());
+    };
+    let record = pax_record(&format!("SCHILY.xattr.{NAME}"), &value);
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_mode(0o644);
+    h.set_size(record.len() as u64);
+    h.set_path("PaxHeader")
+        .map_err(io_err("write tar entry for", path))?;
+    h.set_cksum();
+    b.append(&h, &record[..])
+        .map_err(io_err("write tar entry for", path))
+}
+
+/// One PAX record, `"<len> <key>=<value>\n"`, where `len` counts the whole record, itself too.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3; // the space, '=' and '\n'
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    let mut rec = format!("{len} {key}=").into_bytes();
+    rec.extend_from_slice(value);
+    rec.push(b'\n');
+    rec
+}
+
 /// A directory's entry name: its path with a trailing slash.
 fn dir_name(rel: &Path) -> PathBuf {
     let mut name = rel.as_os_str().to_os_string();
@@ -331,6 +364,7 @@ impl<W: Write> DiffWalk<'_, W> {
             let mut h = header_for(&meta, opts);
             if ft.is_dir() {
                 h.set_entry_type(tar::EntryType::Directory);
+                append_capability(b, &path)?;
                 append(b, &mut h, &dir_name(&rel), io::empty(), &path)?;
                 if xattr(&path, crate::layer::overlay::opaque_xattr()).as_deref() == Some(b"y") {
                     let mut o = header_for(&meta, opts);
@@ -352,6 +386,7 @@ impl<W: Write> DiffWalk<'_, W> {
             } else if ft.is_file() {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(meta.len());
+                append_capability(b, &path)?;
                 let f = rustix::fs::openat(
                     &dir_fd,
                     name.as_os_str(),
@@ -568,5 +603,66 @@ mod name_and_link_tests {
                 Some(b"c-fifo".to_vec())
             )
         );
+    }
+
+    #[test]
+    fn a_file_capability_goes_into_the_tar_and_back_but_user_xattrs_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let upper = dir.path().join("upper");
+        fs::create_dir(&upper).unwrap();
+        let f = upper.join("ping");
+        fs::write(&f, "elf").unwrap();
+        // cap_net_bind_service=ep, as `setcap` writes it (VFS_CAP_REVISION_2).
+        let cap: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        rustix::fs::setxattr(
+            &f,
+            "security.capability",
+            &cap,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        rustix::fs::setxattr(&f, "user.x", b"1", rustix::fs::XattrFlags::empty()).unwrap();
+        let mut tar = Vec::new();
+        write_overlay_diff(&upper, &mut tar, &DiffOptions::default()).unwrap();
+        let mut a = tar::Archive::new(&tar[..]);
+        let mut e = a.entries().unwrap().next().unwrap().unwrap();
+        let pax: Vec<(String, Vec<u8>)> = e
+            .pax_extensions()
+            .unwrap()
+            .expect("a PAX header")
+            .map(|x| {
+                let x = x.unwrap();
+                (x.key().unwrap().to_string(), x.value_bytes().to_vec())
+            })
+            .collect();
+        assert_eq!(e.path_bytes().as_ref(), b"ping");
+        assert_eq!(
+            pax,
+            vec![("SCHILY.xattr.security.capability".to_string(), cap.to_vec())]
+        );
+        let target = dir.path().join("x");
+        fs::create_dir(&target).unwrap();
+        crate::layer::extract_layer(
+            &tar[..],
+            Compression::None,
+            &target,
+            &crate::layer::ExtractOptions::apply(),
+        )
+        .unwrap();
+        assert_eq!(
+            xattr(&target.join("ping"), "security.capability"),
+            Some(cap.to_vec())
+        );
+        assert_eq!(fs::read(target.join("ping")).unwrap(), b"elf");
+    }
+
+    #[test]
+    fn pax_record_lengths_count_themselves() {
+        assert_eq!(pax_record("k", b"v"), b"6 k=v\n");
+        // 99 bytes with a 2-digit length; one more byte makes it 3 digits and 101 bytes.
+        assert_eq!(pax_record("k", &[b'a'; 93]).len(), 99);
+        let rec = pax_record("k", &[b'a'; 94]);
+        assert!(rec.starts_with(b"101 k=a"));
+        assert_eq!(rec.len(), 101);
     }
 }
