@@ -32,6 +32,8 @@ pub enum CopyError {
     NotADirectory(String),
     #[error(transparent)]
     Resolve(#[from] super::rootpath::RootPathError),
+    #[error("cannot copy {}: its name is not UTF-8, which kiln's COPY does not support (BuildKit copies such names as they are)", .0.display())]
+    NameNotUtf8(PathBuf),
 }
 
 fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> CopyError {
@@ -470,11 +472,18 @@ fn walk_source(
         visit: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
     ) -> Result<(), CopyError> {
         let dir = req.source_root.join(base_rel).join(sub);
-        let mut entries: Vec<(String, fs::DirEntry)> = fs::read_dir(&dir)
+        let mut entries: Vec<(String, fs::DirEntry)> = Vec::new();
+        for e in fs::read_dir(&dir)
             .map_err(io_err("list", &dir))?
             .filter_map(|e| e.ok())
-            .map(|e| (e.file_name().to_string_lossy().to_string(), e))
-            .collect();
+        {
+            // Paths here are strings: a name that is not UTF-8 would come out mangled (and then
+            // be missing), so it is refused by name rather than reported as not found.
+            match e.file_name().into_string() {
+                Ok(name) => entries.push((name, e)),
+                Err(_) => return Err(CopyError::NameNotUtf8(e.path())),
+            }
+        }
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (name, entry) in entries {
             let child = if sub.is_empty() {
@@ -1153,6 +1162,20 @@ mod tests {
         // `..` cannot leave the context.
         copy_into_root(&req(&ctx, &root, &["../../a.txt"], "/up")).unwrap();
         assert_eq!(fs::read_to_string(root.join("up")).unwrap(), "a");
+    }
+
+    #[test]
+    fn a_source_name_that_is_not_utf8_is_refused_by_name() {
+        use std::os::unix::ffi::OsStrExt;
+        let (_d, ctx, root) = setup();
+        let odd = ctx
+            .join("src")
+            .join(std::ffi::OsStr::from_bytes(b"raw\xff"));
+        fs::write(&odd, "x").unwrap();
+        match copy_into_root(&req(&ctx, &root, &["src"], "/code")) {
+            Err(CopyError::NameNotUtf8(p)) => assert_eq!(p, odd),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
