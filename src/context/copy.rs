@@ -134,7 +134,8 @@ pub struct CopyRequest<'a> {
     pub parents: bool,
     pub excludes: Vec<String>,
     pub source_date_epoch: Option<i64>,
-    /// Keep the sources' uid/gid (`--from` copies); context files become 0:0.
+    /// Keep the sources' uid/gid and file capabilities (`--from` copies); context files become
+    /// 0:0 and carry no xattrs.
     pub preserve_owner: bool,
     /// Files already in the destination as hard links to an earlier build of the same step
     /// (see `exec::seed`): one identical to what would be written is kept as it is.
@@ -960,7 +961,36 @@ fn write_entry(
             return Ok(());
         }
     }
-    apply_meta(root, rel, meta, owner, chmod)
+    apply_meta(root, rel, meta, owner, chmod)?;
+    if req.preserve_owner && ft.is_file() {
+        copy_capability(src, &*pfd, name, rel)?;
+    }
+    Ok(())
+}
+
+/// A file's capability (`setcap` in the other stage) comes along in a `--from` copy, as
+/// BuildKit's copy keeps it; it is set after the chown, which would clear it. Context files
+/// arrive in BuildKit without xattrs, so those copies never carry one.
+fn copy_capability(src: &Path, pfd: &impl AsFd, name: &str, rel: &str) -> Result<(), CopyError> {
+    const CAP: &str = "security.capability";
+    let mut buf = [0u8; 64];
+    let n = match rustix::fs::lgetxattr(src, CAP, &mut buf) {
+        Ok(n) => n,
+        Err(_) => return Ok(()), // none, or a filesystem without xattrs
+    };
+    let fd = rustix::fs::openat(
+        pfd,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno("open", rel))?;
+    match rustix::fs::fsetxattr(&fd, CAP, &buf[..n], rustix::fs::XattrFlags::empty()) {
+        // Without CAP_SETFCAP (rootless) or xattrs, the file is copied without it, as an
+        // image extraction leaves out what it cannot set.
+        Ok(()) | Err(rustix::io::Errno::PERM | rustix::io::Errno::NOTSUP) => Ok(()),
+        Err(e) => Err(errno("set the capability of", rel)(e)),
+    }
 }
 
 /// What a COPY's sources hash to: one digest for the cache key, and each selected path with
@@ -1162,6 +1192,35 @@ mod tests {
         // `..` cannot leave the context.
         copy_into_root(&req(&ctx, &root, &["../../a.txt"], "/up")).unwrap();
         assert_eq!(fs::read_to_string(root.join("up")).unwrap(), "a");
+    }
+
+    #[test]
+    fn a_from_copy_keeps_a_file_capability_after_its_chown_and_a_context_copy_does_not() {
+        let (_d, ctx, root) = setup();
+        // cap_net_bind_service=ep, as `setcap` writes it.
+        let cap: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let xattr_flags = rustix::fs::XattrFlags::empty();
+        rustix::fs::setxattr(ctx.join("a.txt"), "security.capability", &cap, xattr_flags).unwrap();
+        rustix::fs::setxattr(ctx.join("a.txt"), "user.x", b"1", xattr_flags).unwrap();
+        let get = |p: &Path, name: &str| {
+            let mut buf = [0u8; 64];
+            rustix::fs::lgetxattr(p, name, &mut buf)
+                .map(|n| buf[..n].to_vec())
+                .ok()
+        };
+        let from = CopyRequest {
+            preserve_owner: true,
+            chown: Some((7, 7)),
+            ..req(&ctx, &root, &["a.txt"], "/from")
+        };
+        copy_into_root(&from).unwrap();
+        assert_eq!(
+            get(&root.join("from"), "security.capability"),
+            Some(cap.to_vec())
+        );
+        assert_eq!(get(&root.join("from"), "user.x"), None);
+        copy_into_root(&req(&ctx, &root, &["a.txt"], "/context")).unwrap();
+        assert_eq!(get(&root.join("context"), "security.capability"), None);
     }
 
     #[test]
