@@ -654,6 +654,33 @@ mod name_and_link_tests {
             Some(cap.to_vec())
         );
         assert_eq!(fs::read(target.join("ping")).unwrap(), b"elf");
+
+        // A name past 100 bytes gets a GNU long-name entry after the PAX header: both apply.
+        let long = "l".repeat(150);
+        fs::remove_file(&f).unwrap();
+        fs::write(upper.join(&long), "elf").unwrap();
+        rustix::fs::setxattr(
+            upper.join(&long),
+            "security.capability",
+            &cap,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let mut tar = Vec::new();
+        write_overlay_diff(&upper, &mut tar, &DiffOptions::default()).unwrap();
+        let target = dir.path().join("y");
+        fs::create_dir(&target).unwrap();
+        crate::layer::extract_layer(
+            &tar[..],
+            Compression::None,
+            &target,
+            &crate::layer::ExtractOptions::apply(),
+        )
+        .unwrap();
+        assert_eq!(
+            xattr(&target.join(&long), "security.capability"),
+            Some(cap.to_vec())
+        );
     }
 
     #[test]
