@@ -4,15 +4,17 @@
 //! destination inside a root filesystem, every path there resolved in a [`SafeRoot`]
 //! (`openat2(RESOLVE_IN_ROOT)`) so no symlink in the image can lead outside.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
-use super::gosyntax::clean;
+use super::gosyntax::{clean_bytes, go_runes};
 use super::ignore::PatternMatcher;
 use crate::oci::{Digest, NewDir, SafeRoot};
 
@@ -32,8 +34,19 @@ pub enum CopyError {
     NotADirectory(String),
     #[error(transparent)]
     Resolve(#[from] super::rootpath::RootPathError),
-    #[error("cannot copy {}: its name is not UTF-8, which kiln's COPY does not support (BuildKit copies such names as they are)", .0.display())]
-    NameNotUtf8(PathBuf),
+}
+
+/// A slash-separated path below a root, as bytes (names need not be UTF-8).
+pub type RelPath = Vec<u8>;
+
+/// A path below a root, given as bytes (names need not be UTF-8), as the OS takes it.
+fn os(rel: &[u8]) -> &OsStr {
+    OsStr::from_bytes(rel)
+}
+
+/// A path for a message: names that are not UTF-8 shown with U+FFFD.
+fn shown(rel: &[u8]) -> String {
+    String::from_utf8_lossy(rel).into_owned()
 }
 
 fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> CopyError {
@@ -41,8 +54,8 @@ fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) 
     move |source| CopyError::Io(crate::oci::IoError { op, path, source })
 }
 
-fn errno(op: &'static str, path: &str) -> impl FnOnce(rustix::io::Errno) -> CopyError {
-    let path = PathBuf::from(path);
+fn errno(op: &'static str, path: &[u8]) -> impl FnOnce(rustix::io::Errno) -> CopyError {
+    let path = PathBuf::from(os(path));
     move |e| {
         CopyError::Io(crate::oci::IoError {
             op,
@@ -125,7 +138,9 @@ pub struct CopyRequest<'a> {
     pub source_root: &'a Path,
     /// `.dockerignore`, for context sources.
     pub ignore: Option<&'a PatternMatcher>,
-    pub sources: Vec<String>,
+    /// As written (wildcards allowed); bytes, as a source named by an earlier match may not
+    /// be UTF-8.
+    pub sources: Vec<OsString>,
     pub dest: String,
     pub workdir: String,
     pub dest_root: &'a Path,
@@ -203,13 +218,13 @@ impl Seeded {
 fn seeded_copy_is_identical(
     seeded: &Seeded,
     dir: &impl AsFd,
-    (rel, name): (&str, &str),
+    (rel, name): (&str, &[u8]),
     source: &Source<'_>,
     wanted: &Wanted<'_>,
 ) -> bool {
     let (src, meta) = (source.path, source.meta);
     let (mode, owner, source_digest) = (wanted.mode, wanted.owner, wanted.digest);
-    let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+    let Ok(st) = rustix::fs::statat(dir, os(name), AtFlags::SYMLINK_NOFOLLOW) else {
         return false;
     };
     let same_meta = seeded.inodes.contains(&{ st.st_ino })
@@ -227,7 +242,7 @@ fn seeded_copy_is_identical(
     }
     let Ok(fd) = rustix::fs::openat(
         dir,
-        name,
+        os(name),
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     ) else {
@@ -279,17 +294,37 @@ pub struct CopyStats {
 /// source root (what is read), and the part kept under the destination with `--parents`.
 #[derive(Debug, Clone)]
 struct Selected {
-    rel: String,
-    real: String,
-    keep: String,
+    rel: Vec<u8>,
+    real: Vec<u8>,
+    keep: Vec<u8>,
 }
 
-fn has_glob(s: &str) -> bool {
-    s.contains(['*', '?', '['])
+/// Whether a source has wildcards.
+pub fn has_glob(s: impl AsRef<[u8]>) -> bool {
+    s.as_ref().iter().any(|b| matches!(b, b'*' | b'?' | b'['))
 }
 
-/// One path component against a Go `filepath.Match` pattern component.
-fn component_regex(pattern: &str) -> Result<regex::Regex, CopyError> {
+/// A name as a source that selects just it: wildcard characters escaped when it has any.
+pub fn literal_source(name: &[u8]) -> OsString {
+    if !has_glob(name) {
+        return os(name).to_os_string();
+    }
+    let mut out = Vec::with_capacity(name.len() + 4);
+    for &b in name {
+        if matches!(b, b'*' | b'?' | b'[' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    OsString::from(os(&out))
+}
+
+/// One path component against a Go `filepath.Match` pattern component. Names are matched as
+/// [`go_runes`] shows them (a byte that is not UTF-8 is one character for `?` and classes, as
+/// `filepath.Match` decodes it); so is the pattern, whose literal U+FFFD, unlike Go's byte
+/// comparison, then also matches such a byte.
+fn component_regex(pattern: &[u8]) -> Result<regex::Regex, CopyError> {
+    let pattern = go_runes(pattern);
     let mut re = String::from("^");
     let mut chars = pattern.chars().peekable();
     while let Some(c) = chars.next() {
@@ -327,7 +362,7 @@ fn component_regex(pattern: &str) -> Result<regex::Regex, CopyError> {
 
 /// Whether `.dockerignore` leaves `rel` out of the context (see
 /// [`PatternMatcher::keeps_excluded_dir`] for the directories it keeps).
-fn ignored(ignore: Option<&PatternMatcher>, rel: &str, is_dir: bool) -> bool {
+fn ignored(ignore: Option<&PatternMatcher>, rel: &[u8], is_dir: bool) -> bool {
     ignore.is_some_and(|m| {
         !rel.is_empty() && m.matches(rel) && !(is_dir && m.keeps_excluded_dir(rel))
     })
@@ -340,7 +375,7 @@ fn is_dir(path: &Path) -> bool {
 /// What the sources name, each as `(path as named, where it really is)` below the source root:
 /// wildcards expanded, symlinks followed inside the root, `.dockerignore` applied; the error a
 /// copy of them would give when one names nothing.
-pub fn expand_sources(req: &CopyRequest<'_>) -> Result<Vec<(String, String)>, CopyError> {
+pub fn expand_sources(req: &CopyRequest<'_>) -> Result<Vec<(RelPath, RelPath)>, CopyError> {
     Ok(select(req)?.into_iter().map(|s| (s.rel, s.real)).collect())
 }
 
@@ -352,33 +387,33 @@ fn select(req: &CopyRequest<'_>) -> Result<Vec<Selected>, CopyError> {
     if req.sources.is_empty() {
         return Err(CopyError::NoSources);
     }
-    let resolve = |rel: &str| super::rootpath::resolve(req.source_root, rel);
+    let resolve = |rel: &[u8]| super::rootpath::resolve(req.source_root, rel);
     // What `rel` (found at `real`) is, if it is in the context: a path .dockerignore leaves out,
     // by name or where it leads, is not there.
-    let present = |rel: &str, real: &str| -> Option<fs::Metadata> {
-        let m = fs::symlink_metadata(req.source_root.join(real)).ok()?;
+    let present = |rel: &[u8], real: &[u8]| -> Option<fs::Metadata> {
+        let m = fs::symlink_metadata(req.source_root.join(os(real))).ok()?;
         let out = ignored(req.ignore, rel, m.is_dir()) || ignored(req.ignore, real, m.is_dir());
         (!out).then_some(m)
     };
     for src in &req.sources {
+        let src = src.as_bytes();
         // `--parents` keeps what follows a `/./` pivot (or the whole path).
-        let (pivot, src_path) = match src.find("/./") {
+        let pivot_at = src.windows(3).position(|w| w == b"/./");
+        let (pivot, src_path) = match pivot_at {
             Some(i) if req.parents => (
-                Some(clean(&src[..i]).trim_start_matches('/').to_string()),
-                src.replace("/./", "/"),
+                Some(trim_slashes(&clean_bytes(&src[..i])).to_vec()),
+                replace_pivots(src),
             ),
-            _ => (None, src.clone()),
+            _ => (None, src.to_vec()),
         };
-        let cleaned = clean(&format!("/{src_path}"));
-        let rel = cleaned.trim_start_matches('/').to_string();
-        let keep_of = |r: &str| -> String {
+        let cleaned = clean_bytes(&[b"/", src_path.as_slice()].concat());
+        let rel = trim_slashes(&cleaned).to_vec();
+        let keep_of = |r: &[u8]| -> Vec<u8> {
             match &pivot {
-                Some(p) if !p.is_empty() && p != "." => r
-                    .strip_prefix(p.as_str())
-                    .unwrap_or(r)
-                    .trim_start_matches('/')
-                    .to_string(),
-                _ => r.to_string(),
+                Some(p) if !p.is_empty() && p.as_slice() != b"." => {
+                    trim_slashes(r.strip_prefix(p.as_slice()).unwrap_or(r)).to_vec()
+                }
+                _ => r.to_vec(),
             }
         };
         if !has_glob(&rel) {
@@ -386,9 +421,9 @@ fn select(req: &CopyRequest<'_>) -> Result<Vec<Selected>, CopyError> {
             if present(&rel, &real).is_none() {
                 // A symlink that leads nowhere is named by where it leads, as BuildKit does.
                 let missing = if real == rel {
-                    src.clone()
+                    shown(src)
                 } else {
-                    format!("/{real}")
+                    format!("/{}", shown(&real))
                 };
                 return Err(CopyError::NotFound(missing));
             }
@@ -399,33 +434,33 @@ fn select(req: &CopyRequest<'_>) -> Result<Vec<Selected>, CopyError> {
             });
             continue;
         }
-        let parts: Vec<&str> = rel.split('/').collect();
-        let first_glob = parts.iter().position(|p| has_glob(p)).unwrap_or(0);
-        let prefix = parts[..first_glob].join("/");
+        let parts: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+        let first_glob = parts.iter().position(has_glob).unwrap_or(0);
+        let prefix = parts[..first_glob].join(&b'/');
         // (as named, where it really is)
         let mut matches = vec![(prefix.clone(), resolve(&prefix)?)];
         for part in &parts[first_glob..] {
             let mut next = Vec::new();
             for (base, real) in &matches {
-                let dir = req.source_root.join(real);
+                let dir = req.source_root.join(os(real));
                 // Only real directories are walked into, never a symlink to one.
                 if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
                     continue;
                 }
-                let names: Vec<String> = if has_glob(part) {
+                let names: Vec<Vec<u8>> = if has_glob(part) {
                     let re = component_regex(part)?;
                     let Ok(entries) = fs::read_dir(&dir) else {
                         continue;
                     };
-                    let mut names: Vec<String> = entries
+                    let mut names: Vec<Vec<u8>> = entries
                         .filter_map(|e| e.ok())
-                        .map(|e| e.file_name().to_string_lossy().to_string())
-                        .filter(|n| re.is_match(n))
+                        .map(|e| e.file_name().into_encoded_bytes())
+                        .filter(|n| re.is_match(&go_runes(n)))
                         .collect();
                     names.sort();
                     names
-                } else if fs::symlink_metadata(dir.join(part)).is_ok() {
-                    vec![part.to_string()]
+                } else if fs::symlink_metadata(dir.join(os(part))).is_ok() {
+                    vec![part.to_vec()]
                 } else {
                     Vec::new()
                 };
@@ -438,11 +473,11 @@ fn select(req: &CopyRequest<'_>) -> Result<Vec<Selected>, CopyError> {
         let before = out.len();
         for (m, real) in matches {
             let real = resolve(&real)?;
-            if ignored(req.ignore, &m, is_dir(&req.source_root.join(&real))) {
+            if ignored(req.ignore, &m, is_dir(&req.source_root.join(os(&real)))) {
                 continue;
             }
             if present(&m, &real).is_none() {
-                return Err(CopyError::NotFound(format!("/{real}")));
+                return Err(CopyError::NotFound(format!("/{}", shown(&real))));
             }
             out.push(Selected {
                 keep: keep_of(&m),
@@ -451,53 +486,63 @@ fn select(req: &CopyRequest<'_>) -> Result<Vec<Selected>, CopyError> {
             });
         }
         if out.len() == before {
-            return Err(CopyError::NotFound(src.clone()));
+            return Err(CopyError::NotFound(shown(src)));
         }
     }
     Ok(out)
 }
 
+fn trim_slashes(p: &[u8]) -> &[u8] {
+    let start = p.iter().position(|&b| b != b'/').unwrap_or(p.len());
+    &p[start..]
+}
+
+/// Every `/./` of a `--parents` source made `/`.
+fn replace_pivots(src: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(src.len());
+    let mut i = 0;
+    while i < src.len() {
+        if src[i..].starts_with(b"/./") {
+            out.push(b'/');
+            i += 3;
+        } else {
+            out.push(src[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// What [`walk_source`] calls for each entry: its path below the source, where it is, its stat.
+type Visit<'a> = dyn FnMut(&[u8], &Path, &fs::Metadata) -> Result<(), CopyError> + 'a;
+
 /// Walks a selected source: `(relative path under the source, metadata)` for it and, for a
-/// directory, everything below, sorted, without following symlinks.
+/// directory, everything below, sorted by name (bytes), without following symlinks.
 fn walk_source(
     req: &CopyRequest<'_>,
     excludes: Option<&PatternMatcher>,
-    base_rel: &str,
-    visit: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
+    base_rel: &[u8],
+    visit: &mut Visit<'_>,
 ) -> Result<(), CopyError> {
     fn rec(
         req: &CopyRequest<'_>,
         excludes: Option<&PatternMatcher>,
-        base_rel: &str,
-        sub: &str,
-        visit: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
+        base_rel: &[u8],
+        sub: &[u8],
+        visit: &mut Visit<'_>,
     ) -> Result<(), CopyError> {
-        let dir = req.source_root.join(base_rel).join(sub);
-        let mut entries: Vec<(String, fs::DirEntry)> = Vec::new();
-        for e in fs::read_dir(&dir)
+        let dir = req.source_root.join(os(base_rel)).join(os(sub));
+        // Names are kept as bytes: one that is not UTF-8 is copied as it is, as BuildKit does.
+        let mut entries: Vec<(OsString, fs::DirEntry)> = fs::read_dir(&dir)
             .map_err(io_err("list", &dir))?
             .filter_map(|e| e.ok())
-        {
-            // Paths here are strings: a name that is not UTF-8 would come out mangled (and then
-            // be missing), so it is refused by name rather than reported as not found.
-            match e.file_name().into_string() {
-                Ok(name) => entries.push((name, e)),
-                Err(_) => return Err(CopyError::NameNotUtf8(e.path())),
-            }
-        }
+            .map(|e| (e.file_name(), e))
+            .collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (name, entry) in entries {
-            let child = if sub.is_empty() {
-                name.clone()
-            } else {
-                format!("{sub}/{name}")
-            };
-            let full_rel = if base_rel.is_empty() {
-                child.clone()
-            } else {
-                format!("{base_rel}/{child}")
-            };
-            let path = req.source_root.join(&full_rel);
+            let child = join_rel(sub, name.as_bytes());
+            let full_rel = join_rel(base_rel, &child);
+            let path = req.source_root.join(os(&full_rel));
             // Relative to the open directory: no walk of the whole path for each file.
             let meta = entry.metadata().map_err(io_err("stat", &path))?;
             let skip_ignored = ignored(req.ignore, &full_rel, meta.is_dir());
@@ -517,7 +562,7 @@ fn walk_source(
         }
         Ok(())
     }
-    rec(req, excludes, base_rel, "", visit)
+    rec(req, excludes, base_rel, b"", visit)
 }
 
 /// A root directory that every path is resolved in, symlinks included.
@@ -527,13 +572,13 @@ struct DestRoot {
     /// after another into the same destination directory, and resolving its path component by
     /// component for each of them was most of a large COPY's system calls. Forgotten whenever
     /// the copy unlinks anything (a replaced symlink could change what a path resolves to).
-    last_dir: std::sync::Mutex<Option<(String, std::sync::Arc<ResolvedDir>)>>,
+    last_dir: std::sync::Mutex<Option<(Vec<u8>, std::sync::Arc<ResolvedDir>)>>,
     /// The root's path with symlinks resolved, to name an open directory inside it.
     real_root: Option<PathBuf>,
     /// Where each multiply-linked source file (device, inode) was first written by the
     /// source being copied: the next names of it become hard links to that file, as BuildKit's
     /// copy keeps them. Each source starts afresh (BuildKit copies each on its own).
-    links: std::sync::Mutex<std::collections::HashMap<(u64, u64), String>>,
+    links: std::sync::Mutex<std::collections::HashMap<(u64, u64), Vec<u8>>>,
 }
 
 /// A destination directory `mkdir_all` resolved (symlinks inside the root followed).
@@ -541,7 +586,7 @@ struct ResolvedDir {
     fd: OwnedFd,
     /// Its path relative to the root once symlinks are resolved (`bin` in a Debian image is
     /// `usr/bin`), looked up when first asked for.
-    real: std::sync::OnceLock<Option<String>>,
+    real: std::sync::OnceLock<Option<Vec<u8>>>,
 }
 
 impl AsFd for ResolvedDir {
@@ -552,13 +597,13 @@ impl AsFd for ResolvedDir {
 
 impl ResolvedDir {
     /// Where this directory really is below `root` (`None` if the kernel will not say).
-    fn real_rel(&self, root: &DestRoot) -> Option<&str> {
+    fn real_rel(&self, root: &DestRoot) -> Option<&[u8]> {
         self.real
             .get_or_init(|| {
                 use std::os::fd::AsRawFd;
                 let link = fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).ok()?;
                 let rel = link.strip_prefix(root.real_root.as_ref()?).ok()?;
-                Some(rel.to_str()?.to_string())
+                Some(rel.as_os_str().as_bytes().to_vec())
             })
             .as_deref()
     }
@@ -583,12 +628,12 @@ impl DestRoot {
 
     /// Where the source file `id` was written before in this copy, if it was; else
     /// remembers `rel` for it.
-    fn earlier_link(&self, id: (u64, u64), rel: &str) -> Option<String> {
+    fn earlier_link(&self, id: (u64, u64), rel: &[u8]) -> Option<Vec<u8>> {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         match links.get(&id) {
             Some(first) => Some(first.clone()),
             None => {
-                links.insert(id, rel.to_string());
+                links.insert(id, rel.to_vec());
                 None
             }
         }
@@ -603,11 +648,11 @@ impl DestRoot {
     }
 
     /// Directory `rel` (an `O_PATH` fd), resolved inside the root.
-    fn open_dir(&self, rel: &str) -> rustix::io::Result<OwnedFd> {
-        self.root.open_dir(rel)
+    fn open_dir(&self, rel: &[u8]) -> rustix::io::Result<OwnedFd> {
+        self.root.open_dir(os(rel))
     }
 
-    fn is_dir(&self, rel: &str) -> bool {
+    fn is_dir(&self, rel: &[u8]) -> bool {
         self.open_dir(rel).is_ok()
     }
 
@@ -615,7 +660,7 @@ impl DestRoot {
     /// the root); new directories get `owner` and mode 0755.
     fn mkdir_all(
         &self,
-        rel: &str,
+        rel: &[u8],
         owner: (u32, u32),
     ) -> Result<std::sync::Arc<ResolvedDir>, CopyError> {
         let mut last = self.last_dir.lock().unwrap_or_else(|p| p.into_inner());
@@ -642,7 +687,7 @@ impl DestRoot {
             )
             .map_err(|e| self.root.error("chmod", d.rel, e))
         };
-        let fd = self.root.mkdir_all_following(rel, made).map_err(|e| {
+        let fd = self.root.mkdir_all_following(os(rel), made).map_err(|e| {
             if e.errno() == Some(rustix::io::Errno::NOTDIR) {
                 let inside = e.path.strip_prefix(self.root.path()).unwrap_or(&e.path);
                 return CopyError::NotADirectory(format!("/{}", inside.display()));
@@ -657,19 +702,19 @@ impl DestRoot {
             fd,
             real: Default::default(),
         });
-        *last = Some((rel.to_string(), fd.clone()));
+        *last = Some((rel.to_vec(), fd.clone()));
         Ok(fd)
     }
 }
 
-fn set_times(dir: &impl AsFd, name: &str, secs: i64, nsec: i64) {
+fn set_times(dir: &impl AsFd, name: &[u8], secs: i64, nsec: i64) {
     let t = Timespec {
         tv_sec: secs,
         tv_nsec: nsec as _,
     };
     let _ = rustix::fs::utimensat(
         dir,
-        name,
+        os(name),
         &Timestamps {
             last_access: t,
             last_modification: t,
@@ -678,10 +723,10 @@ fn set_times(dir: &impl AsFd, name: &str, secs: i64, nsec: i64) {
     );
 }
 
-fn split_parent(rel: &str) -> (&str, &str) {
-    match rel.rsplit_once('/') {
-        Some((p, n)) => (p, n),
-        None => ("", rel),
+fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (b"", rel),
     }
 }
 
@@ -698,9 +743,9 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
     } else {
         format!("{}/{}", req.workdir.trim_end_matches('/'), req.dest)
     };
-    let dest_rel = clean(&dest_abs).trim_start_matches('/').to_string();
+    let dest_rel = trim_slashes(&clean_bytes(dest_abs.as_bytes())).to_vec();
     let root = DestRoot::open(req.dest_root)?;
-    let multiple = selected.len() > 1 || req.sources.iter().any(|s| has_glob(s));
+    let multiple = selected.len() > 1 || req.sources.iter().any(|s| has_glob(s.as_bytes()));
     let dest_is_dir = req.dest.ends_with('/')
         || req.dest == "."
         || multiple
@@ -719,21 +764,21 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
     let mut stats = CopyStats::default();
     for sel in &selected {
         root.forget_links();
-        let src_path = req.source_root.join(&sel.real);
+        let src_path = req.source_root.join(os(&sel.real));
         let meta = fs::symlink_metadata(&src_path).map_err(io_err("stat", &src_path))?;
-        let base_name = sel.rel.rsplit('/').next().unwrap_or(&sel.rel).to_string();
+        let base_name = split_parent(&sel.rel).1;
         let target = if req.parents {
             join_rel(&dest_rel, &sel.keep)
         } else if meta.is_dir() {
             dest_rel.clone()
         } else if dest_is_dir {
-            join_rel(&dest_rel, &base_name)
+            join_rel(&dest_rel, base_name)
         } else {
             // BuildKit resolves the destination itself through symlinks (`fs.RootPath`):
             // `COPY f /usr/bin/awk` replaces the file the awk link leads to, not the link, and a
             // dangling link's target is created.
             root.root
-                .resolve_last(&dest_rel)
+                .resolve_last(os(&dest_rel))
                 .map_err(errno("resolve", &dest_rel))?
         };
         let created_owner = req.chown.unwrap_or((0, 0));
@@ -782,21 +827,21 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
 }
 
 /// How a file under a selected directory is named in the cache key and the context hash cache.
-fn source_key(selected: &str, child: &str) -> String {
-    format!("{selected}/{child}")
+fn source_key(selected: &[u8], child: &[u8]) -> Vec<u8> {
+    [selected, b"/", child].concat()
 }
 
-fn join_rel(a: &str, b: &str) -> String {
+fn join_rel(a: &[u8], b: &[u8]) -> Vec<u8> {
     match (a.is_empty(), b.is_empty()) {
-        (true, _) => b.to_string(),
-        (_, true) => a.to_string(),
-        _ => format!("{a}/{b}"),
+        (true, _) => b.to_vec(),
+        (_, true) => a.to_vec(),
+        _ => [a, b"/", b].concat(),
     }
 }
 
 fn apply_meta(
     root: &DestRoot,
-    rel: &str,
+    rel: &[u8],
     meta: &fs::Metadata,
     owner: (u32, u32),
     chmod: Option<&ChmodSpec>,
@@ -805,7 +850,7 @@ fn apply_meta(
     let pfd = root.open_dir(parent).map_err(errno("open", rel))?;
     rustix::fs::chownat(
         &pfd,
-        name,
+        os(name),
         Some(rustix::fs::Uid::from_raw(owner.0)),
         Some(rustix::fs::Gid::from_raw(owner.1)),
         AtFlags::SYMLINK_NOFOLLOW,
@@ -815,7 +860,7 @@ fn apply_meta(
     // it would change its target: a symlink keeps the mode it was made with, as in BuildKit.
     if !meta.file_type().is_symlink() {
         let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode()));
-        rustix::fs::chmodat(&pfd, name, Mode::from_raw_mode(mode), AtFlags::empty())
+        rustix::fs::chmodat(&pfd, os(name), Mode::from_raw_mode(mode), AtFlags::empty())
             .map_err(errno("chmod", rel))?;
     }
     set_times(&pfd, name, meta.mtime(), meta.mtime_nsec());
@@ -826,7 +871,7 @@ fn apply_meta(
 /// context hash cache (as [`hash_sources`] does).
 /// One entry of a COPY's sources: its key in the context hash cache, where it is, its stat.
 struct Source<'a> {
-    key: &'a str,
+    key: &'a [u8],
     path: &'a Path,
     meta: &'a fs::Metadata,
 }
@@ -841,7 +886,7 @@ struct Wanted<'a> {
 fn write_entry(
     root: &DestRoot,
     req: &CopyRequest<'_>,
-    rel: &str,
+    rel: &[u8],
     source: &Source<'_>,
     owner: (u32, u32),
     stats: &mut CopyStats,
@@ -855,28 +900,37 @@ fn write_entry(
         Some(log) if ft.is_file() => log.hashes.digest(source_key, src, meta).ok(),
         _ => None,
     };
+    let name = os(name);
     // Seeding and its records go by where the entry really is: `COPY x /bin/x` on a Debian
     // base writes `usr/bin/x`, which is also where the seeded file is.
     let tracked = req.seeded.is_some() || req.contents.is_some();
     let real_rel = match tracked.then(|| pfd.real_rel(root)).flatten() {
-        Some(dir) => join_rel(dir, name),
-        None => rel.to_string(),
+        Some(dir) => join_rel(dir, name.as_bytes()),
+        None => rel.to_vec(),
     };
+    // Seeding and the content log know UTF-8 paths only (seeding leaves other names to the
+    // copy): such a file is simply written.
+    let tracked_rel = std::str::from_utf8(&real_rel).ok();
+    let (seeded, contents) = match tracked_rel {
+        Some(_) => (req.seeded, req.contents),
+        None => (None, None),
+    };
+    let tracked_rel = tracked_rel.unwrap_or_default();
     // A second name of a source file (a hard link) becomes a hard link to the first copy.
     let link_to = (ft.is_file() && meta.nlink() > 1)
         .then(|| root.earlier_link((meta.dev(), meta.ino()), rel))
         .flatten()
         // The same source named twice for one destination is just copied again.
         .filter(|first| first != rel);
-    if let Some(seeded) = req.seeded {
-        seeded.claim(&real_rel);
+    if let Some(seeded) = seeded {
+        seeded.claim(tracked_rel);
         let mode = chmod.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode()));
         if ft.is_file()
             && link_to.is_none()
             && seeded_copy_is_identical(
                 seeded,
                 &pfd,
-                (&real_rel, name),
+                (tracked_rel, name.as_bytes()),
                 source,
                 &Wanted {
                     mode,
@@ -885,8 +939,8 @@ fn write_entry(
                 },
             )
         {
-            if let (Some(log), Some(d)) = (req.contents, source_digest) {
-                log.record(&real_rel, d);
+            if let (Some(log), Some(d)) = (contents, source_digest) {
+                log.record(tracked_rel, d);
             }
             stats.files += 1;
             stats.bytes += meta.len();
@@ -911,7 +965,7 @@ fn write_entry(
         // Replace whatever is there (never write through an existing symlink).
         match rustix::fs::unlinkat(&pfd, name, AtFlags::empty()) {
             Err(rustix::io::Errno::ISDIR) => {
-                return Err(CopyError::NotADirectory(format!("/{rel}")))
+                return Err(CopyError::NotADirectory(format!("/{}", shown(rel))))
             }
             Ok(()) => root.forget_dirs(),
             Err(_) => {}
@@ -921,10 +975,10 @@ fn write_entry(
             let first_dir = root
                 .open_dir(first_parent)
                 .map_err(errno("open", first_parent))?;
-            rustix::fs::linkat(&first_dir, first_name, &pfd, name, AtFlags::empty())
+            rustix::fs::linkat(&first_dir, os(first_name), &pfd, name, AtFlags::empty())
                 .map_err(errno("link", rel))?;
-            if let (Some(log), Some(d)) = (req.contents, source_digest) {
-                log.record(&real_rel, d);
+            if let (Some(log), Some(d)) = (contents, source_digest) {
+                log.record(tracked_rel, d);
             }
             stats.files += 1;
             // Owner, mode and times are the first name's: it is the same file.
@@ -946,12 +1000,12 @@ fn write_entry(
             let mut input = fs::File::open(src).map_err(io_err("open", src))?;
             let copied = io::copy(&mut input, &mut out).map_err(io_err("copy", src))?;
             out.flush()
-                .map_err(io_err("write", root.root.host_path(rel)))?;
+                .map_err(io_err("write", root.root.host_path(os(rel))))?;
             // A file that changed size since it was hashed is not logged (it is then compared
             // byte for byte if it is ever seeded).
-            if let (Some(log), Some(d)) = (req.contents, source_digest) {
+            if let (Some(log), Some(d)) = (contents, source_digest) {
                 if copied == meta.len() {
-                    log.record(&real_rel, d);
+                    log.record(tracked_rel, d);
                 }
             }
             stats.bytes += copied;
@@ -971,7 +1025,7 @@ fn write_entry(
 /// A file's capability (`setcap` in the other stage) comes along in a `--from` copy, as
 /// BuildKit's copy keeps it; it is set after the chown, which would clear it. Context files
 /// arrive in BuildKit without xattrs, so those copies never carry one.
-fn copy_capability(src: &Path, pfd: &impl AsFd, name: &str, rel: &str) -> Result<(), CopyError> {
+fn copy_capability(src: &Path, pfd: &impl AsFd, name: &OsStr, rel: &[u8]) -> Result<(), CopyError> {
     const CAP: &str = "security.capability";
     let mut buf = [0u8; 64];
     let n = match rustix::fs::lgetxattr(src, CAP, &mut buf) {
@@ -1016,10 +1070,10 @@ pub fn hash_sources(
         Some(PatternMatcher::new(&req.excludes).map_err(|e| CopyError::BadPattern(e.to_string()))?)
     };
     // (context hash cache key: the path read), and the name it is copied under.
-    let mut found: Vec<(String, PathBuf, fs::Metadata)> = Vec::new();
-    let mut names: Vec<String> = Vec::new();
+    let mut found: Vec<(Vec<u8>, PathBuf, fs::Metadata)> = Vec::new();
+    let mut names: Vec<Vec<u8>> = Vec::new();
     for sel in &selected {
-        let path = req.source_root.join(&sel.real);
+        let path = req.source_root.join(os(&sel.real));
         let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
         let is_dir = meta.is_dir();
         found.push((sel.real.clone(), path, meta));
@@ -1033,7 +1087,8 @@ pub fn hash_sources(
         }
     }
     let contents = content_digests(&found, cache)?;
-    let mut text = String::new();
+    // Bytes: names and symlink targets that are not UTF-8 are part of the key as they are.
+    let mut text: Vec<u8> = Vec::new();
     let mut entries = Vec::with_capacity(found.len());
     for (((_, _, m), content), rel) in found.iter().zip(contents).zip(&names) {
         let kind = if m.is_dir() {
@@ -1048,37 +1103,38 @@ pub fn hash_sources(
         } else {
             String::new()
         };
-        let line = format!(
-            "{kind}{:o}\0{owner}\0{content}",
-            m.permissions().mode() & 0o7777
-        );
-        text.push_str(&format!("{rel}\0{line}\n"));
-        entries.push((rel.clone(), line));
+        let head = format!("{kind}{:o}\0{owner}\0", m.permissions().mode() & 0o7777);
+        for part in [rel.as_slice(), b"\0", head.as_bytes(), &content, b"\n"] {
+            text.extend_from_slice(part);
+        }
+        entries.push((shown(rel), format!("{head}{}", shown(&content))));
     }
     Ok(SourceDigest {
-        digest: Digest::of(text.as_bytes()),
+        digest: Digest::of(&text),
         entries,
     })
 }
 
 /// File digests (and symlink targets) of `found`, in order, hashed on all cores.
+#[allow(clippy::type_complexity)]
 fn content_digests(
-    found: &[(String, PathBuf, fs::Metadata)],
+    found: &[(Vec<u8>, PathBuf, fs::Metadata)],
     cache: &super::hashcache::FileHashCache,
-) -> Result<Vec<String>, CopyError> {
-    let one = |(rel, path, m): &(String, PathBuf, fs::Metadata)| -> Result<String, CopyError> {
+) -> Result<Vec<Vec<u8>>, CopyError> {
+    let one = |(rel, path, m): &(Vec<u8>, PathBuf, fs::Metadata)| -> Result<Vec<u8>, CopyError> {
         if m.is_file() {
             Ok(cache
                 .digest(rel, path, m)
                 .map_err(io_err("read", path))?
-                .to_string())
+                .to_string()
+                .into_bytes())
         } else if m.file_type().is_symlink() {
             Ok(fs::read_link(path)
                 .map_err(io_err("read link", path))?
-                .to_string_lossy()
-                .to_string())
+                .into_os_string()
+                .into_encoded_bytes())
         } else {
-            Ok(String::new())
+            Ok(Vec::new())
         }
     };
     let threads = std::thread::available_parallelism()
@@ -1088,7 +1144,7 @@ fn content_digests(
         return found.iter().map(one).collect();
     }
     // Interleaved slices balance big and small files without a work queue.
-    let results: Vec<Result<Vec<(usize, String)>, CopyError>> = std::thread::scope(|s| {
+    let results: Vec<Result<Vec<(usize, Vec<u8>)>, CopyError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
@@ -1108,7 +1164,7 @@ fn content_digests(
             })
             .collect()
     });
-    let mut out = vec![String::new(); found.len()];
+    let mut out = vec![Vec::new(); found.len()];
     for part in results {
         for (i, d) in part? {
             out[i] = d;
@@ -1125,7 +1181,7 @@ mod tests {
         CopyRequest {
             source_root: src,
             ignore: None,
-            sources: sources.iter().map(|s| s.to_string()).collect(),
+            sources: sources.iter().map(Into::into).collect(),
             dest: dest.into(),
             workdir: "/app".into(),
             dest_root: dst,
@@ -1224,17 +1280,63 @@ mod tests {
     }
 
     #[test]
-    fn a_source_name_that_is_not_utf8_is_refused_by_name() {
-        use std::os::unix::ffi::OsStrExt;
+    fn source_names_and_link_targets_that_are_not_utf8_are_copied_byte_for_byte() {
+        // BuildKit copies such names as they are (Go strings are bytes); they were refused.
         let (_d, ctx, root) = setup();
-        let odd = ctx
-            .join("src")
-            .join(std::ffi::OsStr::from_bytes(b"raw\xff"));
-        fs::write(&odd, "x").unwrap();
-        match copy_into_root(&req(&ctx, &root, &["src"], "/code")) {
-            Err(CopyError::NameNotUtf8(p)) => assert_eq!(p, odd),
-            other => panic!("{other:?}"),
-        }
+        let raw = |b: &[u8]| PathBuf::from(OsStr::from_bytes(b));
+        fs::write(ctx.join("src").join(raw(b"caf\xe9")), "latin-1").unwrap();
+        fs::create_dir(ctx.join("src").join(raw(b"d\xff"))).unwrap();
+        fs::write(ctx.join("src").join(raw(b"d\xff/in")), "in").unwrap();
+        fs::write(ctx.join("src").join(raw(b"skip\xe9")), "no").unwrap();
+        std::os::unix::fs::symlink(raw(b"caf\xe9"), ctx.join("src").join(raw(b"l\xe8"))).unwrap();
+        let ignore = PatternMatcher::new(["src/skip?"]).unwrap();
+        let stats = copy_into_root(&CopyRequest {
+            ignore: Some(&ignore),
+            ..req(&ctx, &root, &["src"], "/code")
+        })
+        .unwrap();
+        let code = root.join("code");
+        assert_eq!(
+            fs::read_to_string(code.join(raw(b"caf\xe9"))).unwrap(),
+            "latin-1"
+        );
+        assert_eq!(
+            fs::read_to_string(code.join(raw(b"d\xff/in"))).unwrap(),
+            "in"
+        );
+        assert_eq!(
+            fs::read_link(code.join(raw(b"l\xe8"))).unwrap(),
+            raw(b"caf\xe9")
+        );
+        assert!(fs::symlink_metadata(code.join(raw(b"skip\xe9"))).is_err());
+        assert_eq!((stats.symlinks, stats.dirs), (1, 3));
+
+        // A wildcard matches such a name (one character for `?`), and a source may name one.
+        let wild = copy_into_root(&req(&ctx, &root, &["src/caf?"], "/w/")).unwrap();
+        assert_eq!(wild.files, 1);
+        assert!(root.join("w").join(raw(b"caf\xe9")).is_file());
+        let named = CopyRequest {
+            sources: vec![OsString::from(raw(b"src/d\xff"))],
+            ..req(&ctx, &root, &[], "/n")
+        };
+        copy_into_root(&named).unwrap();
+        assert!(root.join("n/in").is_file());
+
+        // The key tells names and targets apart byte for byte (they were all U+FFFD).
+        let key = || hash_sources(&req(&ctx, &root, &["src"], "/"), &mem()).unwrap();
+        let before = key();
+        fs::rename(
+            ctx.join("src").join(raw(b"caf\xe9")),
+            ctx.join("src").join(raw(b"caf\xe8")),
+        )
+        .unwrap();
+        let renamed = key();
+        assert_ne!(renamed.digest, before.digest);
+        fs::remove_file(ctx.join("src").join(raw(b"l\xe8"))).unwrap();
+        std::os::unix::fs::symlink(raw(b"caf\xe8"), ctx.join("src").join(raw(b"l\xe8"))).unwrap();
+        assert_ne!(key().digest, renamed.digest);
+        // A name that is UTF-8 keeps the key it had.
+        assert!(before.entries.iter().any(|(p, _)| p == "src/main.py"));
     }
 
     #[test]
@@ -1333,7 +1435,7 @@ mod tests {
         let meta = fs::metadata(ctx.join("a.txt")).unwrap();
         let e = {
             let _locked = Immutable::new(&root.join("locked"));
-            apply_meta(&dest, "locked", &meta, (1000, 1000), None).unwrap_err()
+            apply_meta(&dest, b"locked", &meta, (1000, 1000), None).unwrap_err()
         };
         assert!(
             matches!(&e, CopyError::Io(crate::oci::IoError { op: "chown", path, .. }) if path == Path::new("locked")),
@@ -1341,7 +1443,7 @@ mod tests {
         );
         assert!(e.to_string().starts_with("cannot chown locked: "), "{e}");
         // An entry that vanished under the copy fails it too, instead of passing unnoticed.
-        let e = apply_meta(&dest, "gone", &meta, (0, 0), None).unwrap_err();
+        let e = apply_meta(&dest, b"gone", &meta, (0, 0), None).unwrap_err();
         assert!(
             matches!(&e, CopyError::Io(crate::oci::IoError { op: "chown", .. })),
             "{e}"
@@ -1350,7 +1452,7 @@ mod tests {
         std::os::unix::fs::symlink("a.txt", root.join("l")).unwrap();
         let link_meta = fs::symlink_metadata(ctx.join("link")).unwrap();
         let chmod = ChmodSpec::parse("0600").unwrap();
-        apply_meta(&dest, "l", &link_meta, (1000, 1000), Some(&chmod)).unwrap();
+        apply_meta(&dest, b"l", &link_meta, (1000, 1000), Some(&chmod)).unwrap();
         assert_eq!(fs::symlink_metadata(root.join("l")).unwrap().uid(), 1000);
     }
 

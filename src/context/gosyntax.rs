@@ -5,38 +5,73 @@
 
 /// Go's `path.Clean` (and `filepath.Clean` on Unix).
 pub(crate) fn clean(path: &str) -> String {
+    // Only whole components and ASCII separators go: UTF-8 stays UTF-8.
+    String::from_utf8_lossy(&clean_bytes(path.as_bytes())).into_owned()
+}
+
+/// Go's `path.Clean` on a path whose names need not be UTF-8 (Go strings are bytes).
+pub(crate) fn clean_bytes(path: &[u8]) -> Vec<u8> {
     if path.is_empty() {
-        return ".".to_string();
+        return b".".to_vec();
     }
-    let rooted = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
+    let rooted = path.starts_with(b"/");
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in path.split(|&b| b == b'/') {
         match part {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|p| *p != "..") {
+            b"" | b"." => {}
+            b".." => {
+                if parts.last().is_some_and(|p| *p != b"..") {
                     parts.pop();
                 } else if !rooted {
-                    parts.push("..");
+                    parts.push(b"..");
                 }
             }
             p => parts.push(p),
         }
     }
-    let joined = parts.join("/");
+    let joined = parts.join(&b'/');
     match (rooted, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".to_string(),
+        (true, _) => [b"/".as_slice(), &joined].concat(),
+        (false, true) => b".".to_vec(),
         (false, false) => joined,
     }
 }
 
 /// Go's `filepath.Dir` on Unix: everything before the last `/`, cleaned.
-pub(crate) fn dir(path: &str) -> String {
-    match path.rfind('/') {
-        Some(i) => clean(&path[..=i]),
-        None => ".".to_string(),
+pub(crate) fn dir(path: &[u8]) -> Vec<u8> {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => clean_bytes(&path[..=i]),
+        None => b".".to_vec(),
     }
+}
+
+/// The string Go's `regexp` and `filepath.Match` see when they decode `s` rune by rune
+/// (`utf8.DecodeRuneInString`): each byte that does not start a valid UTF-8 sequence is one
+/// U+FFFD. Borrowed when `s` is UTF-8. (`String::from_utf8_lossy` differs: it makes one
+/// U+FFFD of a truncated sequence.)
+pub(crate) fn go_runes(s: &[u8]) -> std::borrow::Cow<'_, str> {
+    let first = match std::str::from_utf8(s) {
+        Ok(valid) => return std::borrow::Cow::Borrowed(valid),
+        Err(e) => e,
+    };
+    let mut out = String::with_capacity(s.len() + 8);
+    let mut rest = s;
+    let mut valid = first.valid_up_to();
+    loop {
+        out.push_str(std::str::from_utf8(&rest[..valid]).unwrap_or_default());
+        rest = &rest[valid..];
+        if rest.is_empty() {
+            break;
+        }
+        // One byte at a time, as Go's decoder steps over an invalid sequence.
+        out.push('\u{fffd}');
+        rest = &rest[1..];
+        valid = match std::str::from_utf8(rest) {
+            Ok(_) => rest.len(),
+            Err(e) => e.valid_up_to(),
+        };
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The syntax check `filepath.Match(pattern, ".")` performs (Unix flavour): every chunk of the
@@ -448,11 +483,22 @@ mod tests {
 
     #[test]
     fn dir_matches_go() {
-        assert_eq!(dir("a/b/c"), "a/b");
-        assert_eq!(dir("a"), ".");
-        assert_eq!(dir("file/"), "file");
-        assert_eq!(dir("/"), "/");
-        assert_eq!(dir("/a"), "/");
+        assert_eq!(dir(b"a/b/c"), b"a/b");
+        assert_eq!(dir(b"a"), b".");
+        assert_eq!(dir(b"file/"), b"file");
+        assert_eq!(dir(b"/"), b"/");
+        assert_eq!(dir(b"/a"), b"/");
+        assert_eq!(dir(b"caf\xe9/x"), b"caf\xe9");
+        assert_eq!(clean_bytes(b"./caf\xe9//../\xff/"), b"\xff");
+    }
+
+    #[test]
+    fn go_runes_makes_each_invalid_byte_one_replacement() {
+        assert_eq!(go_runes(b"caf\xc3\xa9"), "caf\u{e9}");
+        assert_eq!(go_runes(b"caf\xe9"), "caf\u{fffd}");
+        // A truncated 4-byte sequence is three runes for Go (one U+FFFD for from_utf8_lossy).
+        assert_eq!(go_runes(b"a\xf0\x9f\x98b"), "a\u{fffd}\u{fffd}\u{fffd}b");
+        assert_eq!(go_runes(b"\xff\xfe/\xc3\xa9"), "\u{fffd}\u{fffd}/\u{e9}");
     }
 
     #[test]

@@ -95,8 +95,16 @@ impl FileHashCache {
         }
     }
 
-    /// The sha256 of the regular file at `path` (known to the cache as `rel`).
-    pub fn digest(&self, rel: &str, path: &Path, meta: &fs::Metadata) -> io::Result<Digest> {
+    /// The sha256 of the regular file at `path` (known to the cache as `rel`, its path
+    /// relative to the context as bytes: a name need not be UTF-8).
+    pub fn digest(
+        &self,
+        rel: impl AsRef<[u8]>,
+        path: &Path,
+        meta: &fs::Metadata,
+    ) -> io::Result<Digest> {
+        let rel = key(rel.as_ref());
+        let rel = rel.as_ref();
         if let Ok(entries) = self.entries.lock() {
             if let Some(e) = entries.get(rel).filter(|e| e.matches(meta)) {
                 return Ok(e.digest.clone());
@@ -159,6 +167,22 @@ impl FileHashCache {
     }
 }
 
+/// A path's key in the cache file (JSON keys are strings): the path itself when it is UTF-8,
+/// else a NUL (which no path holds) and its bytes in hex, so no two paths share a key.
+fn key(rel: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(rel) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => {
+            let mut k = String::with_capacity(1 + 2 * rel.len());
+            k.push('\0');
+            for b in rel {
+                k.push_str(&format!("{b:02x}"));
+            }
+            std::borrow::Cow::Owned(k)
+        }
+    }
+}
+
 /// sha256 of a file's bytes, read in 256 KiB blocks.
 pub fn hash_file(path: &Path) -> io::Result<Digest> {
     let mut f = fs::File::open(path)?;
@@ -210,6 +234,14 @@ mod tests {
             Digest::of(b"two")
         );
         assert_eq!(again.reads.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_have_keys_of_their_own() {
+        assert_eq!(key(b"a.txt"), "a.txt");
+        assert_eq!(key(b"caf\xe9"), "\u{0}636166e9");
+        assert_ne!(key(b"caf\xe9"), key(b"caf\xe8"));
+        assert_ne!(key(b"caf\xe9"), key("caf\u{fffd}".as_bytes()));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! (BuildKit: `<Dockerfile>.dockerignore` next to the Dockerfile first, then `.dockerignore` at the
 //! context root).
 //!
-//! Patterns are matched against cleaned, slash-separated paths relative to the context root.
+//! Patterns are matched against cleaned, slash-separated paths relative to the context root,
+//! as bytes (a name need not be UTF-8; a byte that is not is one character, U+FFFD, for `?`,
+//! `*` and classes, as for Go's `regexp`).
 //! `*` matches any run of characters except `/`, `?` one character except `/`, `[a-c]` / `[^a]`
 //! a class (Go syntax: `[!a]` is the class of `!` and `a`, not a negation), `\` escapes the next
 //! character, and `**` any number of directories (including none). A pattern that matches a
@@ -109,30 +111,36 @@ impl Pattern {
         self.exclusion
     }
 
-    /// Whether `path` matches this pattern itself (no parent-directory matching).
-    pub fn matches(&self, path: &str) -> bool {
+    /// Whether `path` matches this pattern itself (no parent-directory matching). Paths are
+    /// bytes, as Go strings are: a name need not be UTF-8. The exact, prefix and suffix kinds
+    /// compare bytes (Go's `==`, `strings.HasPrefix`/`HasSuffix`); a regular expression sees
+    /// each byte that is not UTF-8 as U+FFFD, as Go's `regexp` does.
+    pub fn matches(&self, path: impl AsRef<[u8]>) -> bool {
+        let path = path.as_ref();
         match &self.kind {
-            Kind::Exact => path == self.cleaned,
-            Kind::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            Kind::Exact => path == self.cleaned.as_bytes(),
+            Kind::Prefix(prefix) => path.starts_with(prefix.as_bytes()),
             Kind::Suffix(suffix) => {
-                path.ends_with(suffix.as_str())
-                    || suffix.strip_prefix('/').is_some_and(|bare| path == bare)
+                path.ends_with(suffix.as_bytes())
+                    || suffix
+                        .strip_prefix('/')
+                        .is_some_and(|bare| path == bare.as_bytes())
             }
-            Kind::Regex(re) => re.is_match(path),
+            Kind::Regex(re) => re.is_match(&gosyntax::go_runes(path)),
         }
     }
 
     /// Whether this pattern matches `path` or any of its parent directories.
-    fn matches_self_or_parent(&self, path: &str) -> bool {
+    fn matches_self_or_parent(&self, path: &[u8]) -> bool {
         if self.matches(path) {
             return true;
         }
         let parent = gosyntax::dir(path);
-        if parent == "." {
+        if parent == b"." {
             return false;
         }
-        let dirs: Vec<&str> = parent.split('/').collect();
-        (1..=dirs.len()).any(|i| self.matches(&dirs[..i].join("/")))
+        let dirs: Vec<&[u8]> = parent.split(|&b| b == b'/').collect();
+        (1..=dirs.len()).any(|i| self.matches(dirs[..i].join(&b'/')))
     }
 
     fn compile(cleaned: String, exclusion: bool) -> Result<Pattern, String> {
@@ -302,16 +310,17 @@ impl PatternMatcher {
     /// exception pattern names a path below it literally (`!dir/file`), whether or not that
     /// path exists: fsutil's walker, as the BuildKit of Moby 20.10 uses it, lets such a
     /// directory pass the filter (`goto passedFilter`), so `COPY dir /x` finds it.
-    pub fn keeps_excluded_dir(&self, dir: &str) -> bool {
+    pub fn keeps_excluded_dir(&self, dir: impl AsRef<[u8]>) -> bool {
         if !self.exclusions {
             return false;
         }
-        let dir = gosyntax::clean(dir);
+        let dir = gosyntax::clean_bytes(dir.as_ref());
         // `pattern/` starts with `dir/`: the pattern is `dir` itself or lies below it.
         self.patterns.iter().filter(|p| p.is_exclusion()).any(|p| {
             p.as_str()
-                .strip_prefix(dir.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                .as_bytes()
+                .strip_prefix(dir.as_slice())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
         })
     }
 
@@ -323,16 +332,17 @@ impl PatternMatcher {
     /// Whether `path` is excluded: patternmatcher's package-level `MatchesOrParentMatches`. The
     /// path is cleaned first; `.` (the context itself) is never excluded. A pattern matching one
     /// of the path's parent directories matches the path, and the last matching pattern wins.
-    pub fn matches(&self, path: &str) -> bool {
-        let path = gosyntax::clean(path);
-        if path == "." {
+    pub fn matches(&self, path: impl AsRef<[u8]>) -> bool {
+        let path = gosyntax::clean_bytes(path.as_ref());
+        if path == b"." {
             return false;
         }
         self.matches_or_parent_matches(&path)
     }
 
     /// patternmatcher's `(*PatternMatcher).MatchesOrParentMatches`, on `path` as given.
-    pub fn matches_or_parent_matches(&self, path: &str) -> bool {
+    pub fn matches_or_parent_matches(&self, path: impl AsRef<[u8]>) -> bool {
+        let path = path.as_ref();
         let mut matched = false;
         for pattern in &self.patterns {
             // An inclusion cannot change an already excluded path, nor an exception a path that
@@ -349,7 +359,8 @@ impl PatternMatcher {
 
     /// patternmatcher's `MatchesExact`: like [`PatternMatcher::matches_or_parent_matches`]
     /// without matching parent directories.
-    pub fn matches_exact(&self, path: &str) -> bool {
+    pub fn matches_exact(&self, path: impl AsRef<[u8]>) -> bool {
+        let path = path.as_ref();
         let mut matched = false;
         for pattern in &self.patterns {
             if pattern.exclusion != matched {
@@ -369,9 +380,10 @@ impl PatternMatcher {
     /// length) is treated as unknown, where Go returns an error.
     pub fn matches_using_parent_results(
         &self,
-        path: &str,
+        path: impl AsRef<[u8]>,
         parent: &MatchInfo,
     ) -> (bool, MatchInfo) {
+        let path = path.as_ref();
         let parent_matched: &[bool] = if parent.parent_matched.len() == self.patterns.len() {
             &parent.parent_matched
         } else {
@@ -505,6 +517,32 @@ mod tests {
     }
 
     #[test]
+    fn names_that_are_not_utf8_match_as_go_strings_do() {
+        // patternmatcher matches Go strings, which are bytes: `caf\xe9` (Latin-1) is one
+        // character for `?` and `*`, and is excluded by its directory or a wildcard.
+        let m = pm(&["caf?", "raw/*", "**/*.o", "!keep\u{fffd}"]);
+        assert!(m.matches(b"caf\xe9"));
+        assert!(!m.matches(b"caf\xe9\xe9"));
+        assert!(m.matches(b"raw/\xff\xfe"));
+        assert!(m.matches(b"raw/\xff/below"));
+        assert!(m.matches(b"src/\xe9t\xe9.o"));
+        assert!(!m.matches(b"src/\xe9t\xe9.c"));
+        // Exact patterns compare bytes: U+FFFD in a pattern is not a byte that is not UTF-8.
+        let m = pm(&["keep\u{fffd}"]);
+        assert!(!m.matches(b"keep\xe9"));
+        assert!(m.matches("keep\u{fffd}"));
+        let m = pm(&["dir", "!dir/caf\u{e9}"]);
+        assert!(m.keeps_excluded_dir(b"dir"));
+        assert!(!m.keeps_excluded_dir(b"d\xe9r"));
+        let mut info = MatchInfo::default();
+        for p in [b"dir".as_slice(), b"dir/caf\xe9"] {
+            let (got, next) = m.matches_using_parent_results(p, &info);
+            assert!(got, "{}", String::from_utf8_lossy(p));
+            info = next;
+        }
+    }
+
+    #[test]
     fn parent_results_agree_with_full_check() {
         let m = pm(&["dir", "!dir/keep*", "**/*.o", "!**/main.o"]);
         let paths = [
@@ -523,7 +561,7 @@ mod tests {
             let parts: Vec<&str> = p.split('/').collect();
             for i in 1..parts.len() {
                 info = m
-                    .matches_using_parent_results(&parts[..i].join("/"), &info)
+                    .matches_using_parent_results(parts[..i].join("/"), &info)
                     .1;
             }
             let (got, _) = m.matches_using_parent_results(p, &info);

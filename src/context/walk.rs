@@ -9,8 +9,10 @@
 //! whether or not that file exists, as the fsutil of Moby 20.10's BuildKit does.
 
 use super::ignore::{MatchInfo, PatternMatcher};
+use std::ffi::OsString;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 /// What kind of file an entry is (never following symlinks).
@@ -26,9 +28,9 @@ pub enum EntryKind {
 /// One entry of the context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalkEntry {
-    /// Slash-separated path relative to the context root (non-UTF-8 bytes replaced by U+FFFD;
-    /// this is also the path the patterns were matched against).
-    pub path: String,
+    /// Slash-separated path relative to the context root, byte for byte as on disk (a name
+    /// need not be UTF-8); the patterns were matched against its bytes.
+    pub path: OsString,
     /// The entry on disk.
     pub fs_path: PathBuf,
     pub kind: EntryKind,
@@ -63,7 +65,7 @@ pub fn walk_context(
         out: Vec::new(),
         pending: Vec::new(),
     };
-    walker.walk_dir(root, "", &MatchInfo::default())?;
+    walker.walk_dir(root, b"", &MatchInfo::default())?;
     Ok(walker.out)
 }
 
@@ -77,7 +79,7 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn walk_dir(&mut self, dir: &Path, rel: &str, info: &MatchInfo) -> Result<(), WalkError> {
+    fn walk_dir(&mut self, dir: &Path, rel: &[u8], info: &MatchInfo) -> Result<(), WalkError> {
         let read_dir_err = |source| WalkError::ReadDir {
             path: dir.to_path_buf(),
             source,
@@ -103,18 +105,17 @@ impl Walker<'_> {
                 EntryKind::Other
             };
             let name = entry.file_name();
-            let name = name.to_string_lossy();
             let path = if rel.is_empty() {
-                name.into_owned()
+                name.into_vec()
             } else {
-                format!("{rel}/{name}")
+                [rel, b"/", name.as_bytes()].concat()
             };
             let (excluded, child_info) = match self.matcher {
                 Some(m) => m.matches_using_parent_results(&path, info),
                 None => (false, MatchInfo::default()),
             };
             let entry = WalkEntry {
-                path,
+                path: OsString::from_vec(path),
                 fs_path,
                 kind,
             };
@@ -123,13 +124,13 @@ impl Walker<'_> {
                 && kind == EntryKind::Dir
                 && self
                     .matcher
-                    .is_some_and(|m| m.keeps_excluded_dir(&entry.path));
+                    .is_some_and(|m| m.keeps_excluded_dir(entry.path.as_bytes()));
             if excluded && !passes {
-                if kind == EntryKind::Dir && self.may_hold_exceptions(&entry.path) {
+                if kind == EntryKind::Dir && self.may_hold_exceptions(entry.path.as_bytes()) {
                     let depth = self.pending.len();
                     let (fs_path, path) = (entry.fs_path.clone(), entry.path.clone());
                     self.pending.push(entry);
-                    self.walk_dir(&fs_path, &path, &child_info)?;
+                    self.walk_dir(&fs_path, path.as_bytes(), &child_info)?;
                     self.pending.truncate(depth);
                 }
                 continue;
@@ -138,7 +139,7 @@ impl Walker<'_> {
             if kind == EntryKind::Dir {
                 let (fs_path, path) = (entry.fs_path.clone(), entry.path.clone());
                 self.out.push(entry);
-                self.walk_dir(&fs_path, &path, &child_info)?;
+                self.walk_dir(&fs_path, path.as_bytes(), &child_info)?;
             } else {
                 self.out.push(entry);
             }
@@ -148,7 +149,7 @@ impl Walker<'_> {
 
     /// Whether an exception pattern could match something under the excluded directory `dir`
     /// (fsutil: a literal exception must lie under `dir/`; one with wildcards might be anywhere).
-    fn may_hold_exceptions(&self, dir: &str) -> bool {
+    fn may_hold_exceptions(&self, dir: &[u8]) -> bool {
         let Some(m) = self.matcher else {
             return false;
         };
@@ -169,6 +170,32 @@ fn exceptions_have_wildcards(m: &PatternMatcher) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_are_not_utf8_are_walked_and_matched_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let raw = |b: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(b));
+        fs::create_dir(root.join(raw(b"caf\xe9"))).unwrap();
+        fs::write(root.join(raw(b"caf\xe9/\xff.o")), "o").unwrap();
+        fs::write(root.join(raw(b"caf\xe9/\xff.c")), "c").unwrap();
+        fs::write(root.join(raw(b"caf\xe8")), "x").unwrap();
+        let m = PatternMatcher::new(["caf?/*.o", "caf\u{fffd}"]).unwrap();
+        let got: Vec<Vec<u8>> = walk_context(root, Some(&m))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path.into_vec())
+            .collect();
+        // Sorted by bytes; `caf\u{fffd}` (UTF-8 bytes) excludes neither name.
+        assert_eq!(
+            got,
+            vec![
+                b"caf\xe8".to_vec(),
+                b"caf\xe9".to_vec(),
+                b"caf\xe9/\xff.c".to_vec()
+            ]
+        );
+    }
 
     #[test]
     fn missing_root_names_the_path() {

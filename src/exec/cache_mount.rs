@@ -2,6 +2,7 @@
 //! BuildKit keys caches (id, the mkdir that uid/gid/mode make, the root `from=` starts from),
 //! and seeding a `from=` cache with that root's source.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::dockerfile::instructions::Mount;
@@ -71,11 +72,11 @@ pub(super) fn cache_seed(
     let source = m.source.as_deref().unwrap_or("/");
     let real = crate::context::rootpath::resolve(root, source)
         .map_err(crate::context::copy::CopyError::from)?;
-    let path = root.join(&real);
+    let path = root.join(std::ffi::OsStr::from_bytes(&real));
     if !path.is_dir() {
         return Err(BuildError::MountSourceMissing(source.to_string()));
     }
-    let digest = crate::oci::Digest::of(format!("{content}\0{real}").as_bytes());
+    let digest = crate::oci::Digest::of(&[content.as_bytes(), b"\0", &real].concat());
     Ok(CacheSeed {
         source: path,
         id: digest.hex().chars().take(16).collect(),

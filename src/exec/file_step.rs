@@ -2,6 +2,8 @@
 //! snapshot (mounted, never followed out of its root), committed like a RUN.
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::context::copy::{copy_into_root, hash_sources, ChmodSpec, ContentLog, CopyRequest};
@@ -217,7 +219,7 @@ pub fn prepare_copy(
                 &CopyRequest {
                     source_root: ctx.context_dir,
                     ignore: ctx.ignore,
-                    sources: local_sources.clone(),
+                    sources: local_sources.iter().map(Into::into).collect(),
                     dest: files.dest.clone(),
                     workdir: workdir.to_string(),
                     dest_root: ctx.context_dir,
@@ -450,7 +452,7 @@ pub fn execute_copy(
             })?;
         }
         for url in &ctx.url_files {
-            copy_into_root(&target.request(&url.dir, vec![url.name.clone()]))?;
+            copy_into_root(&target.request(&url.dir, vec![url.name.clone().into()]))?;
         }
         target.write_heredocs(&work)?;
         if let Some(g) = from_guard {
@@ -512,7 +514,7 @@ struct CopyTarget<'a> {
 
 impl<'a> CopyTarget<'a> {
     /// A copy of `sources` under `source_root` to the destination, with --chown/--chmod.
-    fn request(&self, source_root: &'a Path, sources: Vec<String>) -> CopyRequest<'a> {
+    fn request(&self, source_root: &'a Path, sources: Vec<OsString>) -> CopyRequest<'a> {
         CopyRequest {
             source_root,
             ignore: None,
@@ -535,10 +537,10 @@ impl<'a> CopyTarget<'a> {
     /// each match of a wildcard too, as BuildKit does; returns the sources left to copy as they
     /// are, and whether the destination must then be taken as a directory (a wildcard source
     /// was narrowed to the matches that are no archive).
-    fn unpack_archives(&self, work: &Path) -> Result<(Vec<String>, bool), BuildError> {
+    fn unpack_archives(&self, work: &Path) -> Result<(Vec<OsString>, bool), BuildError> {
         let prepared = self.prepared;
         if !prepared.is_add {
-            return Ok((prepared.sources.clone(), false));
+            return Ok((prepared.sources.iter().map(Into::into).collect(), false));
         }
         let mut plain = Vec::new();
         let mut narrowed = false;
@@ -546,16 +548,16 @@ impl<'a> CopyTarget<'a> {
         for src in &prepared.sources {
             let matches = crate::context::copy::expand_sources(&CopyRequest {
                 ignore: self.ctx.ignore,
-                ..self.request(self.ctx.context_dir, vec![src.clone()])
+                ..self.request(self.ctx.context_dir, vec![src.into()])
             })?;
             let mut left = Vec::new();
             let mut any = false;
             for (named, real) in matches {
-                let path = self.ctx.context_dir.join(&real);
+                let path = self.ctx.context_dir.join(OsStr::from_bytes(&real));
                 let unpacked = work.join(format!("archive-{archives}"));
                 archives += 1;
                 if !path.is_file() || !unpack_archive(&path, &unpacked)? {
-                    left.push(named);
+                    left.push(crate::context::copy::literal_source(&named));
                     continue;
                 }
                 let dest = if prepared.dest.ends_with('/') {
@@ -578,7 +580,7 @@ impl<'a> CopyTarget<'a> {
                 narrowed = true;
                 plain.extend(left);
             } else if !left.is_empty() {
-                plain.push(src.clone());
+                plain.push(src.into());
             }
         }
         Ok((plain, narrowed))
@@ -598,7 +600,7 @@ impl<'a> CopyTarget<'a> {
             std::fs::write(&p, data).map_err(BuildError::io("write", &p))?;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
                 .map_err(BuildError::io("chmod", &p))?;
-            names.push(name.clone());
+            names.push(name.into());
         }
         copy_into_root(&self.request(&docs, names))?;
         Ok(())

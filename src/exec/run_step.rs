@@ -2,6 +2,7 @@
 //! snapshot committed as a layer.
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::dockerfile::instructions::mount::{Mount, MountType, Sharing};
@@ -352,7 +353,7 @@ impl PreparedMounts {
         let root = std::path::absolute(&root).map_err(BuildError::io("resolve", &root))?;
         let real = crate::context::rootpath::resolve(&root, m.source.as_deref().unwrap_or("/"))
             .map_err(crate::context::copy::CopyError::from)?;
-        let source = root.join(real);
+        let source = root.join(std::ffi::OsStr::from_bytes(&real));
         if std::fs::symlink_metadata(&source).is_err() {
             return Err(BuildError::MountSourceMissing(
                 m.source.clone().unwrap_or_else(|| "/".into()),

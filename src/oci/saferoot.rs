@@ -226,25 +226,26 @@ impl SafeRoot {
     /// `rel` with its last component followed while it is a symlink (to anything, or to
     /// nothing), as a clean path below the root: where a file written "at" `rel` lands for
     /// BuildKit's copy, which resolves its destination with `fs.RootPath`. `rel` itself
-    /// (cleaned) when that is no symlink; `ELOOP` after [`MAX_DANGLING`] links.
-    pub fn resolve_last(&self, rel: &str) -> rustix::io::Result<String> {
-        let mut at = clean(rel.as_bytes());
+    /// (cleaned) when that is no symlink; `ELOOP` after [`MAX_DANGLING`] links. Bytes, as
+    /// names and link targets need not be UTF-8.
+    pub fn resolve_last(&self, rel: impl AsRef<OsStr>) -> rustix::io::Result<Vec<u8>> {
+        let mut at = clean(rel.as_ref().as_bytes());
         for _ in 0..=MAX_DANGLING {
             if at.is_empty() {
-                return Ok(String::new());
+                return Ok(at);
             }
             // A missing parent holds no symlink: `at` is where the file goes (its parents are
             // made then). A relative link is joined to the path as written, as for
             // `mkdir_all_following`.
             let (dir, name) = match self.open_parent(OsStr::from_bytes(&at)) {
                 Ok(found) => found,
-                Err(Errno::NOENT) => return Ok(String::from_utf8_lossy(&at).into_owned()),
+                Err(Errno::NOENT) => return Ok(at),
                 Err(e) => return Err(e),
             };
             let name = name.as_bytes().to_vec();
             match self.dangling_target(&dir, &name, &at) {
                 Some(target) => at = target,
-                None => return Ok(String::from_utf8_lossy(&at).into_owned()),
+                None => return Ok(at),
             }
         }
         Err(Errno::LOOP)
@@ -344,13 +345,25 @@ mod tests {
         symlink("../../etc/awk", r.path().join("usr/bin/awk")).unwrap();
         symlink("/nowhere/file", r.path().join("dangling")).unwrap();
         symlink("../../../../x", r.path().join("etc/up")).unwrap();
-        assert_eq!(r.resolve_last("usr/bin/awk").unwrap(), "usr/bin/mawk");
-        assert_eq!(r.resolve_last("/dangling").unwrap(), "nowhere/file");
-        assert_eq!(r.resolve_last("etc/up").unwrap(), "x");
-        assert_eq!(r.resolve_last("etc/passwd").unwrap(), "etc/passwd");
-        assert_eq!(r.resolve_last("new/file").unwrap(), "new/file");
+        assert_eq!(
+            r.resolve_last("usr/bin/awk").unwrap(),
+            "usr/bin/mawk".as_bytes()
+        );
+        assert_eq!(
+            r.resolve_last("/dangling").unwrap(),
+            "nowhere/file".as_bytes()
+        );
+        assert_eq!(r.resolve_last("etc/up").unwrap(), "x".as_bytes());
+        assert_eq!(
+            r.resolve_last("etc/passwd").unwrap(),
+            "etc/passwd".as_bytes()
+        );
+        assert_eq!(r.resolve_last("new/file").unwrap(), "new/file".as_bytes());
         symlink("loop", r.path().join("loop")).unwrap();
         assert_eq!(r.resolve_last("loop").unwrap_err(), Errno::LOOP);
+        // A dangling target that is not UTF-8 is kept byte for byte.
+        symlink(OsStr::from_bytes(b"caf\xe9/f"), r.path().join("raw")).unwrap();
+        assert_eq!(r.resolve_last("raw").unwrap(), b"caf\xe9/f");
     }
 
     #[test]

@@ -1769,3 +1769,73 @@ fn a_cache_mount_from_a_stage_starts_with_its_source_and_is_its_own_cache() {
     assert_eq!(read("second.txt"), "/c\n/c/added\n/c/sub\n/c/sub/file\n");
     assert_eq!(read("bare.txt"), "/c\n");
 }
+
+#[test]
+fn copy_of_context_names_that_are_not_utf8_is_byte_exact() {
+    // BuildKit copies context names as bytes (Go strings): a Latin-1 `caf\xe9`, a directory and
+    // a symlink target that are not UTF-8 land in the layer byte for byte, and `.dockerignore`
+    // matches them as bytes (`?` is one such byte). kiln refused them.
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let p = Scratch::new(&[
+        ("Dockerfile", "FROM scratch\nCOPY . /x\n"),
+        (".dockerignore", "Dockerfile\n.dockerignore\nskip?\n"),
+    ]);
+    let ctx = p.ctx();
+    let raw = |b: &[u8]| ctx.join(OsStr::from_bytes(b));
+    std::fs::write(raw(b"caf\xe9"), "latin-1\n").unwrap();
+    std::fs::create_dir(raw(b"d\xff")).unwrap();
+    std::fs::write(raw(b"d\xff/in"), "in\n").unwrap();
+    std::fs::write(raw(b"skip\xe9"), "ignored\n").unwrap();
+    std::os::unix::fs::symlink(OsStr::from_bytes(b"caf\xe9"), raw(b"l\xe8")).unwrap();
+    p.build("raw-names:1");
+
+    let manifest: serde_json::Value =
+        serde_json::from_str(&ok(&kiln(&p.root(), &p.reg, &["inspect", "raw-names:1"]))).unwrap();
+    let layers = manifest["manifest"]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "{manifest}");
+    let digest = layers[0]["digest"].as_str().unwrap();
+    let blob = std::fs::read(
+        p.root()
+            .join("oci/blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    let tar = if blob.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&blob[..]), &mut out).unwrap();
+        out
+    } else {
+        blob
+    };
+    let mut entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = tar::Archive::new(&tar[..])
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let link = e.link_name_bytes().map(|l| l.into_owned());
+            (e.path_bytes().into_owned(), link)
+        })
+        .collect();
+    entries.sort();
+    let want: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
+        (b"x/".to_vec(), None),
+        (b"x/caf\xe9".to_vec(), None),
+        (b"x/d\xff/".to_vec(), None),
+        (b"x/d\xff/in".to_vec(), None),
+        (b"x/l\xe8".to_vec(), Some(b"caf\xe9".to_vec())),
+    ];
+    assert_eq!(entries, want);
+
+    let rootfs = p.unpack("raw-names:1", "u");
+    let at = |b: &[u8]| rootfs.join(OsStr::from_bytes(b));
+    assert_eq!(
+        std::fs::read_to_string(at(b"x/caf\xe9")).unwrap(),
+        "latin-1\n"
+    );
+    assert_eq!(std::fs::read_to_string(at(b"x/d\xff/in")).unwrap(), "in\n");
+    assert_eq!(
+        std::fs::read_link(at(b"x/l\xe8")).unwrap(),
+        Path::new(OsStr::from_bytes(b"caf\xe9"))
+    );
+}

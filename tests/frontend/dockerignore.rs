@@ -33,7 +33,7 @@ fn via_parent_results(pm: &PatternMatcher, text: &str) -> bool {
         let dirs: Vec<&str> = parent.split('/').collect();
         for i in 0..dirs.len() {
             info = pm
-                .matches_using_parent_results(&dirs[..=i].join("/"), &info)
+                .matches_using_parent_results(dirs[..=i].join("/"), &info)
                 .1;
         }
     }
@@ -237,7 +237,7 @@ fn walk_cases() {
         let got: Vec<String> = walk_context(tmp.path(), Some(&pm))
             .expect("walk")
             .iter()
-            .map(|e| format!("{} {}", kind_letter(e), e.path))
+            .map(|e| format!("{} {}", kind_letter(e), e.path.display()))
             .collect();
         let want = lines(&s, "walk");
         if got != want {
@@ -253,7 +253,10 @@ fn walk_without_matcher_reports_everything() {
     fs::create_dir(tmp.path().join("d")).expect("mkdir");
     fs::write(tmp.path().join("d/f"), "x").expect("write");
     let entries = walk_context(tmp.path(), None).expect("walk");
-    let got: Vec<(&str, EntryKind)> = entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+    let got: Vec<(&str, EntryKind)> = entries
+        .iter()
+        .map(|e| (e.path.to_str().expect("UTF-8"), e.kind))
+        .collect();
     assert_eq!(got, vec![("d", EntryKind::Dir), ("d/f", EntryKind::File)]);
     assert_eq!(entries[1].fs_path, tmp.path().join("d/f"));
 }
@@ -348,7 +351,7 @@ fn loaded_patterns_drive_the_walk() {
     let got: Vec<String> = walk_context(ctx.path(), Some(&pm))
         .expect("walk")
         .into_iter()
-        .map(|e| e.path)
+        .map(|e| e.path.to_string_lossy().into_owned())
         .collect();
     assert_eq!(got, vec!["Dockerfile", "app", "app/main.rs"]);
 }
