@@ -304,19 +304,26 @@ pub fn has_glob(s: impl AsRef<[u8]>) -> bool {
     s.as_ref().iter().any(|b| matches!(b, b'*' | b'?' | b'['))
 }
 
-/// A name as a source that selects just it: wildcard characters escaped when it has any.
-pub fn literal_source(name: &[u8]) -> OsString {
-    if !has_glob(name) {
-        return os(name).to_os_string();
-    }
-    let mut out = Vec::with_capacity(name.len() + 4);
-    for &b in name {
-        if matches!(b, b'*' | b'?' | b'[' | b'\\') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-    OsString::from(os(&out))
+/// A path as a source that selects just it: the wildcard characters of each component that
+/// has any escaped (a component without them is taken literally, backslashes included).
+pub fn literal_source(path: &[u8]) -> OsString {
+    let parts: Vec<Vec<u8>> = path
+        .split(|&b| b == b'/')
+        .map(|part| {
+            if !has_glob(part) {
+                return part.to_vec();
+            }
+            let mut out = Vec::with_capacity(part.len() + 4);
+            for &b in part {
+                if matches!(b, b'*' | b'?' | b'[' | b'\\') {
+                    out.push(b'\\');
+                }
+                out.push(b);
+            }
+            out
+        })
+        .collect();
+    OsString::from(os(&parts.join(&b'/')))
 }
 
 /// One path component against a Go `filepath.Match` pattern component. Names are matched as
@@ -1321,6 +1328,21 @@ mod tests {
         };
         copy_into_root(&named).unwrap();
         assert!(root.join("n/in").is_file());
+        // A name with wildcard characters, named back literally (as ADD narrows a wildcard).
+        fs::create_dir(ctx.join("b\\s")).unwrap();
+        fs::write(ctx.join("b\\s").join(raw(b"a[1]*\xe9")), "w").unwrap();
+        fs::write(ctx.join("b\\s/a1x"), "not me").unwrap();
+        let lit = literal_source(b"b\\s/a[1]*\xe9");
+        assert_eq!(lit.as_bytes(), b"b\\s/a\\[1]\\*\xe9");
+        let sel = expand_sources(&CopyRequest {
+            sources: vec![lit],
+            ..req(&ctx, &root, &[], "/")
+        })
+        .unwrap();
+        assert_eq!(
+            sel,
+            [(b"b\\s/a[1]*\xe9".to_vec(), b"b\\s/a[1]*\xe9".to_vec())]
+        );
 
         // The key tells names and targets apart byte for byte (they were all U+FFFD).
         let key = || hash_sources(&req(&ctx, &root, &["src"], "/"), &mem()).unwrap();
