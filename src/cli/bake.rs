@@ -222,6 +222,7 @@ fn build_target(
     let index = crate::export::ExportOptions {
         oci_media_types: true,
         tags: requests.first().map(|r| r.tags.clone()).unwrap_or_default(),
+        keep_uncompressed: false,
     };
     builder.build_platforms(rt.handle(), requests, &index)
 }
@@ -363,6 +364,7 @@ fn prepare(
             // Compressed when pushed (see `exec::compress`).
             compression: Compression::None,
             level: None,
+            keep_uncompressed: false,
             source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
                 .ok()
                 .and_then(|v| v.parse().ok()),

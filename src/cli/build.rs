@@ -224,6 +224,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         layer: LayerSettings {
             compression,
             level: args.compression_level,
+            keep_uncompressed: compression == Compression::None && !gzip_on_push,
             source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -240,6 +241,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
         side_by_side: None,
     };
+    let keep_uncompressed = template.layer.keep_uncompressed;
     let requests = template.for_platforms(&platforms);
     let rt = runtime()?;
     let interrupted = stop_steps_on_ctrl_c(&rt, &builder.state_root);
@@ -251,6 +253,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             &crate::export::ExportOptions {
                 oci_media_types: args.oci_mediatypes,
                 tags,
+                keep_uncompressed,
             },
         )
     } else {

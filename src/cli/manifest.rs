@@ -88,6 +88,7 @@ fn create(args: CreateArgs, store: &StoreOpts) -> anyhow::Result<ExitCode> {
         &ExportOptions {
             oci_media_types: oci,
             tags: tags.clone(),
+            keep_uncompressed: false,
         },
     )?;
     // Pushed, the index names gzip copies of layers the store keeps uncompressed: print the

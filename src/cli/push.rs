@@ -24,11 +24,31 @@ pub struct PushArgs {
     /// Print nothing but the digest
     #[arg(short, long)]
     quiet: bool,
+    /// How layers the store holds uncompressed are pushed: gzip, or as they are. Without it,
+    /// as the build that tagged the image chose: as they are after `kiln build --compression
+    /// uncompressed`, else gzip. Compressed layers are always pushed as they are
+    #[arg(long, value_enum)]
+    compression: Option<PushCompression>,
     /// Registry options (`--registry-mirror` does not apply: pushes go to the registry itself)
     #[command(flatten)]
     registry: RegistryOpts,
     #[command(flatten)]
     store: StoreOpts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PushCompression {
+    Gzip,
+    Uncompressed,
+}
+
+/// Whether `kiln push` gzips the uncompressed layers of the tag `descriptor`: as asked, else
+/// as the build recorded on the tag (`export::keeps_uncompressed`).
+fn gzip_on_push(asked: Option<PushCompression>, descriptor: &crate::oci::Descriptor) -> bool {
+    match asked {
+        Some(c) => c == PushCompression::Gzip,
+        None => !crate::export::keeps_uncompressed(descriptor),
+    }
 }
 
 pub fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
@@ -51,8 +71,13 @@ pub fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
         .ok_or_else(|| anyhow::anyhow!("no image {tag} in the store (see `kiln images`)"))?;
     // The gzip copies are untagged blobs until the push ends: prune waits for it as for a build.
     let _lock = crate::exec::prune::BuildsLock::shared(pusher.store.root())?;
-    // A build keeps its layers uncompressed in the store; they leave it compressed.
-    let digest = crate::exec::compress::gzip_for_push(&pusher.store, &descriptor.digest)?;
+    // A build keeps its layers uncompressed in the store; they leave it compressed, unless
+    // uncompressed layers were asked for.
+    let digest = if gzip_on_push(args.compression, &descriptor) {
+        crate::exec::compress::gzip_for_push(&pusher.store, &descriptor.digest)?
+    } else {
+        descriptor.digest.clone()
+    };
     let image = ManifestPush::from_store(&pusher.store, &digest, &descriptor.media_type)
         .map_err(|reason| anyhow::anyhow!("cannot push {tag}: {reason}"))?;
     let report = runtime()?.block_on(pusher.push(
@@ -122,4 +147,21 @@ pub async fn push_built(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{Descriptor, Digest};
+
+    #[test]
+    fn a_push_gzips_unless_the_tag_or_the_flag_says_uncompressed() {
+        let plain = Descriptor::new(crate::oci::media::OCI_MANIFEST, Digest::of(b"m"), 1);
+        let mut kept = plain.clone();
+        kept.set_annotation(crate::export::ANNOTATION_PUSH_COMPRESSION, "uncompressed");
+        assert!(gzip_on_push(None, &plain));
+        assert!(!gzip_on_push(None, &kept));
+        assert!(gzip_on_push(Some(PushCompression::Gzip), &kept));
+        assert!(!gzip_on_push(Some(PushCompression::Uncompressed), &plain));
+    }
 }

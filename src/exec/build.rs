@@ -205,6 +205,7 @@ impl Builder {
                 } else {
                     Vec::new()
                 },
+                keep_uncompressed: req.layer.keep_uncompressed,
             },
         )?;
         let warnings = self.finish_warnings(&req, &session.used_args());
@@ -248,6 +249,7 @@ impl Builder {
                 } else {
                     Vec::new()
                 },
+                keep_uncompressed: index.keep_uncompressed,
             },
         )?;
         let mut warnings: Vec<String> = Vec::new();

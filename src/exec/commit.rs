@@ -22,6 +22,9 @@ pub struct LayerSettings {
     pub compression: Compression,
     pub level: Option<u32>,
     pub source_date_epoch: Option<i64>,
+    /// Uncompressed layers were asked for (`--compression uncompressed`), rather than left
+    /// uncompressed for a push to gzip (the default): the image's tags record it.
+    pub keep_uncompressed: bool,
 }
 
 /// Where a step's layer goes: the blob into the store, the snapshot into the snapshotter, with

@@ -67,6 +67,31 @@ pub struct ExportOptions {
     /// OCI media types (default) or Docker schema 2 ones.
     pub oci_media_types: bool,
     pub tags: Vec<String>,
+    /// The layers were asked to be uncompressed (`--compression uncompressed`): the tags
+    /// record it ([`ANNOTATION_PUSH_COMPRESSION`]) so that a later push keeps them so.
+    pub keep_uncompressed: bool,
+}
+
+/// An annotation on a tag's descriptor in `index.json`: `uncompressed` when the build that
+/// tagged it was asked for uncompressed layers, which a push then leaves as they are; absent
+/// when the build left compression to the push (the default: a push gzips them, see
+/// `exec::compress`). It lives and goes with the tag, so a later build of the same name,
+/// `untag` and garbage collection (which keeps what tags name) treat it as the tag.
+pub const ANNOTATION_PUSH_COMPRESSION: &str = "dev.kiln.push.compression";
+
+/// Whether the tag `descriptor` (from the store's index) records that its layers are to be
+/// pushed uncompressed.
+pub fn keeps_uncompressed(descriptor: &Descriptor) -> bool {
+    descriptor.annotation(ANNOTATION_PUSH_COMPRESSION) == Some("uncompressed")
+}
+
+/// `descriptor` as the tags of an export with `options` point at it.
+fn tag_descriptor(descriptor: &Descriptor, options: &ExportOptions) -> Descriptor {
+    let mut tagged = descriptor.clone();
+    if options.keep_uncompressed {
+        tagged.set_annotation(ANNOTATION_PUSH_COMPRESSION, "uncompressed");
+    }
+    tagged
 }
 
 /// What was written.
@@ -126,8 +151,9 @@ pub fn export_image(
         variant: config.variant.clone(),
         ..Default::default()
     });
+    let tagged = tag_descriptor(&descriptor, options);
     for tag in &options.tags {
-        store.tag(tag, &descriptor)?;
+        store.tag(tag, &tagged)?;
     }
     Ok(ExportedImage {
         id: config_info.digest,
@@ -158,8 +184,9 @@ pub fn export_index(
     })?;
     let info = store.write_blob(&bytes)?;
     let descriptor = Descriptor::new(media_type, info.digest, info.size);
+    let tagged = tag_descriptor(&descriptor, options);
     for tag in &options.tags {
-        store.tag(tag, &descriptor)?;
+        store.tag(tag, &tagged)?;
     }
     Ok(descriptor)
 }
@@ -243,6 +270,7 @@ mod tests {
             let options = ExportOptions {
                 oci_media_types: oci,
                 tags: Vec::new(),
+                keep_uncompressed: false,
             };
             let exported =
                 export_image(&store, &config, std::slice::from_ref(&layer), &options).unwrap();

@@ -54,7 +54,7 @@ impl Env {
         if args[0] != "login" {
             cmd.arg("--root").arg(self.root());
         }
-        if args[0] != "inspect" {
+        if !matches!(args[0], "inspect" | "tag") {
             cmd.arg("--config")
                 .arg(self.work.path().join("config.toml"));
         }
@@ -515,6 +515,61 @@ fn built_layers_are_stored_uncompressed_and_pushed_as_gzip() {
     // Compressing again gives the same bytes, so the same manifest.
     let again = format!("{}/team/lazy:2", bb.addr);
     assert_eq!(ok(&env.kiln(&["push", "-q", &image, &again], None)), digest);
+}
+
+/// `kiln build --compression uncompressed` keeps its layers uncompressed, and so does a later
+/// `kiln push` of the image (it gzipped them: the store could not tell such a build from one
+/// that left compression to the push); `--compression gzip` on the push overrides it, and a
+/// default build that tags the name again leaves compression to the push once more.
+#[test]
+fn a_push_keeps_the_layers_a_build_was_asked_to_leave_uncompressed() {
+    let bb: BusyboxRegistry = registry_with_busybox();
+    let env = Env::new(&[&bb.addr]);
+    let image = format!("{}/team/plain:1", bb.addr);
+    ok(&env.build(&bb.addr, &["--compression", "uncompressed", "-t", &image]));
+    let pushed_types = |name: &str| -> Vec<String> {
+        let raw = skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{name}"),
+        ]);
+        let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["mediaType"].as_str().unwrap().to_string())
+            .collect()
+    };
+    const GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+    ok(&env.kiln(&["push", "-q", &image], None));
+    assert_eq!(pushed_types(&image), [GZ, TAR, TAR], "the base as pulled");
+    // Through `kiln tag` too: the record goes with the tag's descriptor.
+    let retagged = format!("{}/team/plain:retagged", bb.addr);
+    ok(&env.kiln(&["tag", &image, &retagged], None));
+    ok(&env.kiln(&["push", "-q", &retagged], None));
+    assert_eq!(pushed_types(&retagged), [GZ, TAR, TAR]);
+
+    let forced = format!("{}/team/plain:gz", bb.addr);
+    ok(&env.kiln(
+        &["push", "-q", "--compression", "gzip", &image, &forced],
+        None,
+    ));
+    assert_eq!(pushed_types(&forced), [GZ, GZ, GZ]);
+
+    // The same image built with the defaults: the push compresses again.
+    ok(&env.build(&bb.addr, &["-t", &image]));
+    let default = format!("{}/team/plain:default", bb.addr);
+    ok(&env.kiln(&["push", "-q", &image, &default], None));
+    assert_eq!(pushed_types(&default), [GZ, GZ, GZ]);
+    let kept = format!("{}/team/plain:kept", bb.addr);
+    ok(&env.kiln(
+        &["push", "-q", "--compression", "uncompressed", &image, &kept],
+        None,
+    ));
+    assert_eq!(pushed_types(&kept), [GZ, TAR, TAR]);
 }
 
 fn blob_path(root: &Path, digest: &str) -> PathBuf {
