@@ -186,3 +186,53 @@ fn bake_push_sends_each_target_to_its_registry() {
     ok(&kiln(&fresh, &reg, &["pull", &dest]));
     assert_eq!(ok(&kiln(&fresh, &reg, &["run", &dest])), "from bake");
 }
+
+#[test]
+fn bake_to_oci_archives_gives_gzip_layers() {
+    // As `kiln build -o type=oci` (and BuildKit's OCI exporter): the layers the builds left
+    // uncompressed in the store go into each target's archive as gzip.
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let dir = work.path().join("proj");
+    std::fs::create_dir_all(&dir).unwrap();
+    let archive = |t: &str| work.path().join(format!("{t}.tar"));
+    std::fs::write(
+        dir.join("docker-bake.hcl"),
+        format!(
+            "group \"default\" {{\n  targets = [\"one\", \"two\"]\n}}\n\
+             target \"one\" {{\n  dockerfile-inline = \"FROM busybox\\nRUN echo one > /one\\n\"\n  \
+             output = [\"type=oci,dest={}\"]\n}}\n\
+             target \"two\" {{\n  dockerfile-inline = \"FROM busybox\\nRUN echo two > /two\\nCOPY docker-bake.hcl /\\n\"\n  \
+             output = [\"type=oci,dest={}\"]\n}}\n",
+            archive("one").display(),
+            archive("two").display(),
+        ),
+    )
+    .unwrap();
+    ok(&bake(&root, &reg, &dir, &[], &[]));
+    for (target, layers) in [("one", 2), ("two", 3)] {
+        let raw = Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci-archive:{}", archive(target).display()))
+            .output()
+            .expect("run skopeo");
+        assert!(
+            raw.status.success(),
+            "{target}: {}",
+            String::from_utf8_lossy(&raw.stderr)
+        );
+        let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+        let types: Vec<&str> = manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["mediaType"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            vec!["application/vnd.oci.image.layer.v1.tar+gzip"; layers],
+            "{target}: {manifest}"
+        );
+    }
+}
