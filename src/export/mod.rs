@@ -287,6 +287,47 @@ mod tests {
     }
 
     #[test]
+    fn the_tags_of_an_uncompressed_build_record_it_and_a_default_build_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layer = BlobRef::new(media::OCI_LAYER, Digest::of(b"layer"), 5);
+        let options = |tag: &str, keep: bool| ExportOptions {
+            oci_media_types: true,
+            tags: vec![tag.to_string()],
+            keep_uncompressed: keep,
+        };
+        let (one, multi) = ("docker.io/library/plain:1", "docker.io/library/multi:1");
+        let tagged = |tag: &str| keeps_uncompressed(&store.resolve(tag).unwrap().unwrap());
+        let image = ImageConfig::default();
+        let kept = export_image(
+            &store,
+            &image,
+            std::slice::from_ref(&layer),
+            &options(one, true),
+        )
+        .unwrap();
+        assert!(tagged(one));
+        // The image itself is the same: the record is on the tag only.
+        assert!(!keeps_uncompressed(&kept.manifest));
+        export_index(
+            &store,
+            std::slice::from_ref(&kept.manifest),
+            &options(multi, true),
+        )
+        .unwrap();
+        assert!(tagged(multi));
+        let again = export_image(
+            &store,
+            &image,
+            std::slice::from_ref(&layer),
+            &options(one, false),
+        )
+        .unwrap();
+        assert_eq!(again.manifest.digest, kept.manifest.digest);
+        assert!(!tagged(one));
+    }
+
+    #[test]
     fn rfc3339_formatting() {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_868_800, 120_000_000), "2000-03-01T00:00:00.12Z");
