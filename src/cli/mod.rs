@@ -4,6 +4,7 @@
 mod bake;
 mod build;
 mod build_args;
+mod build_context;
 mod cache_opts;
 mod check;
 mod check_ignore;
@@ -200,6 +201,15 @@ pub(crate) fn read_dockerfile(path: &std::path::Path) -> anyhow::Result<crate::d
             .with_context(|| format!("reading Dockerfile {}", path.display()))?;
         (path.display().to_string(), bytes)
     };
+    source_from_bytes(name, bytes)
+}
+
+/// A Dockerfile's bytes as a source file named `name`; bytes that are not UTF-8 are an error
+/// at their position.
+pub(crate) fn source_from_bytes(
+    name: String,
+    bytes: Vec<u8>,
+) -> anyhow::Result<crate::diag::SourceFile> {
     crate::diag::SourceFile::from_bytes(name.clone(), bytes).map_err(|e| {
         anyhow::anyhow!(
             "{name}:{}:{}: {}",
