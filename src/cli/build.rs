@@ -217,6 +217,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             None
         },
         allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
+        container: args.container_options()?,
         side_by_side: None,
     };
     let requests = template.for_platforms(&platforms);

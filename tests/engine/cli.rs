@@ -72,3 +72,56 @@ fn a_dockerfile_or_a_context_tar_on_stdin() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("stdin for both"), "{err}");
 }
+
+/// Regression: `--add-host`, `--shm-size` and `--ulimit` (flags CI jobs pass to `docker
+/// build`) were refused as unknown arguments; they reach every RUN as in current BuildKit
+/// (BuildKit 20.10 applies only `--add-host`). `--ssh` is refused by name.
+#[test]
+fn add_host_shm_size_and_ulimit_reach_run() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN grep -w db /etc/hosts > /hosts; df -k /dev/shm | tail -n 1 > /shm; ulimit -n > /nofile\n",
+    )
+    .unwrap();
+    let ctx_arg = ctx.to_str().unwrap();
+    let out = crate::support::busybox::kiln(
+        &root,
+        &reg,
+        &[
+            "build",
+            "--add-host",
+            "db:10.9.8.7",
+            "--shm-size",
+            "128m",
+            "--ulimit",
+            "nofile=1024:1024",
+            "-t",
+            "limits:1",
+            ctx_arg,
+        ],
+    );
+    ok(&out);
+    let cat = |path: &str| {
+        ok(&crate::support::busybox::kiln(
+            &root,
+            &reg,
+            &["run", "limits:1", "cat", path],
+        ))
+    };
+    assert_eq!(cat("/hosts"), "10.9.8.7\tdb");
+    assert!(cat("/shm").contains("131072"), "{}", cat("/shm"));
+    assert_eq!(cat("/nofile"), "1024");
+
+    let out = crate::support::busybox::kiln(&root, &reg, &["build", "--ssh", "default", ctx_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--ssh default") && err.contains("does not forward"),
+        "{err}"
+    );
+}

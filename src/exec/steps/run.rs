@@ -74,6 +74,7 @@ impl BuildSession<'_> {
                 network: &format!("{:?}", command.network),
                 mounts: &mounts,
                 insecure: security == Security::Insecure,
+                container: &self.req.container.describe(),
             },
         );
         let line = run_created_by(&command.args, &stage.scope.run_arg_pairs());
@@ -122,6 +123,9 @@ impl BuildSession<'_> {
             network: command.network,
             mounts: prepared.mounts,
             security: command.security,
+            extra_hosts: self.req.container.extra_hosts.clone(),
+            shm_size: self.req.container.shm_size,
+            ulimits: self.req.container.ulimits.clone(),
             ..RunSpec::default()
         };
         let active = unique("run");
