@@ -125,3 +125,41 @@ fn add_host_shm_size_and_ulimit_reach_run() {
         "{err}"
     );
 }
+
+/// Regression: any `RUN --mount=type=ssh` failed ("not supported by kiln yet"), where BuildKit
+/// runs an ssh mount that is not `required` with no agent when none is forwarded (as in a CI
+/// job without `--ssh`), `SSH_AUTH_SOCK` naming the first one's socket. A required one fails,
+/// naming the key.
+#[test]
+fn an_optional_ssh_mount_runs_without_an_agent() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN --mount=type=ssh echo \"$SSH_AUTH_SOCK\" > /sock\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile.required"),
+        "FROM busybox\nRUN --mount=type=ssh,id=deploy,required=true true\n",
+    )
+    .unwrap();
+    let ctx_arg = ctx.to_str().unwrap();
+    let kiln = |args: &[&str]| crate::support::busybox::kiln(&root, &reg, args);
+    ok(&kiln(&["build", "-t", "ssh:1", ctx_arg]));
+    assert_eq!(
+        ok(&kiln(&["run", "ssh:1", "cat", "/sock"])),
+        "/run/buildkit/ssh_agent.0"
+    );
+    let required = ctx.join("Dockerfile.required");
+    let out = kiln(&["build", "-f", required.to_str().unwrap(), ctx_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no SSH key \"deploy\" forwarded") && err.contains("Dockerfile.required:2"),
+        "{err}"
+    );
+}

@@ -115,9 +115,15 @@ impl BuildSession<'_> {
             from_ids: &from_ids,
         };
         let prepared = prepare_mounts(command.run, &ctx, &command.workdir, &step_dir)?;
+        let mut env: Vec<String> = command.env.iter().cloned().chain(prepared.env).collect();
+        if let Some(sock) = &prepared.ssh_auth_sock {
+            if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                env.push(format!("SSH_AUTH_SOCK={sock}"));
+            }
+        }
         let spec = RunSpec {
             args: command.args.clone(),
-            env: command.env.iter().cloned().chain(prepared.env).collect(),
+            env,
             cwd: command.workdir.clone(),
             user,
             network: command.network,
