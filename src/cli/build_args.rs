@@ -7,7 +7,10 @@ use super::pull::StoreOpts;
 use super::registry_opts::RegistryOpts;
 use super::render::ProgressMode;
 
+/// A flag given twice takes its last value, as docker's flags do (CI scripts append
+/// `--progress=plain` to a command that has one); repeatable flags still collect every value.
 #[derive(Debug, clap::Args)]
+#[command(args_override_self = true)]
 pub struct BuildArgs {
     /// Build context: a directory, or `-` for a tar archive on stdin
     #[arg(default_value = ".")]

@@ -232,3 +232,36 @@ mod chain_tests {
         assert_eq!(super::render_chain(&wrapped), "outer: inner cause");
     }
 }
+
+#[cfg(test)]
+mod flag_tests {
+    use clap::Parser as _;
+
+    /// Regression: `--progress=tty --progress=plain` (a CI script appending its own flag)
+    /// was a usage error; docker takes the last value, and repeatable flags still add up.
+    #[test]
+    fn a_build_flag_given_twice_takes_the_last_value() {
+        let cli = super::Cli::try_parse_from([
+            "kiln",
+            "build",
+            "--progress=tty",
+            "--progress=plain",
+            "--target",
+            "a",
+            "--target",
+            "b",
+            "--label",
+            "x=1",
+            "--label",
+            "y=2",
+            ".",
+        ])
+        .expect("parsed");
+        let super::Commands::Build(args) = cli.command else {
+            panic!("not a build");
+        };
+        assert_eq!(args.progress, "plain");
+        assert_eq!(args.target.as_deref(), Some("b"));
+        assert_eq!(args.labels, ["x=1", "y=2"]);
+    }
+}
