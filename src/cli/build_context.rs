@@ -61,6 +61,13 @@ impl BuildContext {
         let is_stdin = |p: &Path| p.as_os_str() == "-";
         if spec != "-" {
             let dir = PathBuf::from(spec);
+            if !dir.exists() && is_remote(spec) {
+                anyhow::bail!(
+                    "unable to prepare context: {spec:?} is a remote context (git repository or \
+                     URL), which kiln does not fetch: clone or download it and build the \
+                     directory, or send a tar on stdin (`-`)"
+                );
+            }
             if !dir.is_dir() {
                 anyhow::bail!("unable to prepare context: path {spec:?} not found");
             }
@@ -119,6 +126,14 @@ impl BuildContext {
             _from_stdin: Some(tmp),
         })
     }
+}
+
+/// A context the docker CLI would fetch: a git repository or a URL (`builder/remotecontext`'s
+/// `IsGitURL`/`IsURL`).
+fn is_remote(spec: &str) -> bool {
+    ["http://", "https://", "git://", "git@", "github.com/"]
+        .iter()
+        .any(|p| spec.starts_with(p))
 }
 
 /// What stdin holds.
@@ -245,6 +260,18 @@ mod tests {
         // Only the default name falls back.
         let other = dir.path().join("Containerfile");
         assert_eq!(lowercase_fallback(other.clone()), other);
+    }
+
+    #[test]
+    fn a_remote_context_is_refused_by_name() {
+        let err = BuildContext::open("https://github.com/docker/buildx.git", None)
+            .err()
+            .expect("an error");
+        assert!(err.to_string().contains("remote context"), "{err}");
+        let err = BuildContext::open("no/such/dir", None)
+            .err()
+            .expect("an error");
+        assert!(err.to_string().contains("not found"), "{err}");
     }
 
     #[test]
