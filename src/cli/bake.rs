@@ -360,6 +360,7 @@ fn prepare(
         explain_cache: false,
         pull: args.pull || t.pull == Some(true),
         allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
+        container: Default::default(),
         layer: LayerSettings {
             // Compressed when pushed (see `exec::compress`).
             compression: Compression::None,

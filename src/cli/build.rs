@@ -1,7 +1,7 @@
 //! `kiln build`, and what `kiln run` and `kiln bake` share with it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use super::build_args::{parse_secret, BuildArgs, SecretSource};
+use super::build_context::BuildContext;
 use super::cache_opts::CacheSpec;
 use super::output::OutputSpec;
 use super::registry_opts::{runtime, RegistryOpts};
@@ -98,23 +99,6 @@ pub(super) fn render_build_error(err: &BuildError, source: &SourceFile) -> Strin
     }
 }
 
-/// A context given as a tar on stdin, unpacked (safely) into a temporary directory.
-fn context_from_stdin() -> anyhow::Result<tempfile::TempDir> {
-    let dir = tempfile::tempdir().context("creating a directory for the context")?;
-    let stdin = std::io::stdin();
-    let mut reader = std::io::BufReader::new(stdin);
-    let prefix = std::io::BufRead::fill_buf(&mut reader)?.to_vec();
-    let compression = Compression::sniff(&prefix);
-    crate::layer::extract_layer(
-        reader,
-        compression,
-        dir.path(),
-        &crate::layer::ExtractOptions::apply(),
-    )
-    .context("reading the build context tar from stdin")?;
-    Ok(dir)
-}
-
 /// The one registry every name is pushed to, if they share one: imported cache layers that
 /// live there need not be downloaded for the push.
 pub(super) fn push_registry(names: &[String]) -> Option<String> {
@@ -154,12 +138,8 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let output = super::output::parse_outputs(&args.outputs, std::io::stdout().is_terminal())?;
     // `--push` is `-o type=registry` (or `type=image,push=true`) as in buildx.
     let push = args.push || output.push;
-    let context = BuildContext::open(&args.context)?;
-    let dockerfile_path = match &args.file {
-        Some(f) => f.clone(),
-        None => context.dir.join("Dockerfile"),
-    };
-    let source = super::read_dockerfile(&dockerfile_path)?;
+    let context = BuildContext::open(&args.context, args.file.as_deref())?;
+    let source = context.dockerfile.load()?;
     let dockerfile = match parse_dockerfile(&source) {
         Ok(df) => df,
         Err(err) => {
@@ -167,8 +147,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let from_file = (dockerfile_path.as_os_str() != "-").then_some(dockerfile_path.as_path());
-    let ignore = ignore_matcher(&context.dir, from_file)?;
+    let ignore = ignore_matcher(&context.dir, context.dockerfile.path())?;
     let secrets = secrets_from(&args.secrets)?;
     let platforms = parse_platforms(args.platform.as_deref())?;
     if platforms.len() > 1 {
@@ -239,6 +218,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             None
         },
         allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
+        container: args.container_options()?,
         side_by_side: None,
     };
     let keep_uncompressed = template.layer.keep_uncompressed;
@@ -357,33 +337,6 @@ fn deliver(
         report_names(outcome, delivery.output.tags_store());
     }
     Ok(())
-}
-
-/// The build context directory: the one named, or a tar read from stdin (`-`) and unpacked
-/// into a temporary directory that lives as long as this value.
-struct BuildContext {
-    dir: PathBuf,
-    _from_stdin: Option<tempfile::TempDir>,
-}
-
-impl BuildContext {
-    fn open(spec: &str) -> anyhow::Result<BuildContext> {
-        if spec == "-" {
-            let tmp = context_from_stdin()?;
-            return Ok(BuildContext {
-                dir: tmp.path().to_path_buf(),
-                _from_stdin: Some(tmp),
-            });
-        }
-        let dir = PathBuf::from(spec);
-        if !dir.is_dir() {
-            anyhow::bail!("unable to prepare context: path {spec:?} not found");
-        }
-        Ok(BuildContext {
-            dir,
-            _from_stdin: None,
-        })
-    }
 }
 
 /// The context's `.dockerignore` rules (`<Dockerfile>.dockerignore` first), if it has any.

@@ -7,7 +7,10 @@ use super::pull::StoreOpts;
 use super::registry_opts::RegistryOpts;
 use super::render::ProgressMode;
 
+/// A flag given twice takes its last value, as docker's flags do (CI scripts append
+/// `--progress=plain` to a command that has one); repeatable flags still collect every value.
 #[derive(Debug, clap::Args)]
+#[command(args_override_self = true)]
 pub struct BuildArgs {
     /// Build context: a directory, or `-` for a tar archive on stdin
     #[arg(default_value = ".")]
@@ -43,6 +46,18 @@ pub struct BuildArgs {
     #[arg(long = "allow", value_name = "ENTITLEMENT", value_delimiter = ',',
           value_parser = ["security.insecure", "network.host"])]
     pub allow: Vec<String>,
+    /// Extra `/etc/hosts` entry for RUN steps, `HOST:IP` (repeatable)
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<String>,
+    /// Size of RUN steps' `/dev/shm` (e.g. 128m, 1g; default 64m)
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Resource limit for RUN steps, `NAME=SOFT[:HARD]` (e.g. nofile=1024:1024; repeatable)
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    pub ulimits: Vec<String>,
+    /// SSH agent forwarding (`default|ID[=SOCKET|KEY]`): not supported by kiln, an error
+    #[arg(long = "ssh", value_name = "SPEC")]
+    pub ssh: Vec<String>,
     /// Secret for RUN --mount=type=secret: `id=ID,src=PATH` or `id=ID,env=VAR` (repeatable)
     #[arg(long = "secret", value_name = "id=..,src=..|env=..")]
     pub secrets: Vec<String>,
@@ -134,6 +149,37 @@ impl BuildArgs {
         out
     }
 
+    /// `--add-host`, `--shm-size` and `--ulimit`, checked; `--ssh` is refused here, before
+    /// anything is built.
+    pub fn container_options(&self) -> anyhow::Result<crate::exec::build::ContainerOptions> {
+        if let Some(spec) = self.ssh.first() {
+            anyhow::bail!(
+                "--ssh {spec}: kiln does not forward SSH agents or keys to RUN \
+                 --mount=type=ssh; fetch private sources with a --secret (e.g. a deploy key \
+                 or token in RUN --mount=type=secret) instead"
+            );
+        }
+        let mut extra_hosts = Vec::new();
+        for spec in &self.add_hosts {
+            extra_hosts.push(parse_add_host(spec)?);
+        }
+        let shm_size = self
+            .shm_size
+            .as_deref()
+            .map(crate::sandbox::parse_ram_size)
+            .transpose()?;
+        let ulimits = self
+            .ulimits
+            .iter()
+            .map(|u| crate::sandbox::Ulimit::parse(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::exec::build::ContainerOptions {
+            extra_hosts,
+            shm_size,
+            ulimits,
+        })
+    }
+
     pub fn label_map(&self) -> anyhow::Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
         for l in &self.labels {
@@ -145,6 +191,27 @@ impl BuildArgs {
         }
         Ok(out)
     }
+}
+
+/// `--add-host HOST:IP` (or `HOST=IP`, as buildx also takes it): the name and the address,
+/// which must be an IP address (an IPv6 one may hold colons: the name ends at the first).
+pub fn parse_add_host(spec: &str) -> anyhow::Result<(String, String)> {
+    let (name, addr) = spec
+        .split_once('=')
+        .or_else(|| spec.split_once(':'))
+        .filter(|(n, a)| !n.is_empty() && !a.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("invalid --add-host {spec:?}: expected HOST:IP"))?;
+    if addr == "host-gateway" {
+        anyhow::bail!(
+            "--add-host {spec}: kiln has no host-gateway address (RUN uses the host's network: \
+             give 127.0.0.1 or the host's address)"
+        );
+    }
+    let ip = addr.trim_start_matches('[').trim_end_matches(']');
+    if ip.parse::<std::net::IpAddr>().is_err() {
+        anyhow::bail!("invalid --add-host {spec:?}: {addr:?} is not an IP address");
+    }
+    Ok((name.to_string(), ip.to_string()))
 }
 
 /// A `--secret` source.
@@ -256,5 +323,25 @@ mod tests {
         );
         assert!(parse_secret("nonsense").is_err());
         assert!(parse_secret("id=x,bogus=1").is_err());
+    }
+
+    /// Regression: `--add-host` was not accepted (docker build's CI flag).
+    #[test]
+    fn add_host_specs() {
+        assert_eq!(
+            parse_add_host("db:10.1.2.3").unwrap(),
+            ("db".into(), "10.1.2.3".into())
+        );
+        assert_eq!(
+            parse_add_host("v6:::1").unwrap(),
+            ("v6".into(), "::1".into())
+        );
+        assert_eq!(
+            parse_add_host("db=10.0.0.1").unwrap(),
+            ("db".into(), "10.0.0.1".into())
+        );
+        assert!(parse_add_host("db").is_err());
+        assert!(parse_add_host("db:notanip").is_err());
+        assert!(parse_add_host("db:host-gateway").is_err());
     }
 }

@@ -4,6 +4,7 @@
 mod bake;
 mod build;
 mod build_args;
+mod build_context;
 mod cache_opts;
 mod check;
 mod check_ignore;
@@ -200,6 +201,15 @@ pub(crate) fn read_dockerfile(path: &std::path::Path) -> anyhow::Result<crate::d
             .with_context(|| format!("reading Dockerfile {}", path.display()))?;
         (path.display().to_string(), bytes)
     };
+    source_from_bytes(name, bytes)
+}
+
+/// A Dockerfile's bytes as a source file named `name`; bytes that are not UTF-8 are an error
+/// at their position.
+pub(crate) fn source_from_bytes(
+    name: String,
+    bytes: Vec<u8>,
+) -> anyhow::Result<crate::diag::SourceFile> {
     crate::diag::SourceFile::from_bytes(name.clone(), bytes).map_err(|e| {
         anyhow::anyhow!(
             "{name}:{}:{}: {}",
@@ -220,5 +230,38 @@ mod chain_tests {
         assert_eq!(rendered, "cannot open /x: Permission denied");
         let wrapped = anyhow::anyhow!("inner cause").context("outer");
         assert_eq!(super::render_chain(&wrapped), "outer: inner cause");
+    }
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use clap::Parser as _;
+
+    /// Regression: `--progress=tty --progress=plain` (a CI script appending its own flag)
+    /// was a usage error; docker takes the last value, and repeatable flags still add up.
+    #[test]
+    fn a_build_flag_given_twice_takes_the_last_value() {
+        let cli = super::Cli::try_parse_from([
+            "kiln",
+            "build",
+            "--progress=tty",
+            "--progress=plain",
+            "--target",
+            "a",
+            "--target",
+            "b",
+            "--label",
+            "x=1",
+            "--label",
+            "y=2",
+            ".",
+        ])
+        .expect("parsed");
+        let super::Commands::Build(args) = cli.command else {
+            panic!("not a build");
+        };
+        assert_eq!(args.progress, "plain");
+        assert_eq!(args.target.as_deref(), Some("b"));
+        assert_eq!(args.labels, ["x=1", "y=2"]);
     }
 }

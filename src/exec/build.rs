@@ -113,12 +113,46 @@ pub struct BuildRequest {
     pub named_contexts: BTreeMap<String, crate::graph::NamedContext>,
     /// `--allow security.insecure`: `RUN --security=insecure` may run unconfined.
     pub allow_insecure: bool,
+    /// `--add-host`, `--shm-size`, `--ulimit`: what every RUN's container gets.
+    pub container: ContainerOptions,
     /// Where this build's step events go instead of the builder's reporter (`kiln bake` tags
     /// each target's events with its name); pulls still report to the builder's.
     pub reporter: Option<Arc<dyn Reporter>>,
     /// Set when this build is one platform of a multi-platform build (see
     /// [`Builder::build_platforms`]).
     pub side_by_side: Option<SideBySide>,
+}
+
+/// The settings of every RUN's container that the command line gives (`docker build
+/// --add-host`, `--shm-size`, `--ulimit`); they are part of each RUN's cache key, as they are of
+/// BuildKit's exec op.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerOptions {
+    /// Extra `/etc/hosts` lines: host name and address.
+    pub extra_hosts: Vec<(String, String)>,
+    /// The size of `/dev/shm` in bytes.
+    pub shm_size: Option<u64>,
+    pub ulimits: Vec<crate::sandbox::Ulimit>,
+}
+
+impl ContainerOptions {
+    /// How they read in a cache key; empty when none is set, so keys stay as they were.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .extra_hosts
+            .iter()
+            .map(|(name, addr)| format!("add-host={name}:{addr}"))
+            .collect();
+        if let Some(size) = self.shm_size {
+            parts.push(format!("shm-size={size}"));
+        }
+        parts.extend(
+            self.ulimits
+                .iter()
+                .map(|u| format!("ulimit={}", u.describe())),
+        );
+        parts.join(",")
+    }
 }
 
 /// How one platform's build reports next to the others: its step names start with the

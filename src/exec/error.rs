@@ -85,8 +85,12 @@ pub enum BuildError {
     MountNeedsTarget(&'static str),
     #[error("--mount source {0} does not exist")]
     MountSourceMissing(String),
-    #[error("RUN --mount=type=ssh is not supported by kiln yet")]
-    SshMountUnsupported,
+    #[error(
+        "no SSH key {0:?} forwarded: RUN --mount=type=ssh,required=true needs an agent, and \
+         kiln forwards none (--ssh is not supported; without required=true the RUN runs with \
+         no agent, as BuildKit runs it when none is forwarded)"
+    )]
+    SshNotForwarded(String),
     #[error("{0} was pulled but is not in the store")]
     PulledButMissing(String),
     #[error("{image}: the manifest has {layers} layers but the config lists {diff_ids} diff IDs")]

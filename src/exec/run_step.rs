@@ -151,6 +151,8 @@ pub struct PreparedMounts {
     pub env: Vec<String>,
     pub guards: Vec<super::mounts::MountGuard>,
     pub locks: Vec<std::fs::File>,
+    /// The first ssh mount's socket path: `SSH_AUTH_SOCK` unless the RUN's env sets it.
+    pub ssh_auth_sock: Option<String>,
 }
 
 /// Turns RUN's `--mount`s into sandbox mounts.
@@ -161,6 +163,7 @@ pub fn prepare_mounts(
     step_dir: &Path,
 ) -> Result<PreparedMounts, BuildError> {
     let mut out = PreparedMounts::default();
+    let mut ssh = 0;
     for (i, m) in run.mounts.iter().enumerate() {
         // `filepath.Join("/", dir, target)` for a relative one, as BuildKit: the WORKDIR may be
         // written `/a/../b`.
@@ -192,7 +195,18 @@ pub fn prepare_mounts(
                 let target = target.ok_or(BuildError::MountNeedsTarget("bind"))?;
                 out.bind(ctx, m, target, &scratch("bind"))?;
             }
-            MountType::Ssh => return Err(BuildError::SshMountUnsupported),
+            // kiln forwards no SSH agent: BuildKit runs an optional ssh mount that has none
+            // without it, with SSH_AUTH_SOCK still naming the first one's socket.
+            MountType::Ssh if m.required => {
+                return Err(BuildError::SshNotForwarded(
+                    m.id.clone().unwrap_or_else(|| "default".into()),
+                ))
+            }
+            MountType::Ssh => {
+                let socket = target.unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{ssh}"));
+                out.ssh_auth_sock.get_or_insert(socket);
+                ssh += 1;
+            }
         }
     }
     Ok(out)

@@ -94,6 +94,9 @@ impl StepMaterial {
         if run.insecure {
             material = material.field("security", "insecure");
         }
+        if !run.container.is_empty() {
+            material = material.field("container", run.container);
+        }
         for (i, m) in run.mounts.iter().enumerate() {
             material = material.field(&format!("mount:{i}"), m.clone());
         }
@@ -148,6 +151,9 @@ pub struct RunInputs<'a> {
     pub mounts: &'a [String],
     /// `--security=insecure` (a sandboxed RUN adds nothing, so its keys stay as they were).
     pub insecure: bool,
+    /// The container settings the command line gives (`--add-host`, `--shm-size`,
+    /// `--ulimit`), as one line; empty adds nothing.
+    pub container: &'a str,
 }
 
 /// Why `now` missed where `before` (the same step in an earlier build) had a key: a few
@@ -351,6 +357,7 @@ mod constructor_tests {
                 network,
                 mounts: &mounts,
                 insecure,
+                container: "",
             },
         )
         .key()
@@ -364,6 +371,35 @@ mod constructor_tests {
         assert_eq!(
             insecure,
             run_key_in_mode(&["sh", "-c", "make"], &[], "Host", &[], true)
+        );
+    }
+
+    /// `--add-host`, `--shm-size` and `--ulimit` change what a RUN sees, so they are in its
+    /// key (as in BuildKit's exec op); without them the key is the one it always was.
+    #[test]
+    fn container_options_are_in_the_key() {
+        let key = |container: &str| {
+            let args = vec!["sh".to_string(), "-c".into(), "make".into()];
+            StepMaterial::run(
+                &Digest::of(b"parent"),
+                &RunInputs {
+                    args: &args,
+                    env: &[],
+                    workdir: "/app",
+                    user: "",
+                    network: "Host",
+                    mounts: &[],
+                    insecure: false,
+                    container,
+                },
+            )
+            .key()
+        };
+        assert_eq!(key(""), run_key(&["sh", "-c", "make"], &[], "Host", &[]));
+        assert_ne!(key("add-host=db:10.0.0.2"), key(""));
+        assert_ne!(
+            key("ulimit=nofile=1024:1024"),
+            key("ulimit=nofile=2048:2048")
         );
     }
 

@@ -108,10 +108,32 @@ pub fn run(
     let cwd_c = cstring(Path::new(cwd))?;
     let (uid, gid) = (spec.user.uid, spec.user.gid);
     let gids: Vec<libc::gid_t> = spec.user.additional_gids.clone();
+    // `--ulimit`s, set in the child before it drops root (`--shm-size` has no `/dev/shm`
+    // mount to size here: chroot isolation mounts nothing).
+    let limits: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = spec
+        .ulimits
+        .iter()
+        .map(|u| {
+            let value = |v: u64| {
+                if v == u64::MAX {
+                    libc::RLIM_INFINITY
+                } else {
+                    v
+                }
+            };
+            (
+                u.resource(),
+                libc::rlimit {
+                    rlim_cur: value(u.soft),
+                    rlim_max: value(u.hard),
+                },
+            )
+        })
+        .collect();
     // SAFETY: the closure runs in the forked child before exec and only makes syscalls; it
     // allocates nothing (a lock held by another thread at the fork could deadlock it).
     unsafe {
-        cmd.pre_exec(move || enter(&root_c, &cwd_c, &gids, uid, gid));
+        cmd.pre_exec(move || enter(&root_c, &cwd_c, &gids, &limits, uid, gid));
     }
     // A failed chroot, setuid or exec comes back here: name the command inside the root.
     let mut child = cmd.spawn().map_err(|source| SandboxError::Spawn {
@@ -159,6 +181,7 @@ fn enter(
     root: &std::ffi::CStr,
     cwd: &std::ffi::CStr,
     gids: &[libc::gid_t],
+    limits: &[(libc::__rlimit_resource_t, libc::rlimit)],
     uid: u32,
     gid: u32,
 ) -> io::Result<()> {
@@ -176,6 +199,9 @@ fn enter(
         check(libc::chroot(root.as_ptr()))?;
         check(libc::chdir(cwd.as_ptr()))?;
         libc::umask(0o022);
+        for (resource, limit) in limits {
+            check(libc::setrlimit(*resource, limit))?;
+        }
         check(libc::setgroups(gids.len(), gids.as_ptr()))?;
         check(libc::setgid(gid))?;
         check(libc::setuid(uid))?;

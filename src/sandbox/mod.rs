@@ -11,6 +11,7 @@
 pub mod chroot;
 mod chroot_mounts;
 pub mod emulation;
+mod limits;
 mod mounter;
 mod rootfs;
 pub mod seccomp;
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use limits::{parse_ram_size, LimitError, Ulimit};
 pub use mounter::{plan as mount_plan, MountPlan, Mounter, SystemMounter};
 pub use rootfs::Root;
 pub use spec::{
@@ -349,6 +351,10 @@ pub struct RunSpec {
     pub readonly_rootfs: bool,
     /// Extra `/etc/hosts` lines (`--add-host`): host name and address.
     pub extra_hosts: Vec<(String, String)>,
+    /// `--shm-size`: the size of `/dev/shm` in bytes (none: 64 MiB, as in BuildKit).
+    pub shm_size: Option<u64>,
+    /// `--ulimit`: resource limits; a `nofile` one replaces the default [`NOFILE`].
+    pub ulimits: Vec<Ulimit>,
     pub security: Security,
 }
 
@@ -376,6 +382,8 @@ impl Default for RunSpec {
             mounts: Vec::new(),
             readonly_rootfs: false,
             extra_hosts: Vec::new(),
+            shm_size: None,
+            ulimits: Vec::new(),
             security: Security::Sandbox,
         }
     }

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    Mount as OciMount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
-    RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Mount as OciMount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use super::seccomp::{default_profile, Arch};
@@ -164,6 +164,43 @@ fn devpts_options() -> &'static [&'static str] {
     }
 }
 
+/// The process's rlimits: the `--ulimit`s, and BuildKit's `RLIMIT_NOFILE` (`nofile`) unless
+/// one of them sets it.
+fn rlimits(spec: &RunSpec, nofile: u64) -> Result<Vec<PosixRlimit>, SandboxError> {
+    let mut out = Vec::new();
+    if !spec
+        .ulimits
+        .iter()
+        .any(|u| u.kind == PosixRlimitType::RlimitNofile)
+    {
+        out.push(
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(nofile)
+                .soft(nofile)
+                .build()?,
+        );
+    }
+    for u in &spec.ulimits {
+        out.push(
+            PosixRlimitBuilder::default()
+                .typ(u.kind)
+                .hard(u.hard)
+                .soft(u.soft)
+                .build()?,
+        );
+    }
+    Ok(out)
+}
+
+/// `/dev/shm`'s size: `--shm-size` in whole KiB (at least one), else BuildKit's 64 MiB.
+fn shm_size_option(size: Option<u64>) -> String {
+    match size {
+        Some(bytes) => format!("size={}k", bytes.div_ceil(1024).max(1)),
+        None => "size=65536k".to_string(),
+    }
+}
+
 pub fn build_spec(
     spec: &RunSpec,
     hosts: &Path,
@@ -199,11 +236,7 @@ pub fn build_spec(
             spec.cwd.clone()
         })
         .capabilities(capabilities)
-        .rlimits(vec![PosixRlimitBuilder::default()
-            .typ(PosixRlimitType::RlimitNofile)
-            .hard(nofile)
-            .soft(nofile)
-            .build()?])
+        .rlimits(rlimits(spec, nofile)?)
         .no_new_privileges(true)
         .build()?;
 
@@ -220,7 +253,13 @@ pub fn build_spec(
             "/dev/shm",
             "tmpfs",
             "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            &[
+                "nosuid",
+                "noexec",
+                "nodev",
+                "mode=1777",
+                &shm_size_option(spec.shm_size),
+            ],
         )?,
         mount(
             "/dev/mqueue",
@@ -481,5 +520,45 @@ mod tests {
         let s = build_spec(&r, Path::new("/h"), Path::new("/r"), NOFILE).unwrap();
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["mounts"][5]["options"][3], "ro");
+    }
+
+    /// Regression: `--ulimit` and `--shm-size` were not accepted, and a RUN always got
+    /// BuildKit 20.10's fixed NOFILE and 64 MiB `/dev/shm`; current BuildKit applies both.
+    #[test]
+    fn ulimits_and_shm_size_reach_the_spec() {
+        let mut r = sample();
+        r.ulimits = vec![
+            crate::sandbox::Ulimit::parse("nofile=1024:2048").unwrap(),
+            crate::sandbox::Ulimit::parse("nproc=99").unwrap(),
+        ];
+        r.shm_size = Some(128 << 20);
+        let s = build_spec(&r, Path::new("/h"), Path::new("/r"), NOFILE).unwrap();
+        let v = serde_json::to_value(&s).unwrap();
+        let limits = v["process"]["rlimits"].as_array().unwrap();
+        assert_eq!(limits.len(), 2, "{limits:?}");
+        assert_eq!(limits[0]["type"], "RLIMIT_NOFILE");
+        assert_eq!(
+            (limits[0]["soft"].clone(), limits[0]["hard"].clone()),
+            (1024.into(), 2048.into())
+        );
+        assert_eq!(limits[1]["type"], "RLIMIT_NPROC");
+        let shm = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/dev/shm")
+            .unwrap();
+        assert!(
+            shm["options"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("size=131072k")),
+            "{shm}"
+        );
+        // Without them, BuildKit's defaults.
+        let s = build_spec(&sample(), Path::new("/h"), Path::new("/r"), NOFILE).unwrap();
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["process"]["rlimits"].as_array().unwrap().len(), 1);
+        assert_eq!(v["mounts"][3]["options"][4], "size=65536k");
     }
 }

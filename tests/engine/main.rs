@@ -10,6 +10,7 @@ mod base_pull;
 mod build;
 mod cache;
 mod chroot;
+mod cli;
 mod export;
 mod extract;
 mod multiplatform;

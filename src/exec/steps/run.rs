@@ -74,6 +74,7 @@ impl BuildSession<'_> {
                 network: &format!("{:?}", command.network),
                 mounts: &mounts,
                 insecure: security == Security::Insecure,
+                container: &self.req.container.describe(),
             },
         );
         let line = run_created_by(&command.args, &stage.scope.run_arg_pairs());
@@ -114,14 +115,23 @@ impl BuildSession<'_> {
             from_ids: &from_ids,
         };
         let prepared = prepare_mounts(command.run, &ctx, &command.workdir, &step_dir)?;
+        let mut env: Vec<String> = command.env.iter().cloned().chain(prepared.env).collect();
+        if let Some(sock) = &prepared.ssh_auth_sock {
+            if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                env.push(format!("SSH_AUTH_SOCK={sock}"));
+            }
+        }
         let spec = RunSpec {
             args: command.args.clone(),
-            env: command.env.iter().cloned().chain(prepared.env).collect(),
+            env,
             cwd: command.workdir.clone(),
             user,
             network: command.network,
             mounts: prepared.mounts,
             security: command.security,
+            extra_hosts: self.req.container.extra_hosts.clone(),
+            shm_size: self.req.container.shm_size,
+            ulimits: self.req.container.ulimits.clone(),
             ..RunSpec::default()
         };
         let active = unique("run");
