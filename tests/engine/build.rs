@@ -1769,3 +1769,29 @@ fn a_cache_mount_from_a_stage_starts_with_its_source_and_is_its_own_cache() {
     assert_eq!(read("second.txt"), "/c\n/c/added\n/c/sub\n/c/sub/file\n");
     assert_eq!(read("bare.txt"), "/c\n");
 }
+
+#[test]
+fn a_copy_wildcard_that_matches_nothing_is_no_error() {
+    // `COPY pyproject.toml poetry.lock* ./` without a lock file builds in BuildKit
+    // (AllowEmptyWildcard); a lone wildcard with no match copies nothing, and one match to a
+    // destination without `/` is that file. kiln failed the build with "not found".
+    let p = Scratch::new(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             WORKDIR /app\n\
+             COPY pyproject.toml poetry.lock* ./\n\
+             COPY *.nope /none/\n\
+             COPY pyproject.tom? /single\n",
+        ),
+        ("pyproject.toml", "[project]\n"),
+    ]);
+    p.build("empty-wildcard:1");
+    let rootfs = p.unpack("empty-wildcard:1", "u");
+    assert!(rootfs.join("app/pyproject.toml").is_file());
+    assert!(!rootfs.join("none").exists());
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("single")).unwrap(),
+        "[project]\n"
+    );
+}
