@@ -1771,6 +1771,30 @@ fn a_cache_mount_from_a_stage_starts_with_its_source_and_is_its_own_cache() {
 }
 
 #[test]
+fn run_gets_the_users_home_and_a_uid_without_one_gets_slash() {
+    // runc sets HOME for BuildKit's RUN when the environment has none: the passwd entry's
+    // home, else `/` (`USER 4242:4242`); kiln left it unset for such a uid.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN echo \"[$HOME]\" > /root-home && mkdir -p /tmp && chmod 1777 /tmp\n\
+         USER app\n\
+         RUN echo \"[$HOME]\" > /tmp/app-home\n\
+         USER 4242:4242\n\
+         RUN echo \"[$HOME]\" > /tmp/numeric-home\n\
+         ENV HOME=/srv\n\
+         RUN echo \"[$HOME]\" > /tmp/env-home\n",
+    )]);
+    p.build("run-home:1");
+    let rootfs = p.unpack("run-home:1", "u");
+    let read = |f: &str| std::fs::read_to_string(rootfs.join(f)).unwrap();
+    assert_eq!(read("root-home"), "[/root]\n");
+    assert_eq!(read("tmp/app-home"), "[/home/app]\n");
+    assert_eq!(read("tmp/numeric-home"), "[/]\n");
+    assert_eq!(read("tmp/env-home"), "[/srv]\n");
+}
+
+#[test]
 fn a_copy_wildcard_that_matches_nothing_is_no_error() {
     // `COPY pyproject.toml poetry.lock* ./` without a lock file builds in BuildKit
     // (AllowEmptyWildcard); a lone wildcard with no match copies nothing, and one match to a
