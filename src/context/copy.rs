@@ -492,7 +492,12 @@ fn select(req: &CopyRequest<'_>) -> Result<Vec<Selected>, CopyError> {
                 real,
             });
         }
-        if out.len() == before {
+        // A wildcard that matches nothing copies nothing, as BuildKit's copy with
+        // `AllowEmptyWildcard` (`COPY pyproject.toml poetry.lock* ./` without a lock file);
+        // only a missing directory before the wildcard is an error, as BuildKit's lstat of it.
+        if out.len() == before
+            && fs::symlink_metadata(req.source_root.join(os(&resolve(&prefix)?))).is_err()
+        {
             return Err(CopyError::NotFound(shown(src)));
         }
     }
@@ -752,7 +757,9 @@ pub fn copy_into_root(req: &CopyRequest<'_>) -> Result<CopyStats, CopyError> {
     };
     let dest_rel = trim_slashes(&clean_bytes(dest_abs.as_bytes())).to_vec();
     let root = DestRoot::open(req.dest_root)?;
-    let multiple = selected.len() > 1 || req.sources.iter().any(|s| has_glob(s.as_bytes()));
+    // A wildcard with one match copies like that one source named: to a file at a
+    // destination without `/`, as BuildKit copies each match to the destination as given.
+    let multiple = selected.len() > 1;
     let dest_is_dir = req.dest.ends_with('/')
         || req.dest == "."
         || multiple
@@ -1229,10 +1236,6 @@ mod tests {
         copy_into_root(&req(&ctx, &root, &["*.txt"], "/txt")).unwrap();
         assert!(root.join("txt/a.txt").exists() && root.join("txt/b.txt").exists());
         assert!(matches!(
-            copy_into_root(&req(&ctx, &root, &["*.nope"], "/x/")),
-            Err(CopyError::NotFound(_))
-        ));
-        assert!(matches!(
             copy_into_root(&req(&ctx, &root, &["missing"], "/x/")),
             Err(CopyError::NotFound(_))
         ));
@@ -1255,6 +1258,35 @@ mod tests {
         // `..` cannot leave the context.
         copy_into_root(&req(&ctx, &root, &["../../a.txt"], "/up")).unwrap();
         assert_eq!(fs::read_to_string(root.join("up")).unwrap(), "a");
+    }
+
+    #[test]
+    fn a_wildcard_that_matches_nothing_copies_nothing_and_one_match_copies_as_named() {
+        let (_d, ctx, root) = setup();
+        // `COPY pyproject.toml poetry.lock* ./` without a lock file, and a lone empty wildcard.
+        copy_into_root(&req(&ctx, &root, &["a.txt", "*.lock*"], "/w/")).unwrap();
+        assert!(root.join("w/a.txt").is_file());
+        copy_into_root(&req(&ctx, &root, &["*.nope"], "/x/")).unwrap();
+        assert!(!root.join("x").exists());
+        let d = hash_sources(&req(&ctx, &root, &["a.txt", "*.nope"], "/w/"), &mem()).unwrap();
+        let a = hash_sources(&req(&ctx, &root, &["a.txt"], "/w/"), &mem()).unwrap();
+        assert_eq!(d.digest, a.digest);
+        // Matches that .dockerignore leaves out are no matches.
+        let ignore = PatternMatcher::new(["*.txt"]).unwrap();
+        let mut r = req(&ctx, &root, &["*.txt"], "/ig/");
+        r.ignore = Some(&ignore);
+        copy_into_root(&r).unwrap();
+        assert!(!root.join("ig").exists());
+        // A missing directory before the wildcard is still an error.
+        assert!(matches!(
+            copy_into_root(&req(&ctx, &root, &["nope/*.txt"], "/x/")),
+            Err(CopyError::NotFound(p)) if p == "nope/*.txt"
+        ));
+        // One match to a destination without `/` is that file, as BuildKit copies each match.
+        copy_into_root(&req(&ctx, &root, &["a.tx?"], "/one")).unwrap();
+        assert_eq!(fs::read_to_string(root.join("one")).unwrap(), "a");
+        copy_into_root(&req(&ctx, &root, &["a.txt", "*.nope"], "/two")).unwrap();
+        assert_eq!(fs::read_to_string(root.join("two")).unwrap(), "a");
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub fn run(
         return Err(SandboxError::RelativeCwd(spec.cwd.clone()));
     }
     let root = Root::open(dir)?;
-    let env = effective_env(&spec.env);
+    let env = effective_env(&spec.env, &spec.user.home);
     let path_env = env
         .iter()
         .rev()

@@ -296,12 +296,26 @@ fn nofile_limit() -> u64 {
     }
 }
 
-/// The uid, gid and supplementary gids the command runs as.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The uid, gid and supplementary gids the command runs as, and its home.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserSpec {
     pub uid: u32,
     pub gid: u32,
     pub additional_gids: Vec<u32>,
+    /// `HOME` for a command whose environment has none, as runc sets it for BuildKit: the
+    /// user's home in `/etc/passwd`, else `/`.
+    pub home: String,
+}
+
+impl Default for UserSpec {
+    fn default() -> Self {
+        UserSpec {
+            uid: 0,
+            gid: 0,
+            additional_gids: Vec::new(),
+            home: "/".to_string(),
+        }
+    }
 }
 
 /// Host networking, or a network namespace with only loopback.
@@ -567,7 +581,7 @@ impl Sandbox {
         }
 
         let root = Root::open(&rootfs)?;
-        let env = effective_env(&spec.env);
+        let env = effective_env(&spec.env, &spec.user.home);
         let path_env = env
             .iter()
             .rev()

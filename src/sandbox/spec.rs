@@ -131,11 +131,15 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<OciMou
         .build()?)
 }
 
-/// The environment with `PATH` added when it has none.
-pub fn effective_env(env: &[String]) -> Vec<String> {
+/// The environment with `PATH` added when it has none, and `HOME` (the user's `home`) when it
+/// has none, as runc adds it: a RUN as a uid that `/etc/passwd` lacks gets `HOME=/`.
+pub fn effective_env(env: &[String], home: &str) -> Vec<String> {
     let mut env = env.to_vec();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, format!("PATH={DEFAULT_PATH}"));
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={home}"));
     }
     env
 }
@@ -229,7 +233,7 @@ pub fn build_spec(
         .terminal(false)
         .user(user)
         .args(spec.args.clone())
-        .env(effective_env(&spec.env))
+        .env(effective_env(&spec.env, &spec.user.home))
         .cwd(if spec.cwd.is_empty() {
             "/".to_string()
         } else {
@@ -389,6 +393,7 @@ mod tests {
                 uid: 1000,
                 gid: 1000,
                 additional_gids: vec![27],
+                ..UserSpec::default()
             },
             mounts: vec![
                 ExtraMount {
@@ -429,6 +434,12 @@ mod tests {
         assert_eq!(
             p["env"][0],
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        );
+        // The user's HOME is there when the environment has none, not when it has one.
+        assert_eq!(p["env"][2], "HOME=/");
+        assert_eq!(
+            effective_env(&["HOME=/srv".into(), "PATH=/x".into()], "/root"),
+            ["HOME=/srv", "PATH=/x"]
         );
         assert_eq!(p["capabilities"]["bounding"].as_array().unwrap().len(), 14);
         assert!(p["capabilities"]["effective"]

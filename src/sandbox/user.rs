@@ -13,6 +13,7 @@ struct PasswdEntry<'a> {
     name: &'a str,
     uid: u32,
     gid: u32,
+    home: &'a str,
 }
 
 struct GroupEntry<'a> {
@@ -33,7 +34,14 @@ fn passwd_entries(text: &str) -> Vec<PasswdEntry<'_>> {
             let _pass = f.next();
             let uid = f.next()?.trim().parse().ok()?;
             let gid = f.next()?.trim().parse().ok()?;
-            Some(PasswdEntry { name, uid, gid })
+            let _gecos = f.next();
+            let home = f.next().unwrap_or("");
+            Some(PasswdEntry {
+                name,
+                uid,
+                gid,
+                home,
+            })
         })
         .collect()
 }
@@ -62,11 +70,8 @@ fn group_entries(text: &str) -> Vec<GroupEntry<'_>> {
 }
 
 /// Resolves a Dockerfile `USER` value against the rootfs at `rootfs`. An empty `user` is root
-/// (0:0, no lookup).
+/// (0:0, no supplementary groups; only its home is looked up).
 pub fn resolve_user(rootfs: &Path, user: &str) -> Result<UserSpec, SandboxError> {
-    if user.is_empty() {
-        return Ok(UserSpec::default());
-    }
     let root = Root::open(rootfs)?;
     let passwd = root
         .read("/etc/passwd", MAX_FILE)?
@@ -83,15 +88,20 @@ pub fn resolve_user_from(
     passwd: Option<&str>,
     group: Option<&str>,
 ) -> Result<UserSpec, SandboxError> {
+    let users = passwd.map(passwd_entries).unwrap_or_default();
     if user.is_empty() {
-        return Ok(UserSpec::default());
+        // Root without supplementary groups; runc still looks up its home.
+        let mut spec = UserSpec::default();
+        if let Some(u) = users.iter().find(|u| u.uid == 0) {
+            spec.home = u.home.to_string();
+        }
+        return Ok(spec);
     }
     let (user_arg, group_arg) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
     let uid_arg: Option<u32> = user_arg.parse().ok();
-    let users = passwd.map(passwd_entries).unwrap_or_default();
     let found = users.iter().find(|u| match uid_arg {
         Some(uid) => u.uid == uid,
         None => u.name == user_arg,
@@ -102,6 +112,7 @@ pub fn resolve_user_from(
         (Some(u), _) => {
             spec.uid = u.uid;
             spec.gid = u.gid;
+            spec.home = u.home.to_string();
             matched_name = Some(u.name);
         }
         (None, Some(uid)) => spec.uid = uid,
@@ -180,6 +191,19 @@ mod tests {
         let u = r("4242").unwrap();
         assert_eq!((u.uid, u.gid), (4242, 0));
         assert!(u.additional_gids.is_empty());
+    }
+
+    #[test]
+    fn home_is_the_passwd_entrys_else_slash_as_runc_sets_it() {
+        assert_eq!(r("alice").unwrap().home, "/home/alice");
+        assert_eq!(r("1001:50").unwrap().home, "/home/bob");
+        assert_eq!(r("daemon").unwrap().home, "/");
+        // A uid /etc/passwd lacks (`USER 4242:4242`) gets `/`, as runc's GetExecUser default.
+        assert_eq!(r("4242").unwrap().home, "/");
+        assert_eq!(r("4242:4242").unwrap().home, "/");
+        // No USER is root, whose home is still looked up.
+        assert_eq!(r("").unwrap().home, "/root");
+        assert_eq!(resolve_user_from("", None, None).unwrap().home, "/");
     }
 
     #[test]

@@ -1839,3 +1839,53 @@ fn copy_of_context_names_that_are_not_utf8_is_byte_exact() {
         Path::new(OsStr::from_bytes(b"caf\xe9"))
     );
 }
+
+#[test]
+fn run_gets_the_users_home_and_a_uid_without_one_gets_slash() {
+    // runc sets HOME for BuildKit's RUN when the environment has none: the passwd entry's
+    // home, else `/` (`USER 4242:4242`); kiln left it unset for such a uid.
+    let p = Scratch::new(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN echo \"[$HOME]\" > /root-home && mkdir -p /tmp && chmod 1777 /tmp\n\
+         USER app\n\
+         RUN echo \"[$HOME]\" > /tmp/app-home\n\
+         USER 4242:4242\n\
+         RUN echo \"[$HOME]\" > /tmp/numeric-home\n\
+         ENV HOME=/srv\n\
+         RUN echo \"[$HOME]\" > /tmp/env-home\n",
+    )]);
+    p.build("run-home:1");
+    let rootfs = p.unpack("run-home:1", "u");
+    let read = |f: &str| std::fs::read_to_string(rootfs.join(f)).unwrap();
+    assert_eq!(read("root-home"), "[/root]\n");
+    assert_eq!(read("tmp/app-home"), "[/home/app]\n");
+    assert_eq!(read("tmp/numeric-home"), "[/]\n");
+    assert_eq!(read("tmp/env-home"), "[/srv]\n");
+}
+
+#[test]
+fn a_copy_wildcard_that_matches_nothing_is_no_error() {
+    // `COPY pyproject.toml poetry.lock* ./` without a lock file builds in BuildKit
+    // (AllowEmptyWildcard); a lone wildcard with no match copies nothing, and one match to a
+    // destination without `/` is that file. kiln failed the build with "not found".
+    let p = Scratch::new(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             WORKDIR /app\n\
+             COPY pyproject.toml poetry.lock* ./\n\
+             COPY *.nope /none/\n\
+             COPY pyproject.tom? /single\n",
+        ),
+        ("pyproject.toml", "[project]\n"),
+    ]);
+    p.build("empty-wildcard:1");
+    let rootfs = p.unpack("empty-wildcard:1", "u");
+    assert!(rootfs.join("app/pyproject.toml").is_file());
+    assert!(!rootfs.join("none").exists());
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("single")).unwrap(),
+        "[project]\n"
+    );
+}

@@ -211,6 +211,7 @@ fn runs_as_the_given_user_with_cwd_owned_by_it() {
             uid: 1000,
             gid: 1000,
             additional_gids: vec![2000],
+            ..UserSpec::default()
         };
         spec.cwd = "/home/u".into();
         let (code, out, err) = f.run(&rt, &spec);
