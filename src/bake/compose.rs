@@ -297,8 +297,8 @@ pub fn normalize_project_name(raw: &str) -> String {
     kept.trim_start_matches(['_', '-']).to_string()
 }
 
-/// The `build:` keys kiln reads; others (ssh, shm_size, extra_hosts, ...) get a note.
-const BUILD_KEYS: [&str; 16] = [
+/// The `build:` keys kiln reads; others (ssh, ulimits, isolation, ...) get a note.
+const BUILD_KEYS: [&str; 18] = [
     "context",
     "dockerfile",
     "dockerfile_inline",
@@ -314,6 +314,8 @@ const BUILD_KEYS: [&str; 16] = [
     "pull",
     "no_cache",
     "additional_contexts",
+    "shm_size",
+    "extra_hosts",
     "x-bake",
 ];
 
@@ -401,6 +403,34 @@ impl ServiceCtx<'_> {
         Ok(out)
     }
 
+    /// `build.extra_hosts`: a list of `HOST:IP` or `HOST=IP`, or a mapping HOST → IP.
+    fn extra_hosts(
+        &self,
+        service: &str,
+        v: Option<&Yaml>,
+    ) -> Result<serde_json::Map<String, Json>, BakeError> {
+        if let Some(Yaml::Mapping(_)) = v {
+            return self.string_map(service, v, "build.extra_hosts", false);
+        }
+        let mut out = serde_json::Map::new();
+        for entry in self.string_list(service, v, "build.extra_hosts")? {
+            let s = entry.as_str().unwrap_or_default();
+            // The name ends at the first `=` or, without one, the first `:` (IPv6 has colons).
+            let (host, ip) = s
+                .split_once('=')
+                .or_else(|| s.split_once(':'))
+                .filter(|(h, ip)| !h.is_empty() && !ip.is_empty())
+                .ok_or_else(|| {
+                    self.bad(
+                        service,
+                        &format!("build.extra_hosts entry {s:?} is not HOST:IP"),
+                    )
+                })?;
+            out.insert(host.to_string(), Json::String(ip.to_string()));
+        }
+        Ok(out)
+    }
+
     fn service_target(
         &self,
         name: &str,
@@ -443,6 +473,7 @@ impl ServiceCtx<'_> {
             ("dockerfile_inline", "dockerfile-inline"),
             ("target", "target"),
             ("network", "network"),
+            ("shm_size", "shm-size"),
         ] {
             if let Some(v) = build.get(yaml_key).filter(|v| !v.is_null()) {
                 let s = scalar(v)
@@ -508,6 +539,10 @@ impl ServiceCtx<'_> {
             if !list.is_empty() {
                 t.insert(key.into(), Json::Array(list));
             }
+        }
+        let hosts = self.extra_hosts(name, build.get("extra_hosts"))?;
+        if !hosts.is_empty() {
+            t.insert("extra-hosts".into(), Json::Object(hosts));
         }
         let secrets = self.secrets(name, build.get("secrets"))?;
         if !secrets.is_empty() {

@@ -110,6 +110,16 @@ pub struct Target {
     /// or `docker-image://REF`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub contexts: BTreeMap<String, String>,
+    /// `/dev/shm` size of RUN steps (`shm-size`, compose's `build.shm_size`), as `--shm-size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<String>,
+    /// `NAME=SOFT[:HARD]` resource limits of RUN steps, as `--ulimit`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<String>,
+    /// HOST → IP entries in RUN steps' `/etc/hosts` (`extra-hosts`, compose's
+    /// `build.extra_hosts`), as `--add-host`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_hosts: BTreeMap<String, String>,
 }
 
 impl Target {

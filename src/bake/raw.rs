@@ -164,6 +164,9 @@ pub fn to_target(raw: &RawTarget, name: &str, path: &Path) -> Result<Target, Bak
         "pull",
         "no-cache",
         "contexts",
+        "shm-size",
+        "ulimits",
+        "extra-hosts",
         "inherits",
         "description",
     ];
@@ -196,6 +199,9 @@ pub fn to_target(raw: &RawTarget, name: &str, path: &Path) -> Result<Target, Bak
         pull: boolean("pull")?,
         no_cache: boolean("no-cache")?,
         contexts: map("contexts")?,
+        shm_size: string("shm-size")?,
+        ulimits: list("ulimits")?,
+        extra_hosts: map("extra-hosts")?,
     })
 }
 

@@ -177,7 +177,7 @@ fn compose_files_merge_in_order() {
     assert_eq!(app.no_cache, Some(true));
     d.write(
         "compose.prod.yaml",
-        "services:\n  app:\n    build:\n      shm_size: 2g\n",
+        "services:\n  app:\n    build:\n      isolation: hyperv\n",
     );
     let p = plan(
         &d,
@@ -190,7 +190,7 @@ fn compose_files_merge_in_order() {
     assert!(
         p.notes
             .iter()
-            .any(|n| n.contains("build.shm_size") && n.contains("ignored")),
+            .any(|n| n.contains("build.isolation") && n.contains("ignored")),
         "{:?}",
         p.notes
     );
@@ -450,4 +450,56 @@ fn compose_and_bake_files_merge() {
     assert_eq!(app.tags, ["from-hcl"]);
     assert_eq!(app.args["A"], "compose");
     assert_eq!(app.args["B"], "hcl");
+}
+
+/// Regression: compose's `build.shm_size` and `build.extra_hosts` were noted as ignored.
+#[test]
+fn compose_shm_size_and_extra_hosts() {
+    let d = Dir::new();
+    d.mkdir("app");
+    d.write(
+        "compose.yaml",
+        "services:\n  app:\n    build:\n      context: app\n      shm_size: 2g\n      \
+         extra_hosts:\n        - \"db:10.0.0.1\"\n        - \"cache=10.0.0.2\"\n        \
+         - \"v6:::1\"\n  map:\n    build:\n      context: app\n      shm_size: 1048576\n      \
+         extra_hosts:\n        db: 10.0.0.3\n",
+    );
+    let p = plan(&d, &["compose.yaml"], &env(&[]), &[], &[]).unwrap();
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+    let app = target(&p, "app");
+    assert_eq!(app.shm_size.as_deref(), Some("2g"));
+    assert_eq!(
+        app.extra_hosts,
+        BTreeMap::from([
+            ("cache".into(), "10.0.0.2".into()),
+            ("db".into(), "10.0.0.1".into()),
+            ("v6".into(), "::1".into()),
+        ])
+    );
+    let map = target(&p, "map");
+    assert_eq!(map.shm_size.as_deref(), Some("1048576"));
+    assert_eq!(map.extra_hosts["db"], "10.0.0.3");
+    d.write(
+        "compose.yaml",
+        "services:\n  app:\n    build:\n      context: app\n      extra_hosts: [\"nohost\"]\n",
+    );
+    let err = plan(&d, &["compose.yaml"], &env(&[]), &[], &[]).unwrap_err();
+    assert!(err.to_string().contains("nohost"), "{err}");
+}
+
+/// Regression: a bake target's `shm-size`, `ulimits` and `extra-hosts` were refused as
+/// unsupported attributes.
+#[test]
+fn hcl_shm_size_ulimits_extra_hosts() {
+    let d = Dir::new();
+    d.write(
+        "docker-bake.hcl",
+        "target \"app\" {\n  shm-size = \"128m\"\n  ulimits = [\"nofile=1024:2048\"]\n  \
+         extra-hosts = {\n    db = \"10.0.0.1\"\n  }\n}\n",
+    );
+    let p = plan(&d, &[], &env(&[]), &[], &["app"]).unwrap();
+    let app = target(&p, "app");
+    assert_eq!(app.shm_size.as_deref(), Some("128m"));
+    assert_eq!(app.ulimits, ["nofile=1024:2048"]);
+    assert_eq!(app.extra_hosts["db"], "10.0.0.1");
 }

@@ -360,7 +360,7 @@ fn prepare(
         explain_cache: false,
         pull: args.pull || t.pull == Some(true),
         allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
-        container: Default::default(),
+        container: container_options(t).with_context(what)?,
         layer: LayerSettings {
             // Compressed when pushed (see `exec::compress`).
             compression: Compression::None,
@@ -390,4 +390,31 @@ fn prepare(
         cache_to,
     };
     Ok((job, request.for_platforms(&platforms)))
+}
+
+/// A target's `extra-hosts`, `shm-size` and `ulimits`, read as `--add-host`, `--shm-size` and
+/// `--ulimit` are.
+fn container_options(
+    t: &crate::bake::Target,
+) -> anyhow::Result<crate::exec::build::ContainerOptions> {
+    let extra_hosts = t
+        .extra_hosts
+        .iter()
+        .map(|(host, ip)| super::build_args::parse_add_host(&format!("{host}={ip}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let shm_size = t
+        .shm_size
+        .as_deref()
+        .map(crate::sandbox::parse_ram_size)
+        .transpose()?;
+    let ulimits = t
+        .ulimits
+        .iter()
+        .map(|u| crate::sandbox::Ulimit::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::exec::build::ContainerOptions {
+        extra_hosts,
+        shm_size,
+        ulimits,
+    })
 }

@@ -391,10 +391,24 @@ impl<'a> Extractor<'a> {
     ) -> Result<Meta, LayerError> {
         let header = entry.header();
         let bad = |what: &str| Self::invalid(name, format!("bad {what} in header"));
-        let mode = header.mode().map_err(|_| bad("mode"))? & 0o7777;
-        let mut uid = header.uid().map_err(|_| bad("uid"))?;
-        let mut gid = header.gid().map_err(|_| bad("gid"))?;
-        let mtime = header.mtime().map_err(|_| bad("mtime"))?;
+        let old = header.as_old();
+        // An empty field reads as 0, as Go's archive/tar reads it; anything else must parse.
+        let field = |what: &str, raw: &[u8], parsed: io::Result<u64>| match parsed {
+            Ok(v) => Ok(v),
+            Err(_) if empty_numeric(raw) => Ok(0),
+            Err(_) => Err(Self::invalid(
+                name,
+                format!(
+                    "bad {what} in header: {:?} is not an octal or base-256 number",
+                    raw.escape_ascii().to_string()
+                ),
+            )),
+        };
+        let mode = header.mode().map(u64::from);
+        let mode = field("mode", &old.mode, mode)? as u32 & 0o7777;
+        let mut uid = field("uid", &old.uid, header.uid())?;
+        let mut gid = field("gid", &old.gid, header.gid())?;
+        let mtime = field("mtime", &old.mtime, header.mtime())?;
         let mut mtime = (i64::try_from(mtime).map_err(|_| bad("mtime"))?, 0u32);
         let mut atime = None;
         let mut xattrs = Vec::new();
@@ -989,6 +1003,12 @@ impl<'a> Extractor<'a> {
     }
 }
 
+/// A numeric header field holding only NULs and spaces (some writers leave fields they do not
+/// set like that).
+fn empty_numeric(raw: &[u8]) -> bool {
+    raw.iter().all(|b| *b == 0 || *b == b' ')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1024,5 +1044,59 @@ mod tests {
         assert_eq!(parse_pax_time(b"-1.5"), Some((-2, 500000000)));
         assert_eq!(parse_pax_time(b"x"), None);
         assert_eq!(parse_pax_time(b".5"), None);
+    }
+
+    /// A one-file tar whose header has `uid`, `gid`, `mtime` and `mode` replaced by `fill`.
+    fn tar_with_fields(fill: &[u8]) -> Vec<u8> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path("f").unwrap();
+        h.set_size(2);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        let old = h.as_old_mut();
+        for f in [&mut old.uid[..], &mut old.gid[..], &mut old.mode[..]] {
+            f.copy_from_slice(&fill[..f.len()]);
+        }
+        old.mtime.copy_from_slice(&fill[..12]);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(b"hi");
+        out.resize(512 + 512 + 1024, 0);
+        out
+    }
+
+    /// Regression: a header whose numeric fields are all NULs or all spaces was refused ("bad
+    /// uid in header"), where Go's archive/tar reads them as 0; garbage still fails.
+    #[test]
+    fn empty_numeric_fields_read_as_zero() {
+        use std::os::unix::fs::MetadataExt as _;
+        let opts = ExtractOptions {
+            whiteouts: WhiteoutMode::Apply,
+            chown: false,
+        };
+        for fill in [[0u8; 12], [b' '; 12]] {
+            let dir = tempfile::tempdir().unwrap();
+            extract_layer(
+                &tar_with_fields(&fill)[..],
+                Compression::None,
+                dir.path(),
+                &opts,
+            )
+            .unwrap();
+            let meta = std::fs::metadata(dir.path().join("f")).unwrap();
+            assert_eq!(meta.len(), 2);
+            assert_eq!(meta.mtime(), 0);
+            assert_eq!(meta.mode() & 0o7777, 0);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let err = extract_layer(
+            &tar_with_fields(b"12x4\0\0\0\0\0\0\0\0")[..],
+            Compression::None,
+            dir.path(),
+            &opts,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bad") && err.contains("12x4"), "{err}");
     }
 }

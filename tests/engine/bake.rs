@@ -236,3 +236,55 @@ fn bake_to_oci_archives_gives_gzip_layers() {
         );
     }
 }
+
+/// Regression: compose's `build.shm_size` and `build.extra_hosts`, and a bake target's
+/// `shm-size`, `ulimits` and `extra-hosts`, did not reach RUN (noted as ignored, or refused),
+/// where buildx passes them on as `--shm-size`, `--ulimit` and `--add-host`.
+#[test]
+fn bake_shm_size_ulimits_and_extra_hosts_reach_run() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let app = work.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("Dockerfile"),
+        "FROM busybox\nRUN grep -w db /etc/hosts > /hosts; df -k /dev/shm | tail -n 1 > /shm; ulimit -n > /nofile\n",
+    )
+    .unwrap();
+    std::fs::write(
+        work.path().join("compose.yaml"),
+        "services:\n  app:\n    image: limits:compose\n    build:\n      context: app\n      \
+         shm_size: 128m\n      extra_hosts:\n        - \"db:10.9.8.7\"\n",
+    )
+    .unwrap();
+    ok(&bake(
+        &root,
+        &reg,
+        work.path(),
+        &["-f", "compose.yaml"],
+        &[],
+    ));
+    let cat = |image: &str, path: &str| ok(&kiln(&root, &reg, &["run", image, "cat", path]));
+    assert_eq!(cat("limits:compose", "/hosts"), "10.9.8.7\tdb");
+    let shm = cat("limits:compose", "/shm");
+    assert!(shm.contains("131072"), "{shm}");
+
+    std::fs::write(
+        work.path().join("docker-bake.hcl"),
+        "target \"app\" {\n  context = \"app\"\n  tags = [\"limits:hcl\"]\n  shm-size = \"96m\"\n  \
+         ulimits = [\"nofile=1024:1024\"]\n  extra-hosts = { db = \"10.1.2.3\" }\n}\n",
+    )
+    .unwrap();
+    ok(&bake(
+        &root,
+        &reg,
+        work.path(),
+        &["-f", "docker-bake.hcl", "app"],
+        &[],
+    ));
+    assert_eq!(cat("limits:hcl", "/hosts"), "10.1.2.3\tdb");
+    let shm = cat("limits:hcl", "/shm");
+    assert!(shm.contains("98304"), "{shm}");
+    assert_eq!(cat("limits:hcl", "/nofile"), "1024");
+}
