@@ -397,24 +397,14 @@ fn prepare(
 fn container_options(
     t: &crate::bake::Target,
 ) -> anyhow::Result<crate::exec::build::ContainerOptions> {
-    let extra_hosts = t
+    let hosts: Vec<String> = t
         .extra_hosts
         .iter()
-        .map(|(host, ip)| super::build_args::parse_add_host(&format!("{host}={ip}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let shm_size = t
-        .shm_size
-        .as_deref()
-        .map(crate::sandbox::parse_ram_size)
-        .transpose()?;
-    let ulimits = t
-        .ulimits
-        .iter()
-        .map(|u| crate::sandbox::Ulimit::parse(u))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(crate::exec::build::ContainerOptions {
-        extra_hosts,
-        shm_size,
-        ulimits,
-    })
+        .map(|(host, ip)| format!("{host}={ip}"))
+        .collect();
+    super::build_args::parse_container_options(
+        hosts.iter().map(String::as_str),
+        t.shm_size.as_deref(),
+        &t.ulimits,
+    )
 }

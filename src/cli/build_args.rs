@@ -159,25 +159,11 @@ impl BuildArgs {
                  or token in RUN --mount=type=secret) instead"
             );
         }
-        let mut extra_hosts = Vec::new();
-        for spec in &self.add_hosts {
-            extra_hosts.push(parse_add_host(spec)?);
-        }
-        let shm_size = self
-            .shm_size
-            .as_deref()
-            .map(crate::sandbox::parse_ram_size)
-            .transpose()?;
-        let ulimits = self
-            .ulimits
-            .iter()
-            .map(|u| crate::sandbox::Ulimit::parse(u))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(crate::exec::build::ContainerOptions {
-            extra_hosts,
-            shm_size,
-            ulimits,
-        })
+        parse_container_options(
+            self.add_hosts.iter().map(String::as_str),
+            self.shm_size.as_deref(),
+            &self.ulimits,
+        )
     }
 
     pub fn label_map(&self) -> anyhow::Result<BTreeMap<String, String>> {
@@ -195,6 +181,29 @@ impl BuildArgs {
 
 /// `--add-host HOST:IP` (or `HOST=IP`, as buildx also takes it): the name and the address,
 /// which must be an IP address (an IPv6 one may hold colons: the name ends at the first).
+/// `--add-host` specs, a `--shm-size` and `--ulimit`s, parsed into what every RUN gets; `kiln
+/// build`'s flags and a bake target's attributes both come through here.
+pub fn parse_container_options<'a>(
+    add_hosts: impl IntoIterator<Item = &'a str>,
+    shm_size: Option<&str>,
+    ulimits: &[String],
+) -> anyhow::Result<crate::exec::build::ContainerOptions> {
+    let extra_hosts = add_hosts
+        .into_iter()
+        .map(parse_add_host)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let shm_size = shm_size.map(crate::sandbox::parse_ram_size).transpose()?;
+    let ulimits = ulimits
+        .iter()
+        .map(|u| crate::sandbox::Ulimit::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::exec::build::ContainerOptions {
+        extra_hosts,
+        shm_size,
+        ulimits,
+    })
+}
+
 pub fn parse_add_host(spec: &str) -> anyhow::Result<(String, String)> {
     let (name, addr) = spec
         .split_once('=')
