@@ -926,13 +926,13 @@ fn kitchen_fixture_gives_what_buildkit_gave() {
 
 /// A build context written from `files` (path, contents) in a temporary directory, with a
 /// state root beside it and the test registry: what most small build tests start from.
-struct Scratch {
+pub(crate) struct Scratch {
     reg: Registry,
     work: tempfile::TempDir,
 }
 
 impl Scratch {
-    fn new(files: &[(&str, &str)]) -> Scratch {
+    pub(crate) fn new(files: &[(&str, &str)]) -> Scratch {
         let s = Scratch {
             reg: registry_with_busybox(),
             work: tempfile::tempdir().unwrap(),
@@ -943,11 +943,11 @@ impl Scratch {
         s
     }
 
-    fn ctx(&self) -> PathBuf {
+    pub(crate) fn ctx(&self) -> PathBuf {
         self.work.path().join("ctx")
     }
 
-    fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.work.path().join("root")
     }
 
@@ -973,7 +973,12 @@ impl Scratch {
         ));
     }
 
-    fn run(&self, args: &[&str]) -> String {
+    /// `kiln ARGS` on this scratch's state root and registry, its output unchecked.
+    pub(crate) fn kiln(&self, args: &[&str]) -> std::process::Output {
+        kiln(&self.root(), &self.reg, args)
+    }
+
+    pub(crate) fn run(&self, args: &[&str]) -> String {
         let mut all = vec!["run"];
         all.extend_from_slice(args);
         ok(&kiln(&self.root(), &self.reg, &all))

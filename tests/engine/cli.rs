@@ -4,6 +4,7 @@
 use std::io::Write as _;
 use std::process::{Output, Stdio};
 
+use crate::build::Scratch;
 use crate::support::busybox::{config, kiln_command, ok, registry_with_busybox, Registry};
 
 /// `kiln build ARGS` with `input` on stdin.
@@ -78,46 +79,31 @@ fn a_dockerfile_or_a_context_tar_on_stdin() {
 /// (BuildKit 20.10 applies only `--add-host`). `--ssh` is refused by name.
 #[test]
 fn add_host_shm_size_and_ulimit_reach_run() {
-    let reg = registry_with_busybox();
-    let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    let ctx = work.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
+    let p = Scratch::new(&[(
+        "Dockerfile",
         "FROM busybox\nRUN grep -w db /etc/hosts > /hosts; df -k /dev/shm | tail -n 1 > /shm; ulimit -n > /nofile\n",
-    )
-    .unwrap();
+    )]);
+    let ctx = p.ctx();
     let ctx_arg = ctx.to_str().unwrap();
-    let out = crate::support::busybox::kiln(
-        &root,
-        &reg,
-        &[
-            "build",
-            "--add-host",
-            "db:10.9.8.7",
-            "--shm-size",
-            "128m",
-            "--ulimit",
-            "nofile=1024:1024",
-            "-t",
-            "limits:1",
-            ctx_arg,
-        ],
-    );
+    let out = p.kiln(&[
+        "build",
+        "--add-host",
+        "db:10.9.8.7",
+        "--shm-size",
+        "128m",
+        "--ulimit",
+        "nofile=1024:1024",
+        "-t",
+        "limits:1",
+        ctx_arg,
+    ]);
     ok(&out);
-    let cat = |path: &str| {
-        ok(&crate::support::busybox::kiln(
-            &root,
-            &reg,
-            &["run", "limits:1", "cat", path],
-        ))
-    };
+    let cat = |path: &str| p.run(&["limits:1", "cat", path]);
     assert_eq!(cat("/hosts"), "10.9.8.7\tdb");
     assert!(cat("/shm").contains("131072"), "{}", cat("/shm"));
     assert_eq!(cat("/nofile"), "1024");
 
-    let out = crate::support::busybox::kiln(&root, &reg, &["build", "--ssh", "default", ctx_arg]);
+    let out = p.kiln(&["build", "--ssh", "default", ctx_arg]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -132,23 +118,19 @@ fn add_host_shm_size_and_ulimit_reach_run() {
 /// naming the key.
 #[test]
 fn an_optional_ssh_mount_runs_without_an_agent() {
-    let reg = registry_with_busybox();
-    let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    let ctx = work.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM busybox\nRUN --mount=type=ssh echo \"$SSH_AUTH_SOCK\" > /sock\n",
-    )
-    .unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile.required"),
-        "FROM busybox\nRUN --mount=type=ssh,id=deploy,required=true true\n",
-    )
-    .unwrap();
+    let p = Scratch::new(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=ssh echo \"$SSH_AUTH_SOCK\" > /sock\n",
+        ),
+        (
+            "Dockerfile.required",
+            "FROM busybox\nRUN --mount=type=ssh,id=deploy,required=true true\n",
+        ),
+    ]);
+    let ctx = p.ctx();
     let ctx_arg = ctx.to_str().unwrap();
-    let kiln = |args: &[&str]| crate::support::busybox::kiln(&root, &reg, args);
+    let kiln = |args: &[&str]| p.kiln(args);
     ok(&kiln(&["build", "-t", "ssh:1", ctx_arg]));
     assert_eq!(
         ok(&kiln(&["run", "ssh:1", "cat", "/sock"])),
