@@ -6,7 +6,8 @@
 /// Go's `path.Clean` (and `filepath.Clean` on Unix).
 pub(crate) fn clean(path: &str) -> String {
     // Only whole components and ASCII separators go: UTF-8 stays UTF-8.
-    String::from_utf8_lossy(&clean_bytes(path.as_bytes())).into_owned()
+    String::from_utf8(clean_bytes(path.as_bytes()))
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Go's `path.Clean` on a path whose names need not be UTF-8 (Go strings are bytes).
